@@ -1,0 +1,94 @@
+"""Command-line options shared by ``python -m mdgr_graph.data`` and the examples."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mdgr_graph.data.prepare import (
+    DEFAULT_CACHE_DIR,
+    FORMATS,
+    PROTOCOL_DEFAULTS,
+    PROTOCOLS,
+    DataOptions,
+)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the data options (format, path, protocol, filters, cache) to ``parser``."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--format", choices=FORMATS, default="synthetic",
+                   help="log format; 'synthetic' generates the embedded default data")
+    g.add_argument("--path", default=None, help="the log file (gzip is read transparently)")
+    g.add_argument("--protocol", choices=PROTOCOLS, default="paper",
+                   help="'paper': 100-item windows, 50 history + 50 positives + 50 negatives; "
+                        "'loo': leave-one-out with full ranking")
+    g.add_argument("--min-item-count", type=int, default=None,
+                   help="drop items with fewer interactions (default: "
+                        f"{PROTOCOL_DEFAULTS['paper']['min_item_count']} paper, "
+                        f"{PROTOCOL_DEFAULTS['loo']['min_item_count']} loo)")
+    g.add_argument("--min-user-len", type=int, default=None,
+                   help="drop users with fewer interactions (default: "
+                        f"{PROTOCOL_DEFAULTS['paper']['min_user_len']} paper, "
+                        f"{PROTOCOL_DEFAULTS['loo']['min_user_len']} loo)")
+    g.add_argument("--window", type=int, default=100, help="paper: window length")
+    g.add_argument("--history", type=int, default=50, help="paper: history part of a window")
+    g.add_argument("--negatives", type=int, default=50,
+                   help="negatives per window (paper) or per sampled evaluation row (loo)")
+    g.add_argument("--max-len", type=int, default=50, help="loo: history length")
+    g.add_argument("--valid-frac", type=float, default=0.1, help="paper: validation users")
+    g.add_argument("--test-frac", type=float, default=0.1, help="paper: test users")
+    g.add_argument("--behaviors", default=None,
+                   help="taobao: comma-separated behaviours to keep (pv,buy,cart,fav); "
+                        "default all")
+    g.add_argument("--user-col", default="user", help="csv: user column name")
+    g.add_argument("--item-col", default="item", help="csv: item column name")
+    g.add_argument("--time-col", default="timestamp", help="csv: timestamp column name")
+    g.add_argument("--sep", default=None, help="csv: separator (sniffed when omitted)")
+    g.add_argument("--synthetic-users", type=int, default=2000,
+                   help="synthetic: number of users")
+    g.add_argument("--synthetic-items", type=int, default=1000,
+                   help="synthetic: number of items")
+    g.add_argument("--synthetic-topics", type=int, default=20,
+                   help="synthetic: number of planted topics")
+    g.add_argument("--seed", type=int, default=0, help="seed of splits, negatives and training")
+    g.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
+                   help="where prepared datasets are cached")
+    g.add_argument("--no-cache", action="store_true", help="prepare without reading or "
+                   "writing the cache")
+
+
+def options_from_args(args: argparse.Namespace) -> DataOptions:
+    """Build :class:`DataOptions` from parsed :func:`add_data_arguments` options."""
+    synthetic = {}
+    if args.format == "synthetic":
+        synthetic = {
+            "num_users": args.synthetic_users,
+            "num_items": args.synthetic_items,
+            "num_topics": args.synthetic_topics,
+        }
+    behaviors = tuple(b.strip() for b in args.behaviors.split(",")) if args.behaviors else None
+    return DataOptions(
+        format=args.format,
+        path=args.path,
+        protocol=args.protocol,
+        min_item_count=args.min_item_count,
+        min_user_len=args.min_user_len,
+        window=args.window,
+        history=args.history,
+        negatives=args.negatives,
+        max_len=args.max_len,
+        valid_frac=args.valid_frac,
+        test_frac=args.test_frac,
+        seed=args.seed,
+        behaviors=behaviors,
+        user_col=args.user_col,
+        item_col=args.item_col,
+        time_col=args.time_col,
+        sep=args.sep,
+        synthetic=synthetic,
+    )
+
+
+def cache_dir_from_args(args: argparse.Namespace) -> Path | None:
+    return None if args.no_cache else args.cache_dir

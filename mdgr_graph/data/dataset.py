@@ -1,0 +1,136 @@
+"""One user sequence = one PyG graph.
+
+:class:`SequenceData` holds a sequence's nodes (one per interaction of the history) and
+its per-graph fields; :class:`SequenceDataset` serves a split of a
+:class:`~mdgr_graph.data.prepare.PreparedDataset` as such graphs, for
+``torch_geometric.loader.DataLoader``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_geometric.data import Data, Dataset
+
+from mdgr_graph.data.prepare import PreparedDataset
+from mdgr_graph.data.protocols import SPLIT_NAMES
+
+#: Per-graph fields: stacked into ``[B, ...]`` by the loader, never concatenated.
+GRAPH_FIELDS = ("candidates", "labels", "target", "user", "sample")
+
+
+class SequenceData(Data):
+    """A user sequence as a graph without edges (edges are built by the model).
+
+    Node fields (``n`` nodes): ``x`` item ids ``[n]``, ``t`` days since the first item
+    ``[n]``, ``pos`` position ``0..n-1`` ``[n]``.
+    Graph fields, stacked by the loader: ``candidates [C]`` and ``labels [C]`` (items to
+    score and their 0/1 labels), ``target []`` (leave-one-out target item), ``user []``
+    (internal user id), ``sample []`` (row of the example in its split).
+    """
+
+    def __cat_dim__(self, key: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+        if key in GRAPH_FIELDS:
+            return None
+        return super().__cat_dim__(key, value, *args, **kwargs)
+
+
+def make_sequence_graph(
+    items: Tensor, days: Tensor, **graph_fields: Tensor
+) -> SequenceData:
+    """Build the graph of one sequence.
+
+    Args:
+        items: ``[n]`` item ids (no padding).
+        days: ``[n]`` days since the first interaction.
+        **graph_fields: per-graph tensors (see :class:`SequenceData`).
+    """
+    if items.dim() != 1 or items.shape != days.shape:
+        raise ValueError(
+            f"items and days must be 1-D of equal length, got {tuple(items.shape)} "
+            f"and {tuple(days.shape)}"
+        )
+    if items.numel() == 0:
+        raise ValueError("a sequence needs at least one interaction")
+    n = items.numel()
+    return SequenceData(
+        x=items.long(),
+        t=days.float(),
+        pos=torch.arange(n),
+        num_nodes=n,
+        **graph_fields,
+    )
+
+
+class SequenceDataset(Dataset):
+    """The examples of one split as :class:`SequenceData` graphs.
+
+    Paper protocol: one graph per window; ``candidates`` are the window's positives then
+    its negatives, ``labels`` 1 then 0. Training windows take the negatives of
+    :meth:`set_epoch` (fresh each epoch); valid/test windows keep their fixed ones.
+
+    Leave-one-out: one graph per user; ``target`` is the held-out item, and
+    ``candidates`` = target followed by negatives (training: redrawn each epoch;
+    valid/test: the fixed sampled negatives).
+
+    Args:
+        prepared: the prepared dataset.
+        split: ``train``, ``valid`` or ``test``.
+        transform: optional PyG transform applied to each graph.
+    """
+
+    def __init__(self, prepared: PreparedDataset, split: str, transform=None) -> None:
+        if split not in SPLIT_NAMES:
+            raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLIT_NAMES)}")
+        super().__init__(root=None, transform=transform)
+        self.prepared = prepared
+        self.split = split
+        code = SPLIT_NAMES.index(split)
+        a = prepared.arrays
+        if prepared.protocol == "paper":
+            rows = np.flatnonzero(a["window_split"] == code)
+            self._items = torch.from_numpy(a["hist_items"][rows])
+            self._days = torch.from_numpy(a["hist_time"][rows])
+            self._length = torch.full((len(rows),), a["hist_items"].shape[1])
+            self._positives = torch.from_numpy(a["targets"][rows])
+            self._negatives = torch.from_numpy(a["negatives"][rows])
+            self._user = torch.from_numpy(a["window_user"][rows])
+            self._target = None
+        else:
+            ex = prepared.loo_example(split)
+            self._items = torch.from_numpy(ex["items"])
+            self._days = torch.from_numpy(ex["time"])
+            self._length = torch.from_numpy(ex["length"])
+            self._target = torch.from_numpy(ex["target"])
+            self._positives = self._target[:, None]
+            self._user = torch.arange(prepared.num_users)
+            if split != "train":
+                self._negatives = torch.from_numpy(a["loo_negatives"][code - 1])
+        self.epoch = 0
+        if split == "train":
+            self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the training negatives of ``epoch`` (no-op for valid/test)."""
+        self.epoch = epoch
+        if self.split == "train":
+            self._negatives = torch.from_numpy(self.prepared.draw_train_negatives(epoch))
+
+    def len(self) -> int:
+        return self._items.shape[0]
+
+    def get(self, idx: int) -> SequenceData:
+        n = int(self._length[idx])
+        pos, neg = self._positives[idx], self._negatives[idx]
+        fields = {
+            "candidates": torch.cat([pos, neg]),
+            "labels": torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]),
+            "user": self._user[idx],
+            "sample": torch.tensor(idx),
+        }
+        if self._target is not None:
+            fields["target"] = self._target[idx]
+        return make_sequence_graph(self._items[idx, :n], self._days[idx, :n], **fields)

@@ -1,0 +1,399 @@
+"""Prepare a dataset under a protocol, with an on-disk cache.
+
+``prepare_dataset(DataOptions(...))`` reads a log (or generates the synthetic one),
+preprocesses it, applies the protocol and returns a :class:`PreparedDataset`. The result
+is cached under ``cache_dir`` keyed by the content of the input file and every option, so
+a changed option or file makes a new entry; entries are written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mdgr_graph.data.preprocess import Sequences, build_sequences
+from mdgr_graph.data.protocols import (
+    SPLIT_NAMES,
+    TEST,
+    TRAIN,
+    VALID,
+    SeenItems,
+    paper_windows,
+    relative_days,
+    sample_negatives,
+    split_users,
+)
+from mdgr_graph.data.readers import read_interactions
+from mdgr_graph.data.synthetic import generate_synthetic
+
+FORMATS = ("movielens", "amazon", "taobao", "csv", "synthetic")
+PROTOCOLS = ("paper", "loo")
+CACHE_VERSION = 1  # bump when preparation changes what it produces
+DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mdgr_graph"
+
+# Filter defaults per protocol: the paper's 10-core/100-interaction rule, and the
+# common 5-core rule of leave-one-out studies.
+PROTOCOL_DEFAULTS = {
+    "paper": {"min_item_count": 10, "min_user_len": 100},
+    "loo": {"min_item_count": 5, "min_user_len": 5},
+}
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Everything that decides what a prepared dataset contains.
+
+    Attributes:
+        format: one of ``movielens``, ``amazon``, ``taobao``, ``csv``, ``synthetic``.
+        path: the log file (unused for ``synthetic``).
+        protocol: ``paper`` (windows, sampled candidates) or ``loo`` (leave-one-out).
+        min_item_count: drop items with fewer interactions (default: 10 paper, 5 loo).
+        min_user_len: drop users with fewer interactions (default: 100 paper, 5 loo).
+        window: paper window length.
+        history: paper history length (the rest of the window are positives).
+        negatives: negatives per window (paper) or per sampled evaluation row (loo).
+        max_len: loo history length (most recent items kept).
+        valid_frac: paper: fraction of users held out for validation.
+        test_frac: paper: fraction of users held out for test.
+        seed: seed of splits and fixed negatives.
+        behaviors: taobao behaviour filter (None keeps all).
+        user_col, item_col, time_col, sep: csv column names and separator.
+        synthetic: keyword arguments of :func:`generate_synthetic`.
+    """
+
+    format: str = "synthetic"
+    path: str | None = None
+    protocol: str = "paper"
+    min_item_count: int | None = None
+    min_user_len: int | None = None
+    window: int = 100
+    history: int = 50
+    negatives: int = 50
+    max_len: int = 50
+    valid_frac: float = 0.1
+    test_frac: float = 0.1
+    seed: int = 0
+    behaviors: tuple[str, ...] | None = None
+    user_col: str = "user"
+    item_col: str = "item"
+    time_col: str = "timestamp"
+    sep: str | None = None
+    synthetic: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"unknown format {self.format!r}; choose from {', '.join(FORMATS)}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(
+                f"unknown protocol {self.protocol!r}; choose from {', '.join(PROTOCOLS)}"
+            )
+        if self.format != "synthetic" and not self.path:
+            raise ValueError(f"format {self.format!r} needs a path")
+        if not 0 < self.history < self.window:
+            raise ValueError(f"need 0 < history < window, got {self.history} and {self.window}")
+        if self.negatives < 1 or self.max_len < 1:
+            raise ValueError("negatives and max_len must be >= 1")
+        defaults = PROTOCOL_DEFAULTS[self.protocol]
+        for name in ("min_item_count", "min_user_len"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, defaults[name])
+        if self.protocol == "loo" and self.min_user_len < 4:
+            raise ValueError("loo needs min_user_len >= 4 (train, valid and test targets)")
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["behaviors"] = list(self.behaviors) if self.behaviors else None
+        return out
+
+
+class PreparedDataset:
+    """A preprocessed log under one protocol: numpy arrays plus metadata.
+
+    Paper protocol arrays (``W`` windows, ``H`` history, ``T`` positives, ``N`` negatives):
+    ``window_user [W]``, ``window_split [W]`` (0 train, 1 valid, 2 test),
+    ``hist_items [W, H]``, ``hist_time [W, H]`` (days since the window's first item),
+    ``targets [W, T]``, ``negatives [W, N]`` (fixed for valid/test; train rows are
+    redrawn every epoch by :meth:`draw_train_negatives`).
+
+    Leave-one-out arrays (``U`` users): ``loo_negatives [2, U, N]`` fixed sampled
+    negatives for valid and test; histories and targets are cut from the sequences.
+
+    Both keep the sequences (``seq_ptr``, ``seq_items``, ``seq_time``) and the raw ids.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.arrays = arrays
+        self.meta = meta
+        self._seen: SeenItems | None = None
+
+    # ------------------------------------------------------------------ basic facts
+    @property
+    def protocol(self) -> str:
+        return self.meta["options"]["protocol"]
+
+    @property
+    def num_items(self) -> int:
+        """Real items; ids run ``1..num_items`` and ``0`` is padding."""
+        return len(self.arrays["item_ids"]) - 1
+
+    @property
+    def num_users(self) -> int:
+        return len(self.arrays["seq_ptr"]) - 1
+
+    @property
+    def seen(self) -> SeenItems:
+        """Items each user ever interacted with (after filtering)."""
+        if self._seen is None:
+            ptr = self.arrays["seq_ptr"]
+            user = np.repeat(np.arange(self.num_users), np.diff(ptr))
+            self._seen = SeenItems(user, self.arrays["seq_items"], self.num_items)
+        return self._seen
+
+    def split_size(self, split: str) -> int:
+        code = SPLIT_NAMES.index(split)
+        if self.protocol == "paper":
+            return int((self.arrays["window_split"] == code).sum())
+        return self.num_users
+
+    def stats(self) -> dict[str, int]:
+        """Counts after filtering; ``sequences`` are windows (paper) or users (loo)."""
+        sequences = (
+            len(self.arrays["window_user"]) if self.protocol == "paper" else self.num_users
+        )
+        return {
+            "users": self.num_users,
+            "items": self.num_items,
+            "interactions": int(len(self.arrays["seq_items"])),
+            "sequences": int(sequences),
+            "train": self.split_size("train"),
+            "valid": self.split_size("valid"),
+            "test": self.split_size("test"),
+        }
+
+    # ------------------------------------------------------------------ negatives
+    def draw_train_negatives(self, epoch: int) -> np.ndarray:
+        """Fresh training negatives for ``epoch``, from a generator seeded by (seed, epoch).
+
+        Returns ``[W_train, N]`` (paper) or ``[U, N]`` (loo), in the order of the train
+        split's examples; the same epoch always gives the same draw, so resuming is exact.
+        """
+        rng = np.random.default_rng([self.meta["options"]["seed"], 1, epoch])
+        num = self.meta["options"]["negatives"]
+        if self.protocol == "paper":
+            users = self.arrays["window_user"][self.arrays["window_split"] == TRAIN]
+        else:
+            users = np.arange(self.num_users)
+        return sample_negatives(users, num, self.seen, rng)
+
+    # ------------------------------------------------------------------ leave-one-out
+    def loo_example(self, split: str) -> dict[str, np.ndarray]:
+        """Histories and targets of every user for a leave-one-out split.
+
+        The target of ``test`` is the last interaction, of ``valid`` the second last and
+        of ``train`` the third last; the history is everything before the target, cut to
+        the most recent ``max_len`` items and left-aligned (``-1``-free: use ``length``).
+
+        Returns:
+            ``items [U, max_len]`` (0-padded on the right), ``time [U, max_len]`` (days
+            since the history's first item), ``length [U]``, ``target [U]``,
+            ``prefix_end [U]`` (offset of the target in ``seq_items``).
+        """
+        if self.protocol != "loo":
+            raise ValueError("loo_example needs a dataset prepared with protocol 'loo'")
+        offset = {"train": 3, "valid": 2, "test": 1}[split]
+        max_len = self.meta["options"]["max_len"]
+        ptr, seq_items, seq_time = (self.arrays[k] for k in ("seq_ptr", "seq_items", "seq_time"))
+        target_pos = ptr[1:] - offset
+        length = np.minimum(target_pos - ptr[:-1], max_len)
+        start = target_pos - length
+        cols = np.arange(max_len)
+        idx = start[:, None] + cols[None, :]
+        valid = cols[None, :] < length[:, None]
+        idx = np.where(valid, idx, 0)
+        items = np.where(valid, seq_items[idx], 0)
+        ts = seq_time[idx]
+        days = np.where(valid, relative_days(ts), 0.0).astype(np.float32)
+        return {
+            "items": items,
+            "time": days,
+            "length": length,
+            "target": seq_items[target_pos],
+            "prefix_end": target_pos,
+        }
+
+    # ------------------------------------------------------------------ subsets
+    def subsample_users(self, num_users: int, seed: int = 0) -> PreparedDataset:
+        """A copy restricted to ``num_users`` users drawn at random (seeded).
+
+        Item ids and the fixed negatives are unchanged, so results on the subset are
+        comparable between models; under ``loo`` the users are renumbered.
+        """
+        if num_users < 1:
+            raise ValueError(f"num_users must be >= 1, got {num_users}")
+        rng = np.random.default_rng([seed, 3])
+        a = self.arrays
+        if self.protocol == "paper":
+            owners = np.unique(a["window_user"])
+            chosen = np.sort(rng.permutation(owners)[:num_users])
+            rows = np.isin(a["window_user"], chosen)
+            window_keys = ("window_user", "window_split", "hist_items", "hist_time", "targets",
+                           "negatives")
+            arrays = {k: (v[rows] if k in window_keys else v) for k, v in a.items()}
+        else:
+            chosen = np.sort(rng.permutation(self.num_users)[:num_users])
+            ptr = a["seq_ptr"]
+            lengths = ptr[chosen + 1] - ptr[chosen]
+            starts = np.repeat(ptr[chosen], lengths)
+            offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            idx = starts + offsets
+            arrays = dict(a)
+            arrays.update(
+                seq_ptr=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                seq_items=a["seq_items"][idx],
+                seq_time=a["seq_time"][idx],
+                user_ids=a["user_ids"][chosen],
+                loo_negatives=a["loo_negatives"][:, chosen],
+            )
+        meta = {**self.meta, "subsample": {"num_users": int(num_users), "seed": seed}}
+        return PreparedDataset(arrays, meta)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: Path) -> None:
+        """Write atomically: a temporary file in the same folder, then a rename."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, __meta__=np.array(json.dumps(self.meta)), **self.arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: Path) -> PreparedDataset:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files if k != "__meta__"}
+            meta = json.loads(str(npz["__meta__"]))
+        return cls(arrays, meta)
+
+
+# ---------------------------------------------------------------------- preparation
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_key(options: DataOptions) -> str:
+    """Hash of the options, the input file's content and the preparation version."""
+    payload = {"version": CACHE_VERSION, "options": options.to_json()}
+    if options.format != "synthetic":
+        payload["file_sha256"] = _file_digest(options.path)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _read_sequences(options: DataOptions) -> Sequences:
+    if options.format == "synthetic":
+        log = generate_synthetic(**{"seed": options.seed, **options.synthetic}).interactions
+    else:
+        extra: dict[str, Any] = {}
+        if options.format == "taobao":
+            extra["behaviors"] = options.behaviors
+        elif options.format == "csv":
+            extra.update(
+                user_col=options.user_col,
+                item_col=options.item_col,
+                time_col=options.time_col,
+                sep=options.sep,
+            )
+        log = read_interactions(options.format, options.path, **extra)
+    return build_sequences(
+        log, min_item_count=options.min_item_count, min_user_len=options.min_user_len
+    )
+
+
+def _paper_arrays(seqs: Sequences, options: DataOptions) -> dict[str, np.ndarray]:
+    window_user, window_start = paper_windows(seqs, options.window)
+    if len(window_user) == 0:
+        raise ValueError(f"no user has a full window of {options.window} interactions")
+    rng = np.random.default_rng([options.seed, 0])
+    user_split = split_users(seqs.num_users, options.valid_frac, options.test_frac, rng)
+    idx = window_start[:, None] + np.arange(options.window)[None, :]
+    items = seqs.items[idx]
+    seen = SeenItems(seqs.user_of, seqs.items, seqs.num_items)
+    negatives = sample_negatives(window_user, options.negatives, seen, rng)
+    return {
+        "window_user": window_user,
+        "window_split": user_split[window_user],
+        "hist_items": items[:, : options.history],
+        "hist_time": relative_days(seqs.timestamp[idx[:, : options.history]]),
+        "targets": items[:, options.history :],
+        "negatives": negatives,
+    }
+
+
+def _loo_arrays(seqs: Sequences, options: DataOptions) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([options.seed, 0])
+    seen = SeenItems(seqs.user_of, seqs.items, seqs.num_items)
+    users = np.arange(seqs.num_users)
+    negatives = np.stack([sample_negatives(users, options.negatives, seen, rng) for _ in "vt"])
+    return {"loo_negatives": negatives}
+
+
+def prepare_dataset(
+    options: DataOptions, cache_dir: str | Path | None = DEFAULT_CACHE_DIR
+) -> PreparedDataset:
+    """Prepare (or load from cache) the dataset described by ``options``.
+
+    Args:
+        options: what to read and how to cut it.
+        cache_dir: where cached entries live; ``None`` disables the cache.
+    """
+    if options.format != "synthetic" and not Path(options.path).is_file():
+        raise FileNotFoundError(f"no such file: {options.path}")
+    entry = None
+    if cache_dir is not None:
+        entry = Path(cache_dir) / f"{options.format}-{options.protocol}-{cache_key(options)}.npz"
+        if entry.is_file():
+            return PreparedDataset.load(entry)
+
+    seqs = _read_sequences(options)
+    arrays = {
+        "seq_ptr": seqs.ptr,
+        "seq_items": seqs.items,
+        "seq_time": seqs.timestamp,
+        "user_ids": seqs.user_ids,
+        "item_ids": seqs.item_ids,
+    }
+    if options.protocol == "paper":
+        arrays.update(_paper_arrays(seqs, options))
+    else:
+        arrays.update(_loo_arrays(seqs, options))
+    meta = {"options": options.to_json(), "cache_version": CACHE_VERSION}
+    dataset = PreparedDataset(arrays, meta)
+    if entry is not None:
+        dataset.save(entry)
+    return dataset
+
+
+__all__ = [
+    "DataOptions",
+    "PreparedDataset",
+    "prepare_dataset",
+    "cache_key",
+    "TRAIN",
+    "VALID",
+    "TEST",
+]

@@ -1,0 +1,191 @@
+"""MDGR's interest heads: pooling groups into interests, interest weights, scores.
+
+Paper Sections 3.4.3 (Eq. 14), 3.5.1 (Eq. 15) and 3.5.2 (Eq. 16); DESIGN.md 8-9.
+Every function works on a whole batch at once: a group is addressed by the flat index
+``batch * k + cluster``, so pooling is one :func:`torch_geometric.utils.scatter`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.utils import scatter, softmax
+
+POOLS = ("attention", "last", "mean")
+
+
+def group_index(batch: Tensor, cluster: Tensor, k: int) -> Tensor:
+    """Flat id ``batch * k + cluster`` of every node's group: ``[N]``."""
+    if cluster.min() < 0 or cluster.max() >= k:
+        raise ValueError(f"cluster labels must lie in [0, {k}), got {cluster.min()}..{cluster.max()}")
+    return batch * k + cluster
+
+
+def last_of_group(pos: Tensor, group: Tensor, num_groups: int) -> Tensor:
+    """Bool ``[N]``: is the node the most recent (largest ``pos``) of its group?"""
+    latest = scatter(pos, group, dim=0, dim_size=num_groups, reduce="max")
+    return pos == latest[group]
+
+
+class InterestPooling(nn.Module):
+    r"""Pool the nodes of each group into an interest vector :math:`z_j` (Eq. 14).
+
+    ``pool="attention"`` (default) attends over the group with its most recent item as
+    query, :math:`z_j = \sum_{i \in g_j} \mathrm{softmax}_i
+    (q^\top W_k \varphi_i / \sqrt{d})\, \varphi_i` with :math:`q = W_q \varphi_{last(j)}`;
+    ``"last"`` takes the most recent item; ``"mean"`` averages the group.
+
+    Args:
+        channels: node width :math:`d`.
+        k: number of groups per graph.
+        pool: ``"attention"``, ``"last"`` or ``"mean"``. (default: :obj:`"attention"`)
+
+    Shapes:
+        - **input:** x ``[N, d]``, batch ``[N]``, cluster ``[N]``, pos ``[N]``
+        - **output:** Z ``[B, k, d]``, mask ``[B, k]`` (True for non-empty groups)
+    """
+
+    def __init__(self, channels: int, k: int, pool: str = "attention") -> None:
+        super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"unknown pool {pool!r}; choose from {', '.join(POOLS)}")
+        self.channels, self.k, self.pool = channels, k, pool
+        if pool == "attention":
+            self.query = nn.Linear(channels, channels, bias=False)
+            self.key = nn.Linear(channels, channels, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.pool == "attention":
+            self.query.reset_parameters()
+            self.key.reset_parameters()
+
+    def forward(
+        self, x: Tensor, batch: Tensor, cluster: Tensor, pos: Tensor, batch_size: int
+    ) -> tuple[Tensor, Tensor]:
+        num_groups = batch_size * self.k
+        group = group_index(batch, cluster, self.k)
+        count = scatter(torch.ones_like(group), group, dim=0, dim_size=num_groups, reduce="sum")
+        mask = (count > 0).view(batch_size, self.k)
+        if self.pool == "mean":
+            z = scatter(x, group, dim=0, dim_size=num_groups, reduce="mean")
+        else:
+            is_last = last_of_group(pos, group, num_groups)
+            last = scatter(x * is_last.unsqueeze(-1), group, dim=0, dim_size=num_groups)
+            if self.pool == "last":
+                z = last
+            else:
+                q = self.query(last)[group]
+                logit = (q * self.key(x)).sum(-1) / math.sqrt(self.channels)
+                attn = softmax(logit, group, num_nodes=num_groups)
+                z = scatter(attn.unsqueeze(-1) * x, group, dim=0, dim_size=num_groups)
+        return z.view(batch_size, self.k, self.channels), mask
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.channels}, k={self.k}, pool='{self.pool}')"
+
+
+class InterestWeight(nn.Module):
+    r"""Interest weights :math:`\omega_j` from the group and its items' times (Eq. 15).
+
+    .. math::
+        \omega_j = \mathrm{softplus}\big(W_2\, \sigma(W_1 [z_j ;
+        1_{[c_1 = j]} \tau_1; \dots; 1_{[c_l = j]} \tau_l] + b_1) + b_2\big)
+
+    The concatenation has a slot per position ``1..max_len``; its product with
+    :math:`W_1` is computed as a per-position projection of :math:`\tau_i` summed over
+    the group, which is the same linear map without materialising ``[B, k, l * d_t]``.
+
+    Args:
+        channels: interest width :math:`d`.
+        time_channels: width of the time encoding :math:`d_t`.
+        max_len: number of position slots :math:`l` (longest sequence).
+        hidden: hidden width of the FFN. (default: :obj:`channels`)
+
+    Shapes:
+        - **input:** z ``[B, k, d]``, time_enc ``[N, d_t]``, group ``[N]``,
+          slot ``[N]`` (position of the node in its sequence)
+        - **output:** ``[B, k]`` non-negative weights
+    """
+
+    def __init__(
+        self, channels: int, time_channels: int, max_len: int, hidden: int | None = None
+    ) -> None:
+        super().__init__()
+        hidden = hidden or channels
+        self.channels, self.time_channels, self.max_len, self.hidden = (
+            channels, time_channels, max_len, hidden,
+        )
+        self.lin_z = nn.Linear(channels, hidden)
+        self.time_weight = nn.Parameter(torch.empty(max_len, time_channels, hidden))
+        self.lin_out = nn.Linear(hidden, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.lin_z.reset_parameters()
+        self.lin_out.reset_parameters()
+        fan_in = self.channels + self.max_len * self.time_channels
+        bound = 1.0 / math.sqrt(fan_in)
+        nn.init.uniform_(self.time_weight, -bound, bound)
+
+    def forward(self, z: Tensor, time_enc: Tensor, group: Tensor, slot: Tensor) -> Tensor:
+        batch_size, k, _ = z.shape
+        if slot.numel() and int(slot.max()) >= self.max_len:
+            raise ValueError(
+                f"a sequence has {int(slot.max()) + 1} items but InterestWeight was built for "
+                f"max_len={self.max_len}"
+            )
+        per_node = torch.einsum("nt,nth->nh", time_enc, self.time_weight[slot])
+        time_part = scatter(per_node, group, dim=0, dim_size=batch_size * k, reduce="sum")
+        hidden = torch.sigmoid(self.lin_z(z) + time_part.view(batch_size, k, -1))
+        return nn.functional.softplus(self.lin_out(hidden)).squeeze(-1)
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}({self.channels}, time_channels={self.time_channels}, "
+            f"max_len={self.max_len})"
+        )
+
+
+class InterestScore(nn.Module):
+    r"""Score items against weighted interests (Eq. 16, DESIGN.md 9).
+
+    .. math::
+        s(p) = \max_{j:\ \text{group } j \text{ non-empty}} \ \omega_j \,
+        \mathrm{Linear}(z_j \odot p)
+
+    Returns the logit :math:`s`; the model's probability is :math:`\sigma(s)` (Eq. 17 is
+    then binary cross-entropy with logits).
+
+    Args:
+        channels: width :math:`d`.
+
+    Shapes:
+        - **input:** z ``[B, k, d]``, weight ``[B, k]``, mask ``[B, k]``, items
+          ``[B, C, d]`` (per-row candidates) or ``[I, d]`` (the same items for every row)
+        - **output:** ``[B, C]`` or ``[B, I]``
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.lin = nn.Linear(channels, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.lin.reset_parameters()
+
+    def forward(self, z: Tensor, weight: Tensor, mask: Tensor, items: Tensor) -> Tensor:
+        zw = z * self.lin.weight.view(1, 1, -1)
+        if items.dim() == 3:
+            raw = torch.einsum("bkd,bcd->bkc", zw, items)
+        else:
+            raw = torch.einsum("bkd,cd->bkc", zw, items)
+        logit = weight.unsqueeze(-1) * (raw + self.lin.bias)
+        logit = logit.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+        return logit.max(dim=1).values
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.channels})"

@@ -1,0 +1,292 @@
+"""One training loop and one evaluation routine for every model of the project.
+
+:func:`fit` trains any :class:`~mdgr_graph.models.base.SequentialRecommender` with Adam,
+early stopping on the validation metric, a kept best checkpoint and exact resumption;
+:func:`evaluate` scores a split under the dataset's protocol.
+
+Determinism: the shuffling and the dropout of epoch ``e`` come from generators seeded by
+``(seed, e)``, and training negatives of epoch ``e`` are drawn from ``(seed, e)`` too, so
+a resumed run repeats exactly what an uninterrupted one does (on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_geometric.data import Batch
+from torch_geometric.loader import DataLoader
+from tqdm.auto import tqdm
+
+from mdgr_graph.data.dataset import SequenceDataset
+from mdgr_graph.data.prepare import PreparedDataset
+from mdgr_graph.metrics import (
+    MetricAccumulator,
+    full_ranking_per_row,
+    rank_of_target,
+    window_metrics_per_row,
+)
+from mdgr_graph.models.base import SequentialRecommender
+
+#: Validation metric that decides early stopping and the best checkpoint.
+SELECTION_METRIC = {"paper": "auc/sampled", "loo": "ndcg@10/full"}
+
+
+@dataclass
+class TrainConfig:
+    """Options of :func:`fit`.
+
+    Attributes:
+        epochs: maximum number of epochs.
+        patience: stop after this many epochs without validation gain.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        batch_size: training sequences per batch.
+        eval_batch_size: sequences per evaluation batch.
+        device: ``cpu`` or ``cuda``.
+        seed: seed of shuffling, dropout and negatives.
+        out_dir: where checkpoints and the log go (None: keep nothing on disk).
+        resume: continue from ``out_dir/last.pt`` if it exists.
+        grad_clip: clip the gradient norm (None: no clipping).
+        progress: show tqdm bars.
+    """
+
+    epochs: int = 100
+    patience: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    device: str = "cpu"
+    seed: int = 0
+    out_dir: str | None = None
+    resume: bool = False
+    grad_clip: float | None = 5.0
+    progress: bool = True
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    epochs: int
+    train_seconds: float
+    best_valid: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------- atomic files
+def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
+    """Write through ``write(fileobj)`` into a temporary file, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    atomic_write_bytes(path, lambda fh: torch.save(obj, fh))
+
+
+# ---------------------------------------------------------------------- evaluation
+def _seen_mask(prepared: PreparedDataset, rows: Tensor, split: str) -> Tensor:
+    """``[B, num_items + 1]``: items of each user's sequence before the split's target."""
+    ex_end = prepared.loo_example(split)["prefix_end"]
+    ptr = prepared.arrays["seq_ptr"]
+    rows_np = rows.cpu().numpy()
+    users = rows_np  # loo: one example per user, row == user
+    start, end = ptr[users], ex_end[rows_np]
+    lengths = end - start
+    row_of = np.repeat(np.arange(len(users)), lengths)
+    offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    items = prepared.arrays["seq_items"][np.repeat(start, lengths) + offsets]
+    mask = torch.zeros(len(users), prepared.num_items + 1, dtype=torch.bool)
+    mask[torch.from_numpy(row_of), torch.from_numpy(items)] = True
+    return mask
+
+
+@torch.no_grad()
+def evaluate(
+    model: SequentialRecommender,
+    prepared: PreparedDataset,
+    split: str,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    max_batches: int | None = None,
+) -> dict[str, float]:
+    """Metrics of ``model`` on ``split`` under the dataset's protocol.
+
+    Paper: ``auc/sampled`` and ``recall@50/sampled`` per window, averaged. Leave-one-out:
+    ``hr@K/full``, ``ndcg@K/full``, ``recall@K/full``, ``mrr/full`` over all items with
+    the user's earlier items excluded, and ``auc/sampled`` against the fixed sampled
+    negatives (reported separately).
+    """
+    model.eval()
+    dataset = SequenceDataset(prepared, split)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    acc = MetricAccumulator()
+    for i, batch in enumerate(tqdm(loader, desc=f"eval {split}", disable=not progress,
+                                   leave=False)):
+        if max_batches is not None and i >= max_batches:
+            break
+        batch = batch.to(device)
+        if prepared.protocol == "paper":
+            scores = model.score_candidates(batch).float().cpu()
+            acc.update_many(window_metrics_per_row(scores, batch.labels.cpu(), ks=(50,)))
+        else:
+            scores = model.score_all(batch).float().cpu()
+            exclude = _seen_mask(prepared, batch.sample.cpu(), split)
+            rank = rank_of_target(scores, batch.target.cpu(), exclude)
+            acc.update_many(full_ranking_per_row(rank, ks=(10, 50)))
+            sampled = torch.gather(scores, 1, batch.candidates.cpu())
+            acc.update_many(
+                {"auc/sampled": window_metrics_per_row(sampled, batch.labels.cpu())[
+                    "auc/sampled"]}
+            )
+    return acc.compute()
+
+
+# ---------------------------------------------------------------------- training
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.default_rng([seed, 2, epoch]).integers(2**62))
+
+
+def _train_epoch(
+    model: SequentialRecommender,
+    optimizer: torch.optim.Optimizer,
+    dataset: SequenceDataset,
+    config: TrainConfig,
+    epoch: int,
+) -> float:
+    model.train()
+    dataset.set_epoch(epoch)
+    torch.manual_seed(_epoch_seed(config.seed, epoch))
+    gen = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch) + 1)
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=gen)
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not config.progress, leave=False)
+    for batch in bar:
+        batch: Batch = batch.to(config.device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = model.loss(batch)
+        loss.backward()
+        if config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        total += float(loss) * batch.num_graphs
+        count += batch.num_graphs
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    return total / max(count, 1)
+
+
+def fit(
+    model: SequentialRecommender,
+    prepared: PreparedDataset,
+    config: TrainConfig,
+    log: Callable[[str], None] | None = print,
+) -> FitResult:
+    """Train ``model`` on the train split, select on valid, keep the best weights.
+
+    With ``config.out_dir``: writes ``last.pt`` (every epoch), ``best.pt`` (on each
+    validation gain), ``log.jsonl`` (one JSON object per epoch) and ``config.json``, all
+    atomically. With ``config.resume`` it continues from ``last.pt``. On return the model
+    holds the best weights. Models without a loss (e.g. popularity) are only evaluated.
+    """
+    model.to(config.device)
+    metric = SELECTION_METRIC[prepared.protocol]
+    out = Path(config.out_dir) if config.out_dir else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    trainable = bool(params)
+    optimizer = (
+        torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        if trainable else None
+    )
+    state = {"epoch": -1, "best_score": -float("inf"), "best_epoch": -1, "bad_epochs": 0,
+             "history": [], "train_seconds": 0.0, "best_valid": {}}
+    best_weights = None
+    if out is not None:
+        atomic_write_text(out / "config.json", json.dumps(asdict(config), indent=2))
+        if config.resume and (out / "last.pt").is_file():
+            ckpt = torch.load(out / "last.pt", map_location=config.device, weights_only=False)
+            model.load_state_dict(ckpt["model"])
+            if optimizer is not None:
+                optimizer.load_state_dict(ckpt["optimizer"])
+            state = ckpt["state"]
+            if log:
+                log(f"resumed from {out / 'last.pt'} after epoch {state['epoch']}")
+
+    if not trainable:
+        valid = evaluate(model, prepared, "valid", config.eval_batch_size, config.device)
+        return FitResult(0, 0, 0.0, valid, [{"epoch": 0, "valid": valid}])
+
+    dataset = SequenceDataset(prepared, "train")
+    for epoch in range(state["epoch"] + 1, config.epochs):
+        if state["bad_epochs"] >= config.patience:
+            break
+        start = time.perf_counter()
+        loss = _train_epoch(model, optimizer, dataset, config, epoch)
+        train_time = time.perf_counter() - start
+        valid = evaluate(model, prepared, "valid", config.eval_batch_size, config.device)
+        seconds = time.perf_counter() - start
+        state["train_seconds"] += train_time
+        score = valid.get(metric, float("nan"))
+        improved = score > state["best_score"]
+        if improved:
+            state.update(best_score=score, best_epoch=epoch, bad_epochs=0, best_valid=valid)
+            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        row = {"epoch": epoch, "loss": loss, "valid": valid, "epoch_seconds": seconds,
+               "train_seconds": train_time, "best": improved}
+        state["history"].append(row)
+        if log:
+            metrics = " ".join(f"{k}={v:.4f}" for k, v in valid.items())
+            log(f"epoch {epoch:3d} loss={loss:.4f} {metrics} ({seconds:.1f}s)"
+                + (" *" if improved else ""))
+        if out is not None:
+            if improved:
+                atomic_torch_save({"model": model.state_dict(), "epoch": epoch}, out / "best.pt")
+            atomic_torch_save(
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "state": state},
+                out / "last.pt",
+            )
+            atomic_write_text(
+                out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"])
+            )
+
+    if out is not None and (out / "best.pt").is_file():
+        best = torch.load(out / "best.pt", map_location=config.device, weights_only=False)
+        model.load_state_dict(best["model"])
+    elif best_weights is not None:
+        model.load_state_dict(best_weights)
+    return FitResult(
+        best_epoch=state["best_epoch"],
+        epochs=state["epoch"] + 1,
+        train_seconds=state["train_seconds"],
+        best_valid=state["best_valid"],
+        history=state["history"],
+    )

@@ -1,0 +1,59 @@
+"""Shared fixtures of the test suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+#: ``../shared/data`` beside the repository: real logs, not part of the project.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of ``../shared/data``; skips the test when the folder is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def make_log():
+    """Factory of small :class:`~mdgr_graph.data.readers.Interactions` logs.
+
+    ``make_log(rows)`` takes ``(user, item, timestamp)`` tuples in file order; ids may be
+    ints or strings and are stored as strings, as the readers do.
+    """
+    import numpy as np
+
+    from mdgr_graph.data.readers import Interactions
+
+    def make(rows, source: str = "test-log") -> Interactions:
+        user, item, ts = zip(*rows, strict=True) if rows else ((), (), ())
+        return Interactions(
+            user=np.array([str(u) for u in user], dtype=str),
+            item=np.array([str(i) for i in item], dtype=str),
+            timestamp=np.array(ts, dtype=np.float64),
+            rating=None,
+            source=source,
+        )
+
+    return make
+
+
+@pytest.fixture
+def write_csv(tmp_path):
+    """Factory writing ``(user, item, timestamp)`` rows to a small CSV log in ``tmp_path``.
+
+    ``write_csv(rows, name="log.csv")`` returns the path; the header is
+    ``user,item,timestamp`` (the defaults of ``DataOptions`` for ``format="csv"``).
+    """
+
+    def write(rows, name: str = "log.csv", header: str = "user,item,timestamp", sep=","):
+        path = tmp_path / name
+        lines = [header] + [sep.join(str(v) for v in row) for row in rows]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+    return write
