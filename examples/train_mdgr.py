@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     t.add_argument("--metrics-json", type=Path, default=None,
                    help="write the final test metrics here as one JSON object")
+    t.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice); 1 avoids oversubscription "
+                        "when several runs share the cores")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
     if args.resume and args.out is None:
@@ -92,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     stats = prepared.stats()
     print("data:", json.dumps(stats))
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     model = build_model(

@@ -195,7 +195,7 @@ def _train_epoch(
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        total += float(loss) * batch.num_graphs
+        total += float(loss.detach()) * batch.num_graphs
         count += batch.num_graphs
         bar.set_postfix(loss=f"{total / count:.4f}")
     return total / max(count, 1)

@@ -97,6 +97,8 @@ class DataOptions:
             )
         if self.format != "synthetic" and not self.path:
             raise ValueError(f"format {self.format!r} needs a path")
+        if self.path is not None:  # a pathlib.Path would break the JSON cache key
+            object.__setattr__(self, "path", os.fspath(self.path))
         if not 0 < self.history < self.window:
             raise ValueError(f"need 0 < history < window, got {self.history} and {self.window}")
         if self.negatives < 1 or self.max_len < 1:

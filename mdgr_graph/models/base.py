@@ -12,7 +12,6 @@ A model takes a :class:`~torch_geometric.data.Batch` of
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 

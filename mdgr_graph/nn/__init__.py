@@ -11,6 +11,8 @@ from mdgr_graph.nn.dynamic_cluster_conv import (
     dynamic_cluster_conv_reference,
     edge_budget,
 )
+from mdgr_graph.nn.encoding import SinusoidalEncoding, sinusoidal_encoding
+from mdgr_graph.nn.interest import InterestPooling, InterestScore, InterestWeight
 
 __all__ = [
     "CLUSTER_METHODS",
@@ -19,5 +21,10 @@ __all__ = [
     "cluster_nodes",
     "dynamic_cluster_conv_reference",
     "edge_budget",
+    "InterestPooling",
+    "InterestScore",
+    "InterestWeight",
+    "SinusoidalEncoding",
+    "sinusoidal_encoding",
     "sklearn_cluster",
 ]

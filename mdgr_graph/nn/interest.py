@@ -19,7 +19,9 @@ POOLS = ("attention", "last", "mean")
 def group_index(batch: Tensor, cluster: Tensor, k: int) -> Tensor:
     """Flat id ``batch * k + cluster`` of every node's group: ``[N]``."""
     if cluster.min() < 0 or cluster.max() >= k:
-        raise ValueError(f"cluster labels must lie in [0, {k}), got {cluster.min()}..{cluster.max()}")
+        raise ValueError(
+            f"cluster labels must lie in [0, {k}), got {int(cluster.min())}..{int(cluster.max())}"
+        )
     return batch * k + cluster
 
 

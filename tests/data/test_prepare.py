@@ -314,6 +314,16 @@ def test_second_call_loads_from_cache(write_csv, tmp_path, monkeypatch):
     assert sorted(cache.iterdir()) == entries
 
 
+def test_path_object_accepted(write_csv, tmp_path):
+    # a pathlib.Path used to reach json.dumps in cache_key and fail with a TypeError
+    path = write_csv(log_rows())
+    as_path = csv_options(path, protocol="loo", negatives=5)
+    as_path = DataOptions(**{**as_path.to_json(), "path": Path(path), "behaviors": None})
+    assert as_path.path == str(path)
+    assert cache_key(as_path) == cache_key(csv_options(path, protocol="loo", negatives=5))
+    assert prepare_dataset(as_path, cache_dir=tmp_path / "cache").num_users == 20
+
+
 def test_synthetic_is_cached_too(tmp_path, monkeypatch):
     options = DataOptions(synthetic={"num_users": 30, "num_items": 100})
     first = prepare_dataset(options, cache_dir=tmp_path)
@@ -530,3 +540,62 @@ def test_cli_subprocess(write_csv, tmp_path):
 def test_data_format_error_is_a_value_error():
     # the CLI catches ValueError; DataFormatError must stay one
     assert issubclass(DataFormatError, ValueError)
+
+
+# ---------------------------------------------------------------------- real data
+ML1M_SUBSET_PAPER_STATS = {
+    "users": 1402, "items": 2986, "interactions": 406553, "sequences": 3458,
+    "train": 2768, "valid": 355, "test": 335,
+}  # fmt: skip
+
+
+def assert_paper_splits_disjoint(data: PreparedDataset) -> None:
+    a = data.arrays
+    users = [set(a["window_user"][a["window_split"] == s].tolist()) for s in (TRAIN, VALID, TEST)]
+    assert all(users) and not (users[0] & users[1] or users[0] & users[2] or users[1] & users[2])
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("protocol", ["paper", "loo"])
+def test_ml100k(shared_data, tmp_path, protocol):
+    path = shared_data / "ml-100k" / "u.data.gz"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    options = DataOptions(format="movielens", path=str(path), protocol=protocol)
+    data = prepare_dataset(options, cache_dir=tmp_path)
+    stats = data.stats()
+    assert list(stats) == STATS_KEYS
+    assert 0 < stats["users"] <= 943 and 0 < stats["items"] <= 1682
+    assert 0 < stats["interactions"] <= 100_000
+    ptr = data.arrays["seq_ptr"]
+    assert np.diff(ptr).min() >= options.min_user_len
+    assert np.bincount(data.arrays["seq_items"])[1:].min() >= options.min_item_count
+    if protocol == "paper":
+        assert stats["users"] < 943  # ml-100k users have 20+ ratings: many fall below 100
+        assert stats["sequences"] == int((np.diff(ptr) // 100).sum())
+        assert stats["train"] + stats["valid"] + stats["test"] == stats["sequences"]
+        assert_paper_splits_disjoint(data)
+    else:
+        assert stats["users"] == 943  # every user has 20+ ratings, every 5-core survives
+        assert stats["sequences"] == stats["train"] == stats["valid"] == stats["test"] == 943
+        ends = [data.loo_example(s)["prefix_end"] for s in ("train", "valid", "test")]
+        assert np.all(ends[0] < ends[1]) and np.all(ends[1] < ends[2])
+        assert np.array_equal(ends[2], ptr[1:] - 1)
+    # the second call is served from the cache
+    assert PreparedDataset.load(next(tmp_path.glob("*.npz"))).stats() == stats
+
+
+@pytest.mark.realdata
+def test_ml1m_subset_paper_stats(shared_data, tmp_path):
+    path = shared_data / "ml-1m-subset" / "ratings.dat.gz"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    options = DataOptions(format="movielens", path=str(path), protocol="paper", seed=0)
+    data = prepare_dataset(options, cache_dir=tmp_path)
+    assert data.stats() == ML1M_SUBSET_PAPER_STATS
+    assert_paper_splits_disjoint(data)
+    a = data.arrays
+    # 10% + 10% of the 1,402 users held out; every kept user has at least one window
+    for split in (VALID, TEST):
+        assert len(set(a["window_user"][a["window_split"] == split].tolist())) == 140
+    assert a["hist_items"].shape == (3458, 50) and a["negatives"].shape == (3458, 50)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mdgr_graph.data.errors import DataFormatError
 from mdgr_graph.data.preprocess import (
@@ -12,6 +16,7 @@ from mdgr_graph.data.preprocess import (
     drop_exact_duplicates,
     iterative_filter,
 )
+from mdgr_graph.data.readers import Interactions
 
 
 def raw_sequences(seqs: Sequences) -> dict[str, list[str]]:
@@ -158,3 +163,68 @@ def test_timestamps_non_decreasing_within_each_user(make_log):
     seqs = build(make_log(rows))
     for a, b in zip(seqs.ptr[:-1], seqs.ptr[1:], strict=True):
         assert np.all(np.diff(seqs.timestamp[a:b]) >= 0)
+
+
+# ---------------------------------------------------------------------- property test
+def reference(rows, min_item_count: int, min_user_len: int) -> dict[str, list[tuple[str, float]]]:
+    """The rules of the module, written plainly."""
+    seen, kept = set(), []
+    for row in rows:
+        if row not in seen:
+            seen.add(row)
+            kept.append(row)
+    while True:
+        items = Counter(i for _, i, _ in kept)
+        users = Counter(u for u, _, _ in kept)
+        new = [r for r in kept if items[r[1]] >= min_item_count and users[r[0]] >= min_user_len]
+        if len(new) == len(kept):
+            break
+        kept = new
+    out: dict[str, list[tuple[str, float]]] = {}
+    for u, i, t in kept:
+        out.setdefault(u, []).append((i, t))
+    return {u: sorted(seq, key=lambda e: e[1]) for u, seq in sorted(out.items())}
+
+
+def log_of(rows) -> Interactions:
+    return Interactions(
+        user=np.array([u for u, _, _ in rows], dtype=str),
+        item=np.array([i for _, i, _ in rows], dtype=str),
+        timestamp=np.array([t for _, _, t in rows], dtype=np.float64),
+        rating=None,
+        source="hypothesis",
+    )
+
+
+rows_strategy = st.lists(
+    st.tuples(
+        st.sampled_from(["u1", "u2", "u10", "a", "b", "c"]),
+        st.sampled_from(["i1", "i2", "i3", "x", "y", "z10", "z9"]),
+        st.integers(0, 8).map(float),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=rows_strategy, min_item_count=st.integers(1, 4), min_user_len=st.integers(1, 6))
+def test_property_matches_a_plain_reference(rows, min_item_count, min_user_len):
+    expected = reference(rows, min_item_count, min_user_len)
+    if not expected:
+        with pytest.raises(DataFormatError, match="no user left"):
+            build_sequences(
+                log_of(rows), min_item_count=min_item_count, min_user_len=min_user_len
+            )
+        return
+    seqs = build_sequences(log_of(rows), min_item_count=min_item_count, min_user_len=min_user_len)
+    got = {
+        str(seqs.user_ids[u]): [
+            (str(seqs.item_ids[i]), float(t))
+            for i, t in zip(seqs.items[a:b], seqs.timestamp[a:b], strict=True)
+        ]
+        for u, (a, b) in enumerate(zip(seqs.ptr[:-1], seqs.ptr[1:], strict=True))
+    }
+    assert got == expected
+    assert seqs.user_ids.tolist() == sorted(expected)
+    assert seqs.item_ids.tolist() == [""] + sorted({i for s in expected.values() for i, _ in s})

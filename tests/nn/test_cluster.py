@@ -56,11 +56,13 @@ def test_all_methods_recover_blobs(method):
 def test_degenerate_graphs(method):
     # graph 0: one node; graph 1: 3 nodes (< k); graph 2: identical rows;
     # graph 3: 12 rows with 2 distinct values (repeated items).
+    # (graph 1 is spread out: Birch merges points closer than its threshold of 0.5)
     k = 5
+    gen = torch.Generator().manual_seed(0)
     x = torch.cat(
         [
-            torch.randn(1, 4),
-            torch.randn(3, 4),
+            torch.randn(1, 4, generator=gen),
+            10.0 * torch.randn(3, 4, generator=gen),
             torch.ones(6, 4),
             torch.tensor([[1.0, 2.0, 3.0, 4.0], [-1.0, 0.0, 1.0, 2.0]]).repeat(6, 1),
         ]

@@ -1,0 +1,190 @@
+"""SequenceDataset and PyG batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch_geometric.loader import DataLoader
+
+from mdgr_graph.data.dataset import SequenceData, SequenceDataset, make_sequence_graph
+from mdgr_graph.data.prepare import DataOptions, PreparedDataset, prepare_dataset
+from mdgr_graph.data.protocols import TRAIN, VALID
+
+SYNTH = {"num_users": 40, "num_items": 300, "num_topics": 5}
+
+
+@pytest.fixture(scope="module")
+def paper() -> PreparedDataset:
+    options = DataOptions(
+        protocol="paper", min_item_count=1, window=20, history=8, negatives=6,
+        valid_frac=0.2, test_frac=0.2, synthetic=SYNTH,
+    )  # fmt: skip
+    return prepare_dataset(options, cache_dir=None)
+
+
+@pytest.fixture(scope="module")
+def loo() -> PreparedDataset:
+    options = DataOptions(protocol="loo", max_len=10, negatives=7, synthetic=SYNTH)
+    return prepare_dataset(options, cache_dir=None)
+
+
+# ---------------------------------------------------------------------- single graphs
+def test_make_sequence_graph():
+    g = make_sequence_graph(
+        torch.tensor([4, 2, 9]), torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64),
+        candidates=torch.tensor([1, 2]), labels=torch.tensor([1.0, 0.0]),
+    )  # fmt: skip
+    assert isinstance(g, SequenceData)
+    assert g.num_nodes == 3
+    assert g.x.dtype == torch.long and g.t.dtype == torch.float32
+    assert g.pos.tolist() == [0, 1, 2]
+    assert g.edge_index is None
+    assert g.candidates.tolist() == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "items,days,match",
+    [
+        (torch.tensor([1, 2, 3]), torch.tensor([0.0, 1.0]), "equal length"),
+        (torch.tensor([[1, 2]]), torch.tensor([[0.0, 1.0]]), "1-D"),
+        (torch.tensor(1), torch.tensor(0.0), "1-D"),
+        (torch.tensor([], dtype=torch.long), torch.tensor([]), "at least one interaction"),
+    ],
+)
+def test_make_sequence_graph_errors(items, days, match):
+    with pytest.raises(ValueError, match=match):
+        make_sequence_graph(items, days)
+
+
+def test_unknown_split(paper):
+    with pytest.raises(ValueError, match="unknown split"):
+        SequenceDataset(paper, "dev")
+
+
+# ---------------------------------------------------------------------- paper
+@pytest.mark.parametrize("split", ["train", "valid", "test"])
+def test_paper_graphs(paper, split):
+    ds = SequenceDataset(paper, split)
+    a = paper.arrays
+    rows = np.flatnonzero(a["window_split"] == ["train", "valid", "test"].index(split))
+    assert len(ds) == len(rows) == paper.split_size(split) > 0
+    for i in (0, len(ds) - 1):
+        g, r = ds[i], rows[i]
+        assert g.num_nodes == 8
+        assert g.x.tolist() == a["hist_items"][r].tolist()
+        assert torch.allclose(g.t, torch.from_numpy(a["hist_time"][r]))
+        assert g.pos.tolist() == list(range(8))
+        negatives = ds._negatives[i].tolist()
+        if split != "train":
+            assert negatives == a["negatives"][r].tolist()
+        # candidates: the window's positives, then its negatives
+        assert g.candidates.tolist() == a["targets"][r].tolist() + negatives
+        assert g.labels.tolist() == [1.0] * 12 + [0.0] * 6
+        assert int(g.user) == a["window_user"][r] and int(g.sample) == i
+        assert "target" not in g
+
+
+def test_paper_batches(paper):
+    ds = SequenceDataset(paper, "train")
+    loader = DataLoader(ds, batch_size=5, shuffle=False)
+    batch = next(iter(loader))
+    assert batch.num_graphs == 5
+    assert batch.x.shape == (40,) and batch.t.shape == (40,) and batch.pos.shape == (40,)
+    assert batch.batch.tolist() == [g for g in range(5) for _ in range(8)]
+    assert batch.ptr.tolist() == [0, 8, 16, 24, 32, 40]
+    assert batch.pos.tolist() == list(range(8)) * 5  # positions are not shifted
+    assert batch.candidates.shape == (5, 18) and batch.labels.shape == (5, 18)
+    assert batch.user.shape == (5,) and batch.sample.tolist() == [0, 1, 2, 3, 4]
+    # item ids are not shifted by the loader either
+    assert batch.x.tolist() == np.concatenate(paper.arrays["hist_items"][
+        np.flatnonzero(paper.arrays["window_split"] == TRAIN)[:5]
+    ]).tolist()
+    assert torch.equal(batch.candidates[2], ds[2].candidates)
+    total = sum(b.num_graphs for b in loader)
+    assert total == len(ds)
+
+
+def test_set_epoch_redraws_training_negatives_only(paper):
+    train, valid = SequenceDataset(paper, "train"), SequenceDataset(paper, "valid")
+    t0, v0 = train[0].candidates.clone(), valid[0].candidates.clone()
+    train.set_epoch(1)
+    valid.set_epoch(1)
+    t1, v1 = train[0].candidates, valid[0].candidates
+    assert torch.equal(t0[:12], t1[:12])  # same positives
+    assert not torch.equal(train._negatives, torch.from_numpy(paper.draw_train_negatives(0)))
+    assert torch.equal(train._negatives, torch.from_numpy(paper.draw_train_negatives(1)))
+    assert torch.equal(v0, v1)
+    rows = np.flatnonzero(paper.arrays["window_split"] == VALID)
+    assert torch.equal(valid._negatives, torch.from_numpy(paper.arrays["negatives"][rows]))
+    train.set_epoch(0)
+    assert torch.equal(train[0].candidates, t0)
+    assert train.epoch == 0 and valid.epoch == 1
+
+
+# ---------------------------------------------------------------------- leave-one-out
+@pytest.mark.parametrize("split", ["train", "valid", "test"])
+def test_loo_graphs(loo, split):
+    ds = SequenceDataset(loo, split)
+    ex = loo.loo_example(split)
+    assert len(ds) == loo.num_users
+    for u in (0, 7, loo.num_users - 1):
+        g = ds[u]
+        n = int(ex["length"][u])
+        assert g.num_nodes == n == 10
+        assert g.x.tolist() == ex["items"][u, :n].tolist()
+        assert int(g.target) == ex["target"][u]
+        assert g.candidates[0] == g.target and g.candidates.shape == (8,)
+        assert g.labels.tolist() == [1.0] + [0.0] * 7
+        assert int(g.user) == u
+        if split != "train":
+            code = 1 if split == "valid" else 2
+            assert g.candidates[1:].tolist() == loo.arrays["loo_negatives"][code - 1, u].tolist()
+
+
+def test_loo_batches(loo):
+    ds = SequenceDataset(loo, "test")
+    batch = next(iter(DataLoader(ds, batch_size=4)))
+    assert batch.num_graphs == 4
+    assert batch.x.shape == (40,) and batch.t.shape == (40,) and batch.pos.shape == (40,)
+    assert batch.batch.shape == (40,) and batch.batch.max() == 3
+    assert batch.candidates.shape == (4, 8) and batch.labels.shape == (4, 8)
+    assert batch.user.tolist() == [0, 1, 2, 3]
+    assert batch.target.shape == (4,)
+    assert torch.equal(batch.candidates[:, 0], batch.target)
+    assert batch.target.tolist() == loo.loo_example("test")["target"][:4].tolist()
+
+
+def test_loo_batches_with_short_histories(write_csv):
+    # users of 4..9 interactions: training histories of 1..6 nodes, max_len 4
+    rows = [(u, 10 * u + k, 60 * k) for u in range(6) for k in range(4 + u)]
+    options = DataOptions(
+        format="csv", path=str(write_csv(rows)), protocol="loo", min_item_count=1,
+        min_user_len=4, max_len=4, negatives=2,
+    )  # fmt: skip
+    ds = SequenceDataset(prepare_dataset(options, cache_dir=None), "train")
+    sizes = [ds[u].num_nodes for u in range(6)]
+    assert sizes == [1, 2, 3, 4, 4, 4]
+    batch = next(iter(DataLoader(ds, batch_size=6)))
+    assert batch.x.shape == (sum(sizes),)
+    assert batch.ptr.tolist() == np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    assert batch.pos.tolist() == [p for n in sizes for p in range(n)]
+    assert batch.candidates.shape == (6, 3)
+
+
+def test_loo_set_epoch(loo):
+    train, test = SequenceDataset(loo, "train"), SequenceDataset(loo, "test")
+    before, fixed = train._negatives.clone(), test._negatives.clone()
+    train.set_epoch(3)
+    test.set_epoch(3)
+    assert not torch.equal(train._negatives, before)
+    assert torch.equal(test._negatives, fixed)
+
+
+def test_transform_is_applied(paper):
+    def mark(g):
+        g.marked = torch.tensor(1)
+        return g
+
+    ds = SequenceDataset(paper, "test", transform=mark)
+    assert int(ds[0].marked) == 1

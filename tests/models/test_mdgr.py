@@ -1,0 +1,173 @@
+import math
+
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+from mdgr_graph.data.dataset import make_sequence_graph
+from mdgr_graph.models import MDGR, VARIANTS
+from mdgr_graph.nn.encoding import SinusoidalEncoding, sinusoidal_encoding
+from mdgr_graph.nn.interest import InterestPooling, InterestScore, InterestWeight
+
+NUM_ITEMS = 40
+
+
+def make_batch(lengths, num_candidates=6, seed=0, items=None):
+    gen = torch.Generator().manual_seed(seed)
+    graphs = []
+    for i, n in enumerate(lengths):
+        x = items[i] if items is not None else torch.randint(1, NUM_ITEMS + 1, (n,), generator=gen)
+        days = torch.rand(n, generator=gen).cumsum(0)
+        cand = torch.randint(1, NUM_ITEMS + 1, (num_candidates,), generator=gen)
+        labels = (torch.arange(num_candidates) < num_candidates // 2).float()
+        graphs.append(make_sequence_graph(x, days, candidates=cand, labels=labels))
+    return Batch.from_data_list(graphs)
+
+
+def small_model(**kwargs):
+    torch.manual_seed(0)
+    opts = dict(dim=16, k=3, m=2, max_len=12, time_dim=8, pos_dim=8)
+    opts.update(kwargs)
+    return MDGR(NUM_ITEMS, **opts)
+
+
+def test_sinusoidal_encoding_matches_formula():
+    values = torch.tensor([0.0, 1.0, 7.5])
+    enc = sinusoidal_encoding(values, 6)
+    for i in range(3):
+        freq = 1.0 / 10000 ** (2 * i / 6)
+        assert torch.allclose(enc[:, 2 * i], torch.sin(values * freq))
+        assert torch.allclose(enc[:, 2 * i + 1], torch.cos(values * freq))
+    assert repr(SinusoidalEncoding(6)) == "SinusoidalEncoding(6)"
+    with pytest.raises(ValueError, match="even"):
+        sinusoidal_encoding(values, 5)
+
+
+def test_interest_pooling_last_and_mean():
+    x = torch.arange(12, dtype=torch.float).view(6, 2)
+    batch = torch.tensor([0, 0, 0, 1, 1, 1])
+    cluster = torch.tensor([0, 1, 0, 2, 2, 2])
+    pos = torch.tensor([0, 1, 2, 0, 1, 2])
+    z, mask = InterestPooling(2, k=3, pool="last")(x, batch, cluster, pos, 2)
+    assert mask.tolist() == [[True, True, False], [False, False, True]]
+    assert torch.equal(z[0, 0], x[2]) and torch.equal(z[0, 1], x[1])
+    assert torch.equal(z[1, 2], x[5]) and torch.equal(z[0, 2], torch.zeros(2))
+    z, _ = InterestPooling(2, k=3, pool="mean")(x, batch, cluster, pos, 2)
+    assert torch.allclose(z[0, 0], (x[0] + x[2]) / 2)
+    z, _ = InterestPooling(2, k=3, pool="attention")(x, batch, cluster, pos, 2)
+    # attention weights are convex: the pooled vector lies between its members
+    assert torch.all(z[1, 2] >= x[3] - 1e-6) and torch.all(z[1, 2] <= x[5] + 1e-6)
+    assert repr(InterestPooling(2, k=3)) == "InterestPooling(2, k=3, pool='attention')"
+
+
+def test_interest_weight_equals_explicit_concatenation():
+    torch.manual_seed(0)
+    head = InterestWeight(4, time_channels=2, max_len=3, hidden=5)
+    z = torch.randn(2, 2, 4)
+    time_enc = torch.randn(5, 2)
+    batch = torch.tensor([0, 0, 0, 1, 1])
+    cluster = torch.tensor([1, 0, 1, 0, 0])
+    slot = torch.tensor([0, 1, 2, 0, 1])
+    out = head(z, time_enc, batch * 2 + cluster, slot)
+    assert out.shape == (2, 2) and torch.all(out >= 0)
+    # Eq. 15 literally: [z_j ; 1[c_1=j] tau_1 ; ... ; 1[c_l=j] tau_l] through W_1
+    w1 = torch.cat([head.lin_z.weight, head.time_weight.reshape(3 * 2, 5).t()], dim=1)
+    for b in range(2):
+        for j in range(2):
+            slots = torch.zeros(3, 2)
+            for node in range(5):
+                if batch[node] == b and cluster[node] == j:
+                    slots[slot[node]] = time_enc[node]
+            inp = torch.cat([z[b, j], slots.flatten()])
+            hidden = torch.sigmoid(w1 @ inp + head.lin_z.bias)
+            expect = torch.nn.functional.softplus(head.lin_out(hidden))
+            assert torch.allclose(out[b, j], expect.squeeze(), atol=1e-6)
+    with pytest.raises(ValueError, match="max_len=3"):
+        head(z, time_enc, batch * 2 + cluster, slot + 1)
+
+
+def test_interest_score_is_max_over_nonempty_interests():
+    torch.manual_seed(0)
+    scorer = InterestScore(3)
+    z = torch.randn(1, 3, 3)
+    weight = torch.tensor([[1.0, 2.0, 0.5]])
+    mask = torch.tensor([[True, False, True]])
+    items = torch.randn(4, 3)
+    out = scorer(z, weight, mask, items)
+    per = torch.stack([weight[0, j] * scorer.lin(z[0, j] * items).squeeze(-1) for j in (0, 2)])
+    assert torch.allclose(out[0], per.max(0).values, atol=1e-6)
+    assert torch.allclose(scorer(z, weight, mask, items.unsqueeze(0)), out)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_variants_shapes_and_finite(variant):
+    model = MDGR.from_variant(variant, NUM_ITEMS, dim=16, k=3, m=2, max_len=12,
+                              time_dim=8, pos_dim=8).eval()
+    batch = make_batch([5, 12, 1, 2])
+    logits = model.score_candidates(batch)
+    assert logits.shape == (4, 6) and torch.isfinite(logits).all()
+    full = model.score_all(batch, chunk_size=7)
+    assert full.shape == (4, NUM_ITEMS + 1) and torch.isfinite(full).all()
+    assert torch.allclose(full.gather(1, batch.candidates), logits, atol=1e-5)
+    loss = model.loss(batch)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+
+
+def test_gradients_reach_every_part():
+    model = small_model()
+    model.train()
+    model.loss(make_batch([12, 9, 7, 12])).backward()
+    missing = [n for n, p in model.named_parameters()
+               if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing, f"no gradient for {missing}"
+
+
+def test_edge_cases_single_node_n_less_than_k_repeated_items():
+    model = small_model(k=4)
+    items = [torch.tensor([3]), torch.tensor([5, 6]), torch.full((10,), 7),
+             torch.tensor([1, 2, 1, 2, 1, 2])]
+    batch = make_batch([len(i) for i in items], items=items)
+    z, weight, mask, cluster = model.interests(batch)
+    assert z.shape == (4, 4, 16) and torch.isfinite(z).all() and torch.isfinite(weight).all()
+    assert mask[0].sum() == 1  # one node, one interest
+    assert mask[1].sum() <= 2
+    assert torch.isfinite(model.score_candidates(batch)).all()
+
+
+def test_graphs_per_iteration_stay_inside_graphs_and_budget():
+    model = small_model(gamma=0.2)
+    batch = make_batch([12, 3, 8])
+    _, graphs = model.node_states(batch, return_graphs=True)
+    assert len(graphs) == model.m
+    counts = torch.bincount(batch.batch)
+    for edge_index, edge_weight, cluster in graphs:
+        assert torch.isfinite(edge_weight).all()
+        src, dst = edge_index
+        assert torch.equal(batch.batch[src], batch.batch[dst])
+        assert torch.all(src != dst)
+        assert torch.equal(cluster[src], cluster[dst])
+        per_graph = torch.bincount(batch.batch[src], minlength=3)
+        budget = torch.tensor([math.ceil(0.2 * n * n) for n in counts.tolist()])
+        assert torch.all(per_graph <= budget)
+
+
+def test_deterministic_with_seed_and_batch_invariant():
+    batch = make_batch([12, 4, 7])
+    a = small_model().eval().score_candidates(batch)
+    b = small_model().eval().score_candidates(batch)
+    assert torch.equal(a, b)
+    single = small_model().eval().score_candidates(
+        Batch.from_data_list([batch.get_example(1)])
+    )
+    assert torch.allclose(single[0], a[1], atol=1e-5)
+
+
+def test_bad_input_errors():
+    model = small_model(max_len=4)
+    with pytest.raises(ValueError, match="max_len=4"):
+        model.score_candidates(make_batch([6]))
+    with pytest.raises(ValueError, match="exceeds num_items"):
+        model.score_candidates(make_batch([2], items=[torch.tensor([1, NUM_ITEMS + 5])]))
+    with pytest.raises(ValueError, match="unknown variant"):
+        MDGR.from_variant("mdgr-x", NUM_ITEMS)
+    assert "MDGR(num_items=40" in repr(model)
