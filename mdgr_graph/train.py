@@ -16,6 +16,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,9 @@ class TrainConfig:
         resume: continue from ``out_dir/last.pt`` if it exists.
         grad_clip: clip the gradient norm (None: no clipping).
         progress: show tqdm bars.
+        deterministic: run with ``torch.use_deterministic_algorithms(True)`` (restored on
+            return), so that a seed fixes every bit of the result on CPU even with
+            several threads; without it, parallel reductions may differ in the last bit.
     """
 
     epochs: int = 100
@@ -72,6 +76,7 @@ class TrainConfig:
     resume: bool = False
     grad_clip: float | None = 5.0
     progress: bool = True
+    deterministic: bool = True
 
 
 @dataclass
@@ -201,6 +206,17 @@ def _train_epoch(
     return total / max(count, 1)
 
 
+@contextmanager
+def deterministic_algorithms(enabled: bool):
+    """Switch ``torch.use_deterministic_algorithms`` for a block, then restore it."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(enabled or previous)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
 def fit(
     model: SequentialRecommender,
     prepared: PreparedDataset,
@@ -214,6 +230,16 @@ def fit(
     atomically. With ``config.resume`` it continues from ``last.pt``. On return the model
     holds the best weights. Models without a loss (e.g. popularity) are only evaluated.
     """
+    with deterministic_algorithms(config.deterministic):
+        return _fit(model, prepared, config, log)
+
+
+def _fit(
+    model: SequentialRecommender,
+    prepared: PreparedDataset,
+    config: TrainConfig,
+    log: Callable[[str], None] | None,
+) -> FitResult:
     model.to(config.device)
     metric = SELECTION_METRIC[prepared.protocol]
     out = Path(config.out_dir) if config.out_dir else None

@@ -66,6 +66,7 @@ def options_from_args(args: argparse.Namespace) -> DataOptions:
             "num_users": args.synthetic_users,
             "num_items": args.synthetic_items,
             "num_topics": args.synthetic_topics,
+            "topics_per_user": (min(2, args.synthetic_topics), min(4, args.synthetic_topics)),
         }
     behaviors = tuple(b.strip() for b in args.behaviors.split(",")) if args.behaviors else None
     return DataOptions(

@@ -1,0 +1,177 @@
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mdgr_graph.data.prepare import DataOptions, prepare_dataset
+from mdgr_graph.data.synthetic import generate_synthetic
+from mdgr_graph.metrics import auc_per_row
+from mdgr_graph.models import MDGR, Popularity, build_model
+from mdgr_graph.models.baselines.pop import training_item_counts
+from mdgr_graph.train import TrainConfig, _seen_mask, evaluate, fit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import train_mdgr  # noqa: E402
+
+TINY = {"num_users": 120, "num_items": 80, "num_topics": 4, "length": (40, 60)}
+SMALL_MODEL = {"dim": 16, "k": 3, "m": 1, "kmeans_iters": 3}
+
+
+@pytest.fixture(scope="module")
+def paper_data():
+    opts = DataOptions(format="synthetic", window=40, history=20, negatives=20,
+                       min_user_len=40, synthetic=TINY)
+    return prepare_dataset(opts, cache_dir=None)
+
+
+@pytest.fixture(scope="module")
+def loo_data():
+    opts = DataOptions(format="synthetic", protocol="loo", max_len=20, negatives=20,
+                       synthetic=TINY)
+    return prepare_dataset(opts, cache_dir=None)
+
+
+def tiny_model(prepared):
+    torch.manual_seed(0)
+    return build_model("mdgr", prepared, **SMALL_MODEL)
+
+
+def config(tmp_path=None, **kw):
+    base = dict(epochs=2, batch_size=32, progress=False, seed=0,
+                out_dir=str(tmp_path) if tmp_path else None)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_fit_writes_checkpoints_and_log(paper_data, tmp_path):
+    result = fit(tiny_model(paper_data), paper_data, config(tmp_path), log=None)
+    assert result.epochs == 2 and 0 <= result.best_epoch <= 1
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert {"loss", "valid", "epoch_seconds", "best"} <= set(rows[0])
+    assert "auc/sampled" in rows[0]["valid"]
+    assert (tmp_path / "best.pt").is_file() and (tmp_path / "last.pt").is_file()
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_resume_continues_exactly(paper_data, tmp_path):
+    straight = tiny_model(paper_data)
+    fit(straight, paper_data, config(tmp_path / "a", epochs=3, patience=99), log=None)
+    resumed = tiny_model(paper_data)
+    fit(resumed, paper_data, config(tmp_path / "b", epochs=2, patience=99), log=None)
+    resumed = tiny_model(paper_data)  # a fresh process: new model, state from disk
+    res = fit(resumed, paper_data, config(tmp_path / "b", epochs=3, patience=99, resume=True),
+              log=None)
+    assert res.epochs == 3
+    log_a = (tmp_path / "a" / "log.jsonl").read_text().splitlines()
+    log_b = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
+    strip = [{k: v for k, v in json.loads(r).items() if "seconds" not in k} for r in log_a]
+    strip_b = [{k: v for k, v in json.loads(r).items() if "seconds" not in k} for r in log_b]
+    assert strip == strip_b
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_same_seed_same_metrics(paper_data):
+    a = tiny_model(paper_data)
+    fit(a, paper_data, config(), log=None)
+    b = tiny_model(paper_data)
+    fit(b, paper_data, config(), log=None)
+    assert evaluate(a, paper_data, "test") == evaluate(b, paper_data, "test")
+
+
+def test_popularity_counts_and_metrics(paper_data, loo_data):
+    counts = training_item_counts(paper_data)
+    assert counts[0] == 0 and counts.sum() == (paper_data.arrays["window_split"] == 0).sum() * 40
+    pop = Popularity.from_prepared(paper_data)
+    assert pop.loss(None) is None
+    metrics = evaluate(pop, paper_data, "test")
+    assert set(metrics) == {"auc/sampled", "recall@50/sampled"}
+    # against a direct computation over the fixed test candidates
+    a = paper_data.arrays
+    rows = a["window_split"] == 2
+    cand = np.concatenate([a["targets"][rows], a["negatives"][rows]], axis=1)
+    labels = np.concatenate([np.ones_like(a["targets"][rows]),
+                             np.zeros_like(a["negatives"][rows])], axis=1)
+    scores = torch.log1p(torch.as_tensor(counts, dtype=torch.float32))[torch.from_numpy(cand)]
+    expect = auc_per_row(scores, torch.from_numpy(labels)).mean().item()
+    assert metrics["auc/sampled"] == pytest.approx(expect)
+    loo_metrics = evaluate(Popularity.from_prepared(loo_data), loo_data, "test")
+    assert {"hr@10/full", "ndcg@10/full", "mrr/full", "auc/sampled"} <= set(loo_metrics)
+
+
+def test_seen_mask_holds_items_before_target(loo_data):
+    rows = torch.tensor([0, 3, 7])
+    mask = _seen_mask(loo_data, rows, "valid")
+    ptr, items = loo_data.arrays["seq_ptr"], loo_data.arrays["seq_items"]
+    for r, u in enumerate(rows.tolist()):
+        expect = set(items[ptr[u] : ptr[u + 1] - 2].tolist())
+        assert set(torch.nonzero(mask[r]).flatten().tolist()) == expect
+
+
+def test_fit_loo_and_example_metrics_json(tmp_path):
+    out = tmp_path / "metrics.json"
+    argv = ["--protocol", "loo", "--synthetic-users", "80", "--synthetic-items", "200",
+            "--negatives", "20",
+            "--synthetic-topics", "3", "--epochs", "1", "--m", "1", "--k", "2", "--dim", "8",
+            "--no-progress", "--no-cache", "--metrics-json", str(out), "--out",
+            str(tmp_path / "run")]
+    assert train_mdgr.main(argv) == 0
+    final = json.loads(out.read_text())
+    assert {"hr@10", "ndcg@10", "recall@50", "mrr", "best_epoch", "epochs", "train_seconds",
+            "params"} <= set(final)
+    assert json.loads((tmp_path / "run" / "args.json").read_text())["protocol"] == "loo"
+
+
+def test_example_paper_protocol_and_errors(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    argv = ["--synthetic-users", "60", "--synthetic-items", "200", "--synthetic-topics", "3",
+            "--epochs", "1", "--m", "1", "--k", "2", "--dim", "8", "--no-progress",
+            "--no-cache", "--metrics-json", str(out), "--model", "mdgr-pt", "--max-users", "30"]
+    assert train_mdgr.main(argv) == 0
+    assert {"auc", "recall@50", "params"} <= set(json.loads(out.read_text()))
+    assert train_mdgr.main(["--format", "movielens", "--path", str(tmp_path / "nope")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_mdgr.main(["--resume"])
+
+
+@pytest.mark.slow
+def test_mdgr_recovers_planted_interests():
+    """Short training on synthetic data: far above popularity, interests match topics."""
+    torch.set_num_threads(1)
+    synth = {"num_users": 600, "num_items": 300, "num_topics": 10, "length": (100, 160)}
+    prepared = prepare_dataset(DataOptions(format="synthetic", synthetic=synth), cache_dir=None)
+    truth = generate_synthetic(**synth)
+    torch.manual_seed(0)
+    model = build_model("mdgr", prepared, m=1, k=4)
+    fit(model, prepared, TrainConfig(epochs=14, lr=3e-3, batch_size=32, progress=False),
+        log=None)
+    test = evaluate(model, prepared, "test")
+    pop = evaluate(Popularity.from_prepared(prepared), prepared, "test")
+    assert test["auc/sampled"] > 0.85
+    assert test["auc/sampled"] > pop["auc/sampled"] + 0.08
+
+    # the top items of every learned interest belong to the user's planted topics
+    from mdgr_graph.data.dataset import SequenceDataset
+    from torch_geometric.loader import DataLoader
+
+    item_topic = np.full(prepared.num_items + 1, -1)
+    item_topic[1:] = truth.item_topic[prepared.arrays["item_ids"][1:].astype(int)]
+    user_raw = prepared.arrays["user_ids"].astype(int)
+    batch = next(iter(DataLoader(SequenceDataset(prepared, "test"), batch_size=64)))
+    model.eval()
+    with torch.no_grad():
+        z, _, mask, _ = model.interests(batch)
+        table = model.item_emb.weight[1:]
+        raw = torch.einsum("bkd,id->bki", z * model.scorer.lin.weight.view(1, 1, -1), table)
+    top = raw.topk(10, dim=-1).indices + 1  # [B, k, 10] item ids
+    planted = truth.user_topics[user_raw[batch.user.numpy()]]  # [B, topics]
+    hits = np.take_along_axis(planted[:, None, :].repeat(top.shape[1], 1),
+                              item_topic[top.numpy()], axis=2)
+    aligned = hits[mask.numpy()].mean()
+    assert aligned > 0.8, f"only {aligned:.2f} of interest top items are in planted topics"
