@@ -57,3 +57,15 @@ def write_csv(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture
+def without_extensions(monkeypatch):
+    """Run a test as if torch-scatter and torch-cluster were not installed."""
+    import torch_geometric.typing as pyg_typing
+
+    from mdgr_graph import typing as mdgr_typing
+
+    monkeypatch.setattr(mdgr_typing, "WITH_TORCH_SCATTER", False)
+    monkeypatch.setattr(mdgr_typing, "WITH_TORCH_CLUSTER", False)
+    monkeypatch.setattr(pyg_typing, "WITH_TORCH_SCATTER", False)

@@ -9,7 +9,7 @@ import torch
 from mdgr_graph.data.prepare import DataOptions, prepare_dataset
 from mdgr_graph.data.synthetic import generate_synthetic
 from mdgr_graph.metrics import auc_per_row
-from mdgr_graph.models import MDGR, Popularity, build_model
+from mdgr_graph.models import Popularity, build_model
 from mdgr_graph.models.baselines.pop import training_item_counts
 from mdgr_graph.train import TrainConfig, _seen_mask, evaluate, fit
 
@@ -157,8 +157,9 @@ def test_mdgr_recovers_planted_interests():
     assert test["auc/sampled"] > pop["auc/sampled"] + 0.08
 
     # the top items of every learned interest belong to the user's planted topics
-    from mdgr_graph.data.dataset import SequenceDataset
     from torch_geometric.loader import DataLoader
+
+    from mdgr_graph.data.dataset import SequenceDataset
 
     item_topic = np.full(prepared.num_items + 1, -1)
     item_topic[1:] = truth.item_topic[prepared.arrays["item_ids"][1:].astype(int)]

@@ -171,3 +171,17 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="unknown variant"):
         MDGR.from_variant("mdgr-x", NUM_ITEMS)
     assert "MDGR(num_items=40" in repr(model)
+
+
+def test_same_result_without_compiled_extensions(request):
+    batch = make_batch([12, 5, 9])
+    model = small_model().eval()
+    with_ext = model.score_candidates(batch)
+    request.getfixturevalue("without_extensions")
+    import torch_geometric.typing as pyg_typing
+
+    assert not pyg_typing.WITH_TORCH_SCATTER
+    without = model.score_candidates(batch)
+    assert torch.allclose(with_ext, without, atol=1e-6)
+    model.train()
+    model.loss(batch).backward()
