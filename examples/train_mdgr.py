@@ -57,7 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--binary", action="store_true",
                    help="binary adjacency (paper Eq. 9 literally) instead of weighted edges")
     t = parser.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=8, help="maximum epochs")
+    t.add_argument("--epochs", type=int, default=15,
+                   help="maximum epochs (small so the default demo finishes in minutes; "
+                        "the paper trains to early stopping, use e.g. 100 with --patience 10)")
     t.add_argument("--patience", type=int, default=10,
                    help="stop after this many epochs without validation gain")
     t.add_argument("--batch-size", type=int, default=128, help="training batch size")
