@@ -115,13 +115,15 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- evaluation
-def _seen_mask(prepared: PreparedDataset, rows: Tensor, split: str) -> Tensor:
-    """``[B, num_items + 1]``: items of each user's sequence before the split's target."""
-    ex_end = prepared.loo_example(split)["prefix_end"]
+def _seen_mask(prepared: PreparedDataset, rows: Tensor, prefix_end: np.ndarray) -> Tensor:
+    """``[B, num_items + 1]``: items of each user's sequence before the split's target.
+
+    ``rows`` are leave-one-out examples (one per user, so row == user) and ``prefix_end``
+    the offset of every user's target in ``seq_items`` (``loo_example(split)``).
+    """
     ptr = prepared.arrays["seq_ptr"]
-    rows_np = rows.cpu().numpy()
-    users = rows_np  # loo: one example per user, row == user
-    start, end = ptr[users], ex_end[rows_np]
+    users = rows.cpu().numpy()
+    start, end = ptr[users], prefix_end[users]
     lengths = end - start
     row_of = np.repeat(np.arange(len(users)), lengths)
     offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
@@ -152,6 +154,7 @@ def evaluate(
     dataset = SequenceDataset(prepared, split)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     acc = MetricAccumulator()
+    prefix_end = prepared.loo_example(split)["prefix_end"] if prepared.protocol == "loo" else None
     for i, batch in enumerate(tqdm(loader, desc=f"eval {split}", disable=not progress,
                                    leave=False)):
         if max_batches is not None and i >= max_batches:
@@ -162,7 +165,7 @@ def evaluate(
             acc.update_many(window_metrics_per_row(scores, batch.labels.cpu(), ks=(50,)))
         else:
             scores = model.score_all(batch).float().cpu()
-            exclude = _seen_mask(prepared, batch.sample.cpu(), split)
+            exclude = _seen_mask(prepared, batch.sample.cpu(), prefix_end)
             rank = rank_of_target(scores, batch.target.cpu(), exclude)
             acc.update_many(full_ranking_per_row(rank, ks=(10, 50)))
             sampled = torch.gather(scores, 1, batch.candidates.cpu())
