@@ -337,6 +337,13 @@ class DynamicClusterConv(MessagePassing):
             acc = acc + h
         return acc / self.hops
 
+    def cluster_labels(self, x: Tensor, batch: Tensor, batch_size: int) -> Tensor:
+        """Cluster label of every node ``[N]`` with this layer's method (on detached ``x``)."""
+        return cluster_nodes(
+            x.detach(), batch, self.k, self.cluster,
+            num_iters=self.kmeans_iters, batch_size=batch_size,
+        )
+
     def forward(
         self,
         x: Tensor,
@@ -358,14 +365,7 @@ class DynamicClusterConv(MessagePassing):
         """
         batch, num_graphs = self._check_inputs(x, batch, query, cluster)
         if cluster is None:
-            cluster = cluster_nodes(
-                x.detach(),
-                batch,
-                self.k,
-                self.cluster,
-                num_iters=self.kmeans_iters,
-                batch_size=num_graphs,
-            )
+            cluster = self.cluster_labels(x, batch, num_graphs)
         edge_index, edge_weight = self.build_graph(x, batch, cluster, num_graphs)
 
         phi_c = self.cluster_vector(x, edge_index)
@@ -423,14 +423,7 @@ def dynamic_cluster_conv_reference(
         raise ValueError("the reference does not model dropout; call conv.eval() first")
     batch, num_graphs = conv._check_inputs(x, batch, query, cluster)
     if cluster is None:
-        cluster = cluster_nodes(
-            x.detach(),
-            batch,
-            conv.k,
-            conv.cluster,
-            num_iters=conv.kmeans_iters,
-            batch_size=num_graphs,
-        )
+        cluster = conv.cluster_labels(x, batch, num_graphs)
     d, heads = conv.channels, conv.heads
     outs, edges, weights = [], [], []
     offset = 0
