@@ -1,4 +1,4 @@
-"""Train and evaluate MDGR (or a variant, or the popularity baseline) on a log.
+"""Train and evaluate MDGR (or a variant, or a baseline) on a log.
 
 With no arguments it trains MDGR on the embedded synthetic data (paper protocol) and
 prints the test metrics. Examples::
@@ -22,7 +22,7 @@ import torch
 
 from mdgr_graph.data.cli import add_data_arguments, cache_dir_from_args, options_from_args
 from mdgr_graph.data.prepare import prepare_dataset
-from mdgr_graph.models import MODELS, build_model
+from mdgr_graph.models import MODELS, NEURAL_BASELINES, build_model
 from mdgr_graph.train import TrainConfig, atomic_write_text, evaluate, fit
 
 FINAL_KEYS = {
@@ -40,7 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_data_arguments(parser)
     g = parser.add_argument_group("model")
     g.add_argument("--model", choices=sorted(MODELS), default="mdgr",
-                   help="mdgr, a Table 3 variant, or the popularity baseline 'pop'")
+                   help="mdgr, a Table 3 variant, a neural baseline (sasrec, gru4rec) or a "
+                        "closed-form one (pop, itemknn, ease)")
     g.add_argument("--dim", type=int, default=32, help="model width d")
     g.add_argument("--k", type=int, default=8, help="number of interests")
     g.add_argument("--m", type=int, default=5, help="DynamicClusterConv iterations")
@@ -56,6 +57,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="how a group is pooled into its interest vector")
     g.add_argument("--binary", action="store_true",
                    help="binary adjacency (paper Eq. 9 literally) instead of weighted edges")
+    g.add_argument("--blocks", type=int, default=2,
+                   help="sasrec: transformer blocks; gru4rec: GRU layers")
+    g.add_argument("--history-targets", action="store_true",
+                   help="sasrec/gru4rec: also learn next-item targets inside the history")
+    g.add_argument("--neighbours", type=int, default=100,
+                   help="itemknn: neighbourhood size per item (0 keeps all)")
+    g.add_argument("--shrink", type=float, default=10.0, help="itemknn: similarity shrinkage")
+    g.add_argument("--l2", type=float, default=500.0, help="ease: L2 weight lambda")
     t = parser.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=15,
                    help="maximum epochs (small so the default demo finishes in minutes; "
@@ -80,9 +89,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.resume and args.out is None:
         parser.error("--resume needs --out")
+    if args.history_targets and args.model not in NEURAL_BASELINES:
+        parser.error(f"--history-targets is for {', '.join(NEURAL_BASELINES)}, not {args.model}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda requested but CUDA is not available")
     return args
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``build_model`` that ``args.model`` takes."""
+    if args.model == "pop":
+        return {}
+    if args.model == "itemknn":
+        return {"neighbours": args.neighbours or None, "shrink": args.shrink}
+    if args.model == "ease":
+        return {"l2": args.l2}
+    if args.model in NEURAL_BASELINES:
+        layers = "num_blocks" if args.model == "sasrec" else "num_layers"
+        return {"dim": args.dim, "dropout": args.dropout, layers: args.blocks,
+                "history_targets": args.history_targets}
+    return {"dim": args.dim, "k": args.k, "m": args.m, "gamma": args.gamma,
+            "delta": args.delta, "conv_heads": args.conv_heads, "dropout": args.dropout,
+            "cluster": args.cluster, "pool": args.pool, "binary": args.binary}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,11 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    model = build_model(
-        args.model, prepared, dim=args.dim, k=args.k, m=args.m, gamma=args.gamma,
-        delta=args.delta, conv_heads=args.conv_heads, dropout=args.dropout,
-        cluster=args.cluster, pool=args.pool, binary=args.binary,
-    )
+    model = build_model(args.model, prepared, **model_options(args))
     print(model)
     config = TrainConfig(
         epochs=args.epochs, patience=args.patience, lr=args.lr,

@@ -33,6 +33,10 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                         f"{PROTOCOL_DEFAULTS['loo']['min_user_len']} loo)")
     g.add_argument("--window", type=int, default=100, help="paper: window length")
     g.add_argument("--history", type=int, default=50, help="paper: history part of a window")
+    g.add_argument("--train-stride", type=int, default=None,
+                   help="paper: offset between training users' windows (default: the window, "
+                        "non-overlapping as in the paper); smaller adds overlapping training "
+                        "windows, validation and test are unchanged")
     g.add_argument("--negatives", type=int, default=50,
                    help="negatives per window (paper) or per sampled evaluation row (loo)")
     g.add_argument("--max-len", type=int, default=50, help="loo: history length")
@@ -77,6 +81,7 @@ def options_from_args(args: argparse.Namespace) -> DataOptions:
         min_user_len=args.min_user_len,
         window=args.window,
         history=args.history,
+        train_stride=args.train_stride,
         negatives=args.negatives,
         max_len=args.max_len,
         valid_frac=args.valid_frac,

@@ -36,7 +36,7 @@ from mdgr_graph.data.synthetic import generate_synthetic
 
 FORMATS = ("movielens", "amazon", "taobao", "csv", "synthetic")
 PROTOCOLS = ("paper", "loo")
-CACHE_VERSION = 1  # bump when preparation changes what it produces
+CACHE_VERSION = 2  # bump when preparation changes what it produces
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mdgr_graph"
 
 # Filter defaults per protocol: the paper's 10-core/100-interaction rule, and the
@@ -59,6 +59,10 @@ class DataOptions:
         min_user_len: drop users with fewer interactions (default: 100 paper, 5 loo).
         window: paper window length.
         history: paper history length (the rest of the window are positives).
+        train_stride: paper: offset between the windows of *training* users (``None``:
+            the window length, i.e. non-overlapping windows as in the paper). A smaller
+            stride adds overlapping training windows; validation and test windows, their
+            users and their fixed negatives are unchanged.
         negatives: negatives per window (paper) or per sampled evaluation row (loo).
         max_len: loo history length (most recent items kept).
         valid_frac: paper: fraction of users held out for validation.
@@ -76,6 +80,7 @@ class DataOptions:
     min_user_len: int | None = None
     window: int = 100
     history: int = 50
+    train_stride: int | None = None
     negatives: int = 50
     max_len: int = 50
     valid_frac: float = 0.1
@@ -101,6 +106,10 @@ class DataOptions:
             object.__setattr__(self, "path", os.fspath(self.path))
         if not 0 < self.history < self.window:
             raise ValueError(f"need 0 < history < window, got {self.history} and {self.window}")
+        if self.train_stride is not None and not 1 <= self.train_stride <= self.window:
+            raise ValueError(
+                f"train_stride must be in 1..{self.window} (the window), got {self.train_stride}"
+            )
         if self.negatives < 1 or self.max_len < 1:
             raise ValueError("negatives and max_len must be >= 1")
         defaults = PROTOCOL_DEFAULTS[self.protocol]
@@ -121,6 +130,7 @@ class PreparedDataset:
 
     Paper protocol arrays (``W`` windows, ``H`` history, ``T`` positives, ``N`` negatives):
     ``window_user [W]``, ``window_split [W]`` (0 train, 1 valid, 2 test),
+    ``window_start [W]`` (offset of the window's first item in ``seq_items``),
     ``hist_items [W, H]``, ``hist_time [W, H]`` (days since the window's first item),
     ``targets [W, T]``, ``negatives [W, N]`` (fixed for valid/test; train rows are
     redrawn every epoch by :meth:`draw_train_negatives`).
@@ -179,6 +189,29 @@ class PreparedDataset:
             "valid": self.split_size("valid"),
             "test": self.split_size("test"),
         }
+
+    def training_interactions(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(user [M], item [M])``: every interaction a model may learn from, once each.
+
+        Paper protocol: the interactions covered by at least one training window (an
+        interaction shared by overlapping windows counts once). Leave-one-out: every
+        user's sequence without its valid and test targets (its last two items).
+        """
+        a = self.arrays
+        ptr = a["seq_ptr"]
+        owner = np.repeat(np.arange(self.num_users), np.diff(ptr))
+        if self.protocol == "paper":
+            window = self.meta["options"]["window"]
+            start = a["window_start"][a["window_split"] == TRAIN]
+            depth = np.zeros(len(a["seq_items"]) + 1, dtype=np.int64)
+            np.add.at(depth, start, 1)
+            np.add.at(depth, start + window, -1)
+            keep = np.cumsum(depth[:-1]) > 0
+        else:
+            keep = np.ones(len(a["seq_items"]), dtype=bool)
+            keep[ptr[1:] - 1] = False
+            keep[ptr[1:] - 2] = False
+        return owner[keep], a["seq_items"][keep]
 
     # ------------------------------------------------------------------ negatives
     def draw_train_negatives(self, epoch: int) -> np.ndarray:
@@ -246,8 +279,8 @@ class PreparedDataset:
             owners = np.unique(a["window_user"])
             chosen = np.sort(rng.permutation(owners)[:num_users])
             rows = np.isin(a["window_user"], chosen)
-            window_keys = ("window_user", "window_split", "hist_items", "hist_time", "targets",
-                           "negatives")
+            window_keys = ("window_user", "window_split", "window_start", "hist_items",
+                           "hist_time", "targets", "negatives")
             arrays = {k: (v[rows] if k in window_keys else v) for k, v in a.items()}
         else:
             chosen = np.sort(rng.permutation(self.num_users)[:num_users])
@@ -332,13 +365,28 @@ def _paper_arrays(seqs: Sequences, options: DataOptions) -> dict[str, np.ndarray
         raise ValueError(f"no user has a full window of {options.window} interactions")
     rng = np.random.default_rng([options.seed, 0])
     user_split = split_users(seqs.num_users, options.valid_frac, options.test_frac, rng)
-    idx = window_start[:, None] + np.arange(options.window)[None, :]
-    items = seqs.items[idx]
     seen = SeenItems(seqs.user_of, seqs.items, seqs.num_items)
     negatives = sample_negatives(window_user, options.negatives, seen, rng)
+    stride = options.train_stride or options.window
+    if stride < options.window:
+        # Extra overlapping windows of training users only, appended after the paper's
+        # windows and drawn from their own generator, so everything else is unchanged.
+        train_users = np.flatnonzero(user_split == TRAIN)
+        extra_user, extra_start = paper_windows(seqs, options.window, stride, train_users)
+        new = ~np.isin(extra_start, window_start)
+        extra_user, extra_start = extra_user[new], extra_start[new]
+        extra_rng = np.random.default_rng([options.seed, 4])
+        window_user = np.concatenate([window_user, extra_user])
+        window_start = np.concatenate([window_start, extra_start])
+        negatives = np.concatenate(
+            [negatives, sample_negatives(extra_user, options.negatives, seen, extra_rng)]
+        )
+    idx = window_start[:, None] + np.arange(options.window)[None, :]
+    items = seqs.items[idx]
     return {
         "window_user": window_user,
         "window_split": user_split[window_user],
+        "window_start": window_start,
         "hist_items": items[:, : options.history],
         "hist_time": relative_days(seqs.timestamp[idx[:, : options.history]]),
         "targets": items[:, options.history :],

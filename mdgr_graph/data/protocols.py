@@ -14,11 +14,24 @@ TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_NAMES = ("train", "valid", "test")
 
 
-def paper_windows(seqs: Sequences, window: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """Cut every user's history into non-overlapping windows of ``window`` interactions.
+def paper_windows(
+    seqs: Sequences,
+    window: int = 100,
+    stride: int | None = None,
+    users: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cut users' histories into windows of ``window`` interactions, ``stride`` apart.
 
-    Windows are counted back from the most recent interaction; an older remainder shorter
-    than ``window`` is dropped.
+    Windows are counted back from the most recent interaction: the last window ends at
+    the user's last interaction and window ``j`` (from the end) starts ``j * stride``
+    earlier; an older remainder too short for a window is dropped. With ``stride`` equal
+    to ``window`` (the default, the paper's setting) the windows do not overlap.
+
+    Args:
+        seqs: the sequences.
+        window: interactions per window.
+        stride: offset between consecutive windows of a user (``1..window``).
+        users: restrict to these user ids (default: every user).
 
     Returns:
         ``(window_user [W], window_start [W])``: the user of each window and the offset of
@@ -26,13 +39,18 @@ def paper_windows(seqs: Sequences, window: int = 100) -> tuple[np.ndarray, np.nd
     """
     if window < 2:
         raise ValueError(f"window must be >= 2, got {window}")
-    per_user = seqs.lengths // window
-    window_user = np.repeat(np.arange(seqs.num_users), per_user)
+    stride = window if stride is None else stride
+    if not 1 <= stride <= window:
+        raise ValueError(f"stride must be in 1..{window} (the window), got {stride}")
+    users = np.arange(seqs.num_users) if users is None else np.asarray(users, dtype=np.int64)
+    lengths = seqs.lengths[users]
+    per_user = np.where(lengths >= window, (lengths - window) // stride + 1, 0)
+    window_user = np.repeat(users, per_user)
     # j-th window of a user, j = 0 the oldest kept one
-    first_of_user = np.concatenate([[0], np.cumsum(per_user)[:-1]])
-    j = np.arange(len(window_user)) - first_of_user[window_user]
-    skipped = seqs.lengths[window_user] - per_user[window_user] * window
-    window_start = seqs.ptr[window_user] + skipped + j * window
+    first_of_user = np.concatenate([[0], np.cumsum(per_user)[:-1]]).astype(np.int64)
+    j = np.arange(len(window_user)) - np.repeat(first_of_user, per_user)
+    from_end = np.repeat(per_user, per_user) - 1 - j
+    window_start = seqs.ptr[window_user] + seqs.lengths[window_user] - window - from_end * stride
     return window_user, window_start.astype(np.int64)
 
 

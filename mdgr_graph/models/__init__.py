@@ -6,26 +6,50 @@ from typing import Any
 
 from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.models.base import SequentialRecommender
-from mdgr_graph.models.baselines import Popularity
+from mdgr_graph.models.baselines import EASE, GRU4Rec, ItemKNN, Popularity, SASRec
 from mdgr_graph.models.mdgr import MDGR, VARIANTS, SequenceEncoder
 
+#: Baselines fitted in closed form (no gradient training), by name.
+CLOSED_FORM: tuple[str, ...] = ("pop", "itemknn", "ease")
+
+#: Neural baselines trained by the same loop as MDGR, by name.
+NEURAL_BASELINES: dict[str, type] = {"sasrec": SASRec, "gru4rec": GRU4Rec}
+
 #: Every model the command-line tools can build, by name.
-MODELS: tuple[str, ...] = (*VARIANTS, "pop")
+MODELS: tuple[str, ...] = (*VARIANTS, *NEURAL_BASELINES, *CLOSED_FORM)
+
+
+def history_length(prepared: PreparedDataset) -> int:
+    """Length of the input sequences of ``prepared``: the paper history or loo ``max_len``."""
+    opts = prepared.meta["options"]
+    return opts["history"] if prepared.protocol == "paper" else opts["max_len"]
 
 
 def build_model(name: str, prepared: PreparedDataset, **kwargs: Any) -> SequentialRecommender:
     """Build model ``name`` for ``prepared`` (number of items, history length).
 
-    MDGR variants take the keyword arguments of :class:`MDGR`; ``pop`` ignores them.
+    Keyword arguments go to the model: MDGR variants take those of :class:`MDGR`,
+    ``sasrec`` / ``gru4rec`` those of :class:`SASRec` / :class:`GRU4Rec`, ``itemknn``
+    ``neighbours`` and ``shrink``, ``ease`` ``l2``; ``pop`` takes none.
+    Closed-form models are fitted on the training interactions here.
     """
     if name == "pop":
+        if kwargs:
+            raise TypeError(f"pop takes no options, got {sorted(kwargs)}")
         return Popularity.from_prepared(prepared)
+    if name == "itemknn":
+        return ItemKNN.from_prepared(prepared, **kwargs)
+    if name == "ease":
+        return EASE.from_prepared(prepared, **kwargs)
+    if name in NEURAL_BASELINES:
+        return NEURAL_BASELINES[name](prepared.num_items, max_len=history_length(prepared),
+                                      **kwargs)
     if name in VARIANTS:
-        opts = prepared.meta["options"]
-        max_len = opts["history"] if prepared.protocol == "paper" else opts["max_len"]
-        return MDGR.from_variant(name, prepared.num_items, max_len=max_len, **kwargs)
+        return MDGR.from_variant(name, prepared.num_items, max_len=history_length(prepared),
+                                 **kwargs)
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
-__all__ = ["MDGR", "MODELS", "Popularity", "SequenceEncoder", "SequentialRecommender",
-           "VARIANTS", "build_model"]
+__all__ = ["CLOSED_FORM", "EASE", "GRU4Rec", "MDGR", "MODELS", "NEURAL_BASELINES", "SASRec",
+           "ItemKNN", "Popularity", "SequenceEncoder",
+           "SequentialRecommender", "VARIANTS", "build_model", "history_length"]

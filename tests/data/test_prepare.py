@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -599,3 +600,67 @@ def test_ml1m_subset_paper_stats(shared_data, tmp_path):
     for split in (VALID, TEST):
         assert len(set(a["window_user"][a["window_split"] == split].tolist())) == 140
     assert a["hist_items"].shape == (3458, 50) and a["negatives"].shape == (3458, 50)
+
+
+# ---------------------------------------------------------------------- train stride
+def test_train_stride_adds_training_windows_only(synth_paper):
+    strided = prepare_dataset(dataclasses.replace(SYNTH_PAPER, train_stride=30), cache_dir=None)
+    a, b = synth_paper.arrays, strided.arrays
+    for split in (VALID, TEST):
+        rows_a, rows_b = a["window_split"] == split, b["window_split"] == split
+        for key in ("window_user", "window_start", "hist_items", "hist_time", "targets",
+                    "negatives"):
+            np.testing.assert_array_equal(a[key][rows_a], b[key][rows_b], err_msg=key)
+    assert strided.split_size("train") > synth_paper.split_size("train")
+    # the paper's windows come first, unchanged; extra ones belong to training users only
+    w = len(a["window_user"])
+    np.testing.assert_array_equal(a["window_start"], b["window_start"][:w])
+    assert (b["window_split"][w:] == TRAIN).all()
+    assert len(np.unique(b["window_start"])) == len(b["window_start"])
+    # every window is a contiguous slice of its user's sequence
+    ptr = b["seq_ptr"]
+    items = np.concatenate([b["hist_items"], b["targets"]], axis=1)
+    for row in range(0, len(items), 7):
+        s, u = b["window_start"][row], b["window_user"][row]
+        assert ptr[u] <= s and s + 100 <= ptr[u + 1]
+        np.testing.assert_array_equal(items[row], b["seq_items"][s : s + 100])
+
+
+def test_train_stride_is_validated():
+    with pytest.raises(ValueError, match="train_stride"):
+        DataOptions(train_stride=0)
+    with pytest.raises(ValueError, match="train_stride"):
+        DataOptions(window=100, train_stride=101)
+
+
+def test_training_interactions_paper_are_the_training_windows(synth_paper):
+    a = synth_paper.arrays
+    rows = a["window_split"] == TRAIN
+    user, item = synth_paper.training_interactions()
+    expected_items = np.concatenate([a["hist_items"][rows], a["targets"][rows]], axis=1)
+    expected_users = np.repeat(a["window_user"][rows], 100)
+    got = sorted(zip(user.tolist(), item.tolist(), strict=True))
+    exp = sorted(zip(expected_users.tolist(), expected_items.ravel().tolist(), strict=True))
+    assert got == exp
+    assert not np.isin(user, a["window_user"][a["window_split"] != TRAIN]).any()
+
+
+def test_training_interactions_count_overlapping_windows_once(synth_paper):
+    strided = prepare_dataset(dataclasses.replace(SYNTH_PAPER, train_stride=10), cache_dir=None)
+    a = strided.arrays
+    covered = np.zeros(len(a["seq_items"]), dtype=bool)
+    for s in a["window_start"][a["window_split"] == TRAIN]:
+        covered[s : s + 100] = True
+    owner = np.repeat(np.arange(strided.num_users), np.diff(a["seq_ptr"]))
+    user, item = strided.training_interactions()
+    np.testing.assert_array_equal(user, owner[covered])
+    np.testing.assert_array_equal(item, a["seq_items"][covered])
+
+
+def test_training_interactions_loo_leave_out_the_last_two(write_csv):
+    path = write_csv(log_rows(6))
+    prepared = prepare_dataset(csv_options(path, protocol="loo", negatives=5), cache_dir=None)
+    user, item = prepared.training_interactions()
+    ptr, seq = prepared.arrays["seq_ptr"], prepared.arrays["seq_items"]
+    for u in range(prepared.num_users):
+        np.testing.assert_array_equal(item[user == u], seq[ptr[u] : ptr[u + 1] - 2])

@@ -262,3 +262,45 @@ def test_property_windows(lengths, window):
     for u, s in zip(user, start, strict=True):
         end = seqs.ptr[u + 1]
         assert (end - s - window) % window == 0 and seqs.ptr[u] <= s <= end - window
+
+
+# ---------------------------------------------------------------------- strided windows
+def naive_strided_windows(lengths, window, stride):
+    """Windows counted back from each user's end, ``stride`` apart, as a plain loop."""
+    ptr = np.concatenate([[0], np.cumsum(lengths)])
+    user, start = [], []
+    for u, n in enumerate(lengths):
+        ends = list(range(n, window - 1, -stride))[::-1]
+        user += [u] * len(ends)
+        start += [int(ptr[u]) + e - window for e in ends]
+    return user, start
+
+
+@pytest.mark.parametrize("stride", [1, 7, 25, 50, 99, 100])
+def test_strided_windows_match_a_plain_loop(stride):
+    lengths = [250, 99, 100, 300, 0, 199, 101]
+    seqs = sequences_of_lengths(lengths)
+    user, start = paper_windows(seqs, window=100, stride=stride)
+    exp_user, exp_start = naive_strided_windows(lengths, 100, stride)
+    assert user.tolist() == exp_user and start.tolist() == exp_start
+
+
+def test_stride_equal_to_window_is_the_paper_setting():
+    seqs = sequences_of_lengths([250, 99, 100, 300, 0, 199])
+    for a, b in zip(paper_windows(seqs, 100), paper_windows(seqs, 100, stride=100), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_strided_windows_of_chosen_users_only():
+    seqs = sequences_of_lengths([250, 120, 300])
+    user, start = paper_windows(seqs, window=100, stride=50, users=np.array([0, 2]))
+    assert set(user.tolist()) == {0, 2}
+    all_user, all_start = paper_windows(seqs, window=100, stride=50)
+    keep = all_user != 1
+    assert user.tolist() == all_user[keep].tolist() and start.tolist() == all_start[keep].tolist()
+
+
+@pytest.mark.parametrize("stride", [0, -3, 101])
+def test_bad_stride_is_refused(stride):
+    with pytest.raises(ValueError, match="stride"):
+        paper_windows(sequences_of_lengths([200]), window=100, stride=stride)

@@ -8,26 +8,17 @@ from torch import Tensor
 from torch_geometric.data import Batch
 
 from mdgr_graph.data.prepare import PreparedDataset
-from mdgr_graph.data.protocols import TRAIN
 from mdgr_graph.models.base import SequentialRecommender
 
 
 def training_item_counts(prepared: PreparedDataset) -> np.ndarray:
-    """Occurrences of each item ``[num_items + 1]`` in what training may see.
+    """Occurrences of each item ``[num_items + 1]`` among the training interactions.
 
-    Paper protocol: the items of the training windows (history and positives).
-    Leave-one-out: every user's sequence without its valid and test targets.
+    See :meth:`~mdgr_graph.data.prepare.PreparedDataset.training_interactions`: the
+    training windows (paper protocol) or the sequences without their valid and test
+    targets (leave-one-out).
     """
-    a = prepared.arrays
-    if prepared.protocol == "paper":
-        rows = a["window_split"] == TRAIN
-        items = np.concatenate([a["hist_items"][rows].ravel(), a["targets"][rows].ravel()])
-    else:
-        ptr = a["seq_ptr"]
-        keep = np.ones(len(a["seq_items"]), dtype=bool)
-        keep[ptr[1:] - 1] = False
-        keep[ptr[1:] - 2] = False
-        items = a["seq_items"][keep]
+    _, items = prepared.training_interactions()
     return np.bincount(items, minlength=prepared.num_items + 1)
 
 
