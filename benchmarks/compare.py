@@ -1,0 +1,335 @@
+"""Table 2: every model on one dataset and protocol, over several seeds, side by side.
+
+For each seed ``s`` the data are prepared with ``seed=s`` (so the user split and the fixed
+negatives change with the seed) and every model is trained with ``seed=s`` by the one
+training loop of ``mdgr_graph.train``. Closed-form baselines (ItemKNN, EASE) pick their
+hyper-parameters on the validation split of that seed from a fixed grid; neural models use
+the configuration given on the command line (the same for every neural model) and select
+their best epoch on validation. Test metrics are read once, for the selected model.
+
+Every (model, seed) run is written to its own JSON file under
+``<out>/<dataset>-<protocol>/runs/`` as soon as it finishes (atomically), and neural runs
+checkpoint every epoch under ``--work-dir``; a rerun skips finished runs and resumes
+unfinished ones, so the script can be stopped and started again, or several copies run on
+different models at once. The summary ``<out>/<dataset>-<protocol>.json`` (one entry per
+model: per-seed metrics, mean, std, params, train seconds) and a Markdown table beside it
+are rebuilt from the run files at the end of every invocation.
+
+Examples::
+
+    .venv/bin/python benchmarks/compare.py --dataset ml-1m-subset --protocol paper
+    .venv/bin/python benchmarks/compare.py --dataset ml-1m-subset --protocol paper \\
+        --models mdgr --seeds 1 --threads 1          # one run, e.g. in a second terminal
+    .venv/bin/python benchmarks/compare.py --quick   # a few minutes, smoke-sized
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch_geometric  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+import mdgr_graph  # noqa: E402
+from mdgr_graph.data.prepare import DataOptions, PreparedDataset, prepare_dataset  # noqa: E402
+from mdgr_graph.models import (  # noqa: E402
+    CLOSED_FORM,
+    MODELS,
+    NEURAL_BASELINES,
+    build_model,
+)
+from mdgr_graph.train import (  # noqa: E402
+    SELECTION_METRIC,
+    TrainConfig,
+    atomic_write_text,
+    evaluate,
+    fit,
+)
+
+DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
+
+#: Dataset name -> (reader format, file inside the data folder).
+DATASETS = {
+    "ml-1m-subset": ("movielens", "ml-1m-subset/ratings.dat.gz"),
+    "ml-100k": ("movielens", "ml-100k/u.data.gz"),
+    "amazon-beauty": ("amazon", "amazon-beauty/interactions.tsv.gz"),
+}
+
+#: Validation grids of the closed-form baselines (every combination is fitted).
+GRIDS: dict[str, dict[str, list[Any]]] = {
+    "pop": {},
+    "itemknn": {"neighbours": [20, 50, 100, 200, 500, None], "shrink": [0.0, 10.0, 50.0, 100.0]},
+    "ease": {"l2": [100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0]},
+}
+
+#: Metrics reported per protocol: (column name, key in evaluate()'s output).
+REPORTED = {
+    "paper": [("AUC", "auc/sampled"), ("Recall@50", "recall@50/sampled")],
+    "loo": [("HR@10", "hr@10/full"), ("NDCG@10", "ndcg@10/full"), ("MRR", "mrr/full")],
+}
+
+DEFAULT_MODELS = ("pop", "itemknn", "ease", "gru4rec", "sasrec", "mdgr")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="ml-1m-subset")
+    p.add_argument("--protocol", choices=["paper", "loo"], default="paper")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                   help="folder holding the datasets (../shared/data beside the repository)")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                   help=f"comma-separated, from: {', '.join(MODELS)}")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--epochs", type=int, default=60, help="neural models: maximum epochs")
+    p.add_argument("--patience", type=int, default=8, help="neural models: early stopping")
+    p.add_argument("--lr", type=float, default=2e-3, help="neural models: Adam learning rate")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--dim", type=int, default=32, help="neural models: width d")
+    p.add_argument("--train-stride", type=int, default=None,
+                   help="paper protocol: stride of training windows (default: the window, "
+                        "as in the paper); applies to every model")
+    p.add_argument("--history-targets", action="store_true",
+                   help="also train sasrec/gru4rec on next-item targets inside the history "
+                        "(MDGR has no causal states, so it cannot use them)")
+    p.add_argument("--max-users", type=int, default=None,
+                   help="restrict to a seeded subsample of users (for quick runs)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--quick", action="store_true",
+                   help="a few minutes: 300 users, 3 epochs, seeds 0,1, small grids; results "
+                        "go to <out>/quick/")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--work-dir", type=Path, default=REPO / "runs" / "compare",
+                   help="checkpoints of neural runs (for resuming)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(args.models) - set(MODELS))
+    if unknown:
+        p.error(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    if args.quick:
+        args.max_users = args.max_users or 300
+        args.epochs = min(args.epochs, 3)
+        args.seeds = args.seeds[:2]
+        args.out = args.out / "quick"
+        args.work_dir = args.work_dir / "quick"
+    return args
+
+
+# ---------------------------------------------------------------------- environment
+def environment(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "threads": args.threads,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "torch_geometric": torch_geometric.__version__,
+        "mdgr_graph": getattr(mdgr_graph, "__version__", None),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+
+
+# ---------------------------------------------------------------------- one run
+def neural_kwargs(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    if name in NEURAL_BASELINES:
+        return {"dim": args.dim, "history_targets": args.history_targets}
+    return {"dim": args.dim}
+
+
+def run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """What decides a run's result, besides the seed: part of its file name's hash."""
+    config: dict[str, Any] = {"model": name, "train_stride": args.train_stride,
+                              "max_users": args.max_users}
+    if name in CLOSED_FORM:
+        config["grid"] = quick_grid(name) if args.quick else GRIDS[name]
+    else:
+        config.update(model_kwargs=neural_kwargs(name, args), epochs=args.epochs,
+                      patience=args.patience, lr=args.lr, batch_size=args.batch_size)
+    return config
+
+
+def quick_grid(name: str) -> dict[str, list[Any]]:
+    return {k: v[:2] for k, v in GRIDS[name].items()}
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def load_data(args: argparse.Namespace, seed: int) -> PreparedDataset:
+    fmt, rel = DATASETS[args.dataset]
+    path = args.data_dir / rel
+    if not path.is_file():
+        raise FileNotFoundError(f"{args.dataset}: no such file {path}")
+    options = DataOptions(format=fmt, path=str(path), protocol=args.protocol, seed=seed,
+                          train_stride=args.train_stride)
+    prepared = prepare_dataset(options)
+    if args.max_users is not None:
+        prepared = prepared.subsample_users(args.max_users, seed=seed)
+    return prepared
+
+
+def run_closed_form(name: str, prepared: PreparedDataset, grid: dict[str, list[Any]]
+                    ) -> dict[str, Any]:
+    """Fit every grid point, keep the best on validation, evaluate it on test."""
+    metric = SELECTION_METRIC[prepared.protocol]
+    tried, best = [], None
+    start = time.perf_counter()
+    for values in itertools.product(*grid.values()):
+        params = dict(zip(grid, values, strict=True))
+        t0 = time.perf_counter()
+        model = build_model(name, prepared, **params)
+        fit_seconds = time.perf_counter() - t0
+        valid = evaluate(model, prepared, "valid")
+        tried.append({"params": params, "valid": valid, "fit_seconds": fit_seconds})
+        if best is None or valid[metric] > best[2][metric]:
+            best = (params, model, valid, fit_seconds)
+    params, model, valid, fit_seconds = best
+    return {
+        "selected": params, "valid": valid, "test": evaluate(model, prepared, "test"),
+        "train_seconds": fit_seconds, "tuning_seconds": time.perf_counter() - start,
+        "grid": tried, "epochs": 0, "best_epoch": 0, **model.num_parameters(),
+    }
+
+
+def run_neural(name: str, prepared: PreparedDataset, seed: int, config: dict[str, Any],
+               work_dir: Path, progress: bool) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    model = build_model(name, prepared, **config["model_kwargs"])
+    train = TrainConfig(epochs=config["epochs"], patience=config["patience"], lr=config["lr"],
+                        batch_size=config["batch_size"], seed=seed, out_dir=str(work_dir),
+                        resume=True, progress=progress)
+    result = fit(model, prepared, train, log=None)
+    return {
+        "valid": result.best_valid, "test": evaluate(model, prepared, "test"),
+        "train_seconds": result.train_seconds, "epochs": result.epochs,
+        "best_epoch": result.best_epoch, **model.num_parameters(),
+        "valid_curve": [row["valid"][SELECTION_METRIC[prepared.protocol]]
+                        for row in result.history],
+    }
+
+
+# ---------------------------------------------------------------------- summary
+def summarize(folder: Path, runs_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Rebuild ``<folder>.json`` and ``.md`` from every run file of the current configs."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(runs_dir.glob("*.json")):
+        run = json.loads(path.read_text())
+        if run["config_hash"] != config_hash(run_config(run["model"], args)):
+            continue  # another configuration (e.g. another --train-stride)
+        runs.setdefault(run["model"], []).append(run)
+    keys = REPORTED[args.protocol]
+    entries = []
+    order = [m for m in MODELS if m in runs]
+    for name in order:
+        rs = sorted(runs[name], key=lambda r: r["seed"])
+        per_seed = {str(r["seed"]): {col: r["test"][key] for col, key in keys} for r in rs}
+        mean = {col: statistics.fmean(r["test"][key] for r in rs) for col, key in keys}
+        std = {col: (statistics.stdev(r["test"][key] for r in rs) if len(rs) > 1 else 0.0)
+               for col, key in keys}
+        entries.append({
+            "model": name,
+            "seeds": [r["seed"] for r in rs],
+            "per_seed": per_seed,
+            "mean": mean,
+            "std": std,
+            "params": rs[0]["params"],
+            "params_without_item_table": rs[0]["params_without_item_table"],
+            "train_seconds": statistics.fmean(r["train_seconds"] for r in rs),
+            "epochs": [r["epochs"] for r in rs],
+            "selected": [r.get("selected") for r in rs] if name in CLOSED_FORM else None,
+            "config": rs[0]["config"],
+        })
+    summary = {"dataset": args.dataset, "protocol": args.protocol,
+               "environment": environment(args), "models": entries}
+    atomic_write_text(folder.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(folder.with_suffix(".md"), markdown_table(summary, keys))
+    return summary
+
+
+def markdown_table(summary: dict[str, Any], keys: list[tuple[str, str]]) -> str:
+    env = summary["environment"]
+    head = ["model", *[f"test {col}" for col, _ in keys], "seeds", "params",
+            "params w/o item table", "train s (mean)"]
+    lines = [
+        f"# {summary['dataset']}, {summary['protocol']} protocol",
+        "",
+        f"Mean ± standard deviation over seeds (split, negatives and initialisation change "
+        f"with the seed). {env['platform']}, {env['cpu_count']} CPUs, {env['threads']} "
+        f"thread(s) per run, torch {env['torch']}. Generated by `benchmarks/compare.py`.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for e in summary["models"]:
+        cells = [e["model"]]
+        cells += [f"{e['mean'][col]:.4f} ± {e['std'][col]:.4f}" for col, _ in keys]
+        cells += [",".join(map(str, e["seeds"])), f"{e['params']:,}",
+                  f"{e['params_without_item_table']:,}", f"{e['train_seconds']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    folder = args.out / f"{args.dataset}-{args.protocol}"
+    runs_dir = folder / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    todo = [(seed, name) for seed in args.seeds for name in args.models]
+    bar = tqdm(todo, desc="runs", disable=args.no_progress)
+    for seed, name in bar:
+        config = run_config(name, args)
+        tag = f"{name}-seed{seed}-{config_hash(config)}"
+        path = runs_dir / f"{tag}.json"
+        if path.is_file():
+            continue
+        bar.set_postfix_str(tag)
+        try:
+            prepared = load_data(args, seed)
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if name in CLOSED_FORM:
+            result = run_closed_form(name, prepared, config["grid"])
+        else:
+            result = run_neural(name, prepared, seed, config, args.work_dir / folder.name / tag,
+                                progress=not args.no_progress)
+        run = {"model": name, "seed": seed, "config": config, "config_hash": config_hash(config),
+               "environment": environment(args), **result}
+        atomic_write_text(path, json.dumps(run, indent=2) + "\n")
+        metrics = " ".join(f"{col}={result['test'][key]:.4f}"
+                           for col, key in REPORTED[args.protocol])
+        tqdm.write(f"{tag}: {metrics} ({result['train_seconds']:.1f}s)")
+    summary = summarize(folder, runs_dir, args)
+    print(markdown_table(summary, REPORTED[args.protocol]), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
