@@ -1,0 +1,48 @@
+"""benchmarks/compare.py end to end on real data (skipped without ../shared/data)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import compare  # noqa: E402
+
+
+def test_compare_quick_writes_summary_and_resumes(shared_data, tmp_path, capsys):
+    argv = ["--quick", "--models", "pop,itemknn,sasrec", "--seeds", "0,1", "--epochs", "1",
+            "--data-dir", str(shared_data), "--out", str(tmp_path / "results"),
+            "--work-dir", str(tmp_path / "work"), "--no-progress"]
+    assert compare.main(argv) == 0
+    summary_path = tmp_path / "results" / "quick" / "ml-1m-subset-paper.json"
+    summary = json.loads(summary_path.read_text())
+    assert [e["model"] for e in summary["models"]] == ["sasrec", "pop", "itemknn"]
+    for entry in summary["models"]:
+        assert {"model", "per_seed", "mean", "std", "params", "train_seconds"} <= set(entry)
+        assert set(entry["per_seed"]) == {"0", "1"}
+        assert 0.5 < entry["mean"]["AUC"] <= 1.0 and entry["std"]["AUC"] >= 0.0
+    assert summary["environment"]["torch"]
+    table = summary_path.with_suffix(".md").read_text()
+    assert "| itemknn |" in table and "test AUC" in table
+    runs = sorted((tmp_path / "results" / "quick" / "ml-1m-subset-paper" / "runs").glob("*"))
+    assert len(runs) == 6
+    stamps = [p.stat().st_mtime_ns for p in runs]
+    capsys.readouterr()
+    assert compare.main(argv) == 0  # everything finished: nothing is rerun
+    assert [p.stat().st_mtime_ns for p in runs] == stamps
+
+
+def test_compare_refuses_unknown_models(capsys):
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--models", "mdgr,nope"])
+    assert "unknown models" in capsys.readouterr().err
+
+
+def test_compare_reports_a_missing_data_file(tmp_path, capsys):
+    argv = ["--quick", "--models", "pop", "--seeds", "0", "--data-dir", str(tmp_path),
+            "--out", str(tmp_path / "r"), "--no-progress"]
+    assert compare.main(argv) == 2
+    assert "no such file" in capsys.readouterr().err
