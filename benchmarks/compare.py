@@ -233,6 +233,31 @@ def run_neural(name: str, prepared: PreparedDataset, seed: int, config: dict[str
     }
 
 
+def claim(lock: Path) -> Path | None:
+    """Create ``lock`` holding this process id; None if a live process holds it already.
+
+    A lock left by a process that no longer exists (a killed run) is taken over, so an
+    interrupted run resumes from its checkpoint on the next invocation.
+    """
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text() or 0)
+                os.kill(pid, 0)
+                return None  # alive
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # stale
+                continue
+            except PermissionError:
+                return None  # alive, another user's
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return lock
+    return None
+
+
 # ---------------------------------------------------------------------- summary
 def summarize(folder: Path, runs_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Rebuild ``<folder>.json`` and ``.md`` from every run file of the current configs."""
@@ -309,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         path = runs_dir / f"{tag}.json"
         if path.is_file():
             continue
+        lock = claim(runs_dir / f"{tag}.lock")
+        if lock is None:
+            tqdm.write(f"{tag}: running in another process, skipped")
+            continue
         bar.set_postfix_str(tag)
         try:
             prepared = load_data(args, seed)
@@ -323,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         run = {"model": name, "seed": seed, "config": config, "config_hash": config_hash(config),
                "environment": environment(args), **result}
         atomic_write_text(path, json.dumps(run, indent=2) + "\n")
+        lock.unlink(missing_ok=True)
         metrics = " ".join(f"{col}={result['test'][key]:.4f}"
                            for col, key in REPORTED[args.protocol])
         tqdm.write(f"{tag}: {metrics} ({result['train_seconds']:.1f}s)")

@@ -46,3 +46,16 @@ def test_compare_reports_a_missing_data_file(tmp_path, capsys):
             "--out", str(tmp_path / "r"), "--no-progress"]
     assert compare.main(argv) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_claim_skips_live_locks_and_takes_over_stale_ones(tmp_path):
+    import os
+    import subprocess
+
+    lock = tmp_path / "run.lock"
+    assert compare.claim(lock) == lock and lock.read_text() == str(os.getpid())
+    assert compare.claim(lock) is None  # held by a live process (this one)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock.write_text(str(dead.pid))
+    assert compare.claim(lock) == lock and lock.read_text() == str(os.getpid())
