@@ -233,6 +233,15 @@ def run_neural(name: str, prepared: PreparedDataset, seed: int, config: dict[str
     }
 
 
+def summary_path(args: argparse.Namespace) -> Path:
+    """``<out>/<dataset>-<protocol>`` (``.json`` / ``.md``), with ``-stride<S>`` appended
+    when training windows overlap, so each data configuration keeps its own table."""
+    name = f"{args.dataset}-{args.protocol}"
+    if args.train_stride is not None:
+        name += f"-stride{args.train_stride}"
+    return args.out / name
+
+
 def claim(lock: Path) -> Path | None:
     """Create ``lock`` holding this process id; None if a live process holds it already.
 
@@ -356,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = " ".join(f"{col}={result['test'][key]:.4f}"
                            for col, key in REPORTED[args.protocol])
         tqdm.write(f"{tag}: {metrics} ({result['train_seconds']:.1f}s)")
-    summary = summarize(folder, runs_dir, args)
+    summary = summarize(summary_path(args), runs_dir, args)
     print(markdown_table(summary, REPORTED[args.protocol]), end="")
     return 0
 

@@ -9,7 +9,8 @@ scores every test window (paper protocol) and groups the windows by
 - **span**: days between the history's first and last interaction;
 - **popularity**: mean training popularity (log count) of the history's items.
 
-Each grouping splits the test windows into tertiles; the table gives the mean test AUC and
+Each grouping splits the test windows into tertiles; the table (written beside the
+compare.py summary as `<summary>-per-user.md` and `.json`) gives the mean test AUC and
 Recall@50 of every model per tertile. Pass the same data and training options as the
 compare.py invocation whose runs you want to analyse (they pick the run files)::
 
@@ -130,9 +131,10 @@ def main(argv: list[str] | None = None) -> int:
                        for m in args.models},
                 }
     text = "# Per-window test metrics by group\n" + "\n".join(lines) + "\n"
-    folder = args.out / f"{args.dataset}-{args.protocol}"
-    atomic_write_text(folder / "per_user.md", text)
-    atomic_write_text(folder / "per_user.json", json.dumps(result, indent=2) + "\n")
+    base = compare.summary_path(args)
+    atomic_write_text(base.with_name(base.name + "-per-user.md"), text)
+    atomic_write_text(base.with_name(base.name + "-per-user.json"),
+                      json.dumps(result, indent=2) + "\n")
     print(text)
     return 0
 
