@@ -53,7 +53,9 @@ def _dist(xd: Tensor, centres: Tensor) -> Tensor:
 
 def _assign(xd: Tensor, centres: Tensor, valid: Tensor) -> Tensor:
     dist = _dist(xd, centres).masked_fill(~valid.unsqueeze(1), float("inf"))
-    return dist.argmin(dim=-1)  # ties -> lowest centre index
+    # ``min(dim).indices`` is the first minimum, as ``argmin``, but faster over the
+    # short innermost dimension k.
+    return dist.min(dim=-1).indices  # ties -> lowest centre index
 
 
 @torch.no_grad()
@@ -73,7 +75,9 @@ def batched_kmeans(
     than ``k``) the remaining centres are marked invalid: they never receive a node, so
     those groups stay empty. Then ``num_iters`` Lloyd steps follow (assign each node to
     its nearest valid centre, move each centre to the mean of its nodes; a centre that
-    lost all its nodes keeps its position), and a final assignment.
+    lost all its nodes keeps its position), and a final assignment. The steps stop early
+    once no node of the batch changes group, since the remaining steps would change
+    nothing; the labels are those of all ``num_iters`` steps.
 
     Runs under :func:`torch.no_grad` on ``x.detach()``; padding never takes part.
 
@@ -124,9 +128,10 @@ def batched_kmeans(
         new_dist = _dist(xd, centres[:, t : t + 1]).squeeze(-1).masked_fill(~mask, -1.0)
         min_dist = torch.minimum(min_dist, new_dist)
 
-    # Lloyd steps.
+    # Lloyd steps. Once an assignment repeats, the centres computed from it are the ones
+    # that produced it, so every further step is a no-op (bit for bit): stop there.
+    assign = _assign(xd, centres, valid)
     for _ in range(num_iters):
-        assign = _assign(xd, centres, valid)
         onehot = F.one_hot(assign, k).to(xd.dtype) * maskf  # [B, n, k], padding -> 0
         # Padding rows are zero in ``onehot``. A BLAS kernel may order the sum over nodes
         # differently for another ``n_max``, so batching can change centres in the last
@@ -135,8 +140,11 @@ def batched_kmeans(
         size = onehot.sum(1)  # [B, k]
         moved = sums / size.clamp(min=1).unsqueeze(-1)
         centres = torch.where((size > 0).unsqueeze(-1), moved, centres)
-
-    assign = _assign(xd, centres, valid)
+        new_assign = _assign(xd, centres, valid)
+        converged = not bool(((new_assign != assign) & mask).any())
+        assign = new_assign
+        if converged:
+            break
     return assign[mask]
 
 

@@ -1,0 +1,727 @@
+"""Speed of MDGR's building blocks and of a training epoch, all measured in one run.
+
+Sections (each figure: warm-up calls, then the median of ``--repeats`` >= 5 timed calls,
+``time.perf_counter`` wall time, ``torch.set_num_threads(--threads)``):
+
+1. **clustering** one batch (B=128, n=50, d=32, k=8): the batched torch k-means
+   (``batched_kmeans``, what ``cluster_nodes(..., "kmeans")`` runs) against
+   scikit-learn KMeans, Ward and Birch called graph by graph (``sklearn_cluster``);
+2. **layer** forward + backward at the same sizes: the vectorised ``DynamicClusterConv``
+   (with and without its k-means), the per-graph reference
+   ``dynamic_cluster_conv_reference``, the DynamicEdgeConv recipe (torch-cluster
+   ``knn_graph`` + PyG ``EdgeConv``, MLP of comparable size, same k) and ``GATConv`` on
+   the static graph of consecutive items;
+3. **scaling** of the layer (and of knn + EdgeConv) over B in {32, 128, 512} and n in
+   {20, 50, 100, 200} (d=32, k=8): time and peak memory (see :func:`peak_tensor_bytes`);
+4. **epoch**: one training epoch of MDGR and of SASRec on ml-1m-subset (paper protocol,
+   same batch size, ``mdgr_graph.train._train_epoch``), and full-ranking evaluation
+   throughput (``mdgr_graph.train.evaluate`` on the loo test split, users per second);
+5. **compile**: eager against ``torch.compile`` for the layer and for an MDGR training
+   step (the compile error is recorded instead when compilation fails).
+
+Outputs ``speed.md`` (tables) and ``speed.png`` (scaling plot) in ``--out-dir`` and,
+with ``--json PATH``, every figure with its raw times, the hardware and the seeds.
+All files are written atomically. Example::
+
+    .venv/bin/python benchmarks/speed.py --quick --json benchmarks/results/speed/speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch_geometric  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from mdgr_graph.nn.cluster import batched_kmeans, sklearn_cluster  # noqa: E402
+from mdgr_graph.nn.dynamic_cluster_conv import (  # noqa: E402
+    DynamicClusterConv,
+    dynamic_cluster_conv_reference,
+)
+
+DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
+DATASET = "ml-1m-subset/ratings.dat.gz"
+DEFAULT_OUT_DIR = REPO / "benchmarks" / "results" / "speed"
+HEADLINE = {"B": 128, "n": 50, "d": 32, "k": 8}
+SCALING_B = (32, 128, 512)
+SCALING_N = (20, 50, 100, 200)
+TARGETS = {
+    "cluster_speedup_vs_sklearn_kmeans": (">=", 15.0),
+    "conv_speedup_vs_reference": (">=", 10.0),
+    "conv_speedup_vs_knn_edgeconv": (">=", 1.0),
+    "epoch_ratio_mdgr_vs_sasrec": ("<=", 3.0),
+    "memory_exponent_B": ("<=", 1.2),
+}
+
+
+# ---------------------------------------------------------------------- measuring
+def measure(fn: Callable[[], Any], warmup: int, repeats: int) -> dict[str, Any]:
+    """Call ``fn`` ``warmup`` times untimed, then ``repeats`` times timed (wall clock)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times}
+
+
+def peak_tensor_bytes(fn: Callable[[], Any]) -> int:
+    """Peak of the bytes held by tensors allocated during one call of ``fn``.
+
+    Every allocation and free of torch's CPU allocator is recorded by ``torch.profiler``
+    (``profile_memory=True``); the running sum of those events, in time order, is the
+    memory the call holds on top of what existed before it, and its maximum is the peak.
+    It counts tensor storage only (activations, autograd buffers, gradients, outputs),
+    not Python objects, numpy/scikit-learn buffers or allocator slack. Frees of blocks
+    allocated before the call are not recorded (torch warns about them once), so tensors
+    released early in the call (e.g. old gradients) do not lower the figure.
+    """
+    gc.collect()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def error_text(exc: BaseException, limit: int = 2000) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[:limit] + " [...]"
+
+
+# ---------------------------------------------------------------------- inputs
+def make_graphs(B: int, n: int, d: int, seed: int) -> dict[str, torch.Tensor]:
+    """``B`` graphs of ``n`` nodes with N(0, 1) features, one query per graph, and the
+    static graph of consecutive items (both directions) for GATConv."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(B * n, d, generator=gen)
+    batch = torch.arange(B).repeat_interleave(n)
+    query = torch.randn(B, d, generator=gen)
+    nodes = torch.arange(B * n).view(B, n)
+    a, b = nodes[:, :-1].reshape(-1), nodes[:, 1:].reshape(-1)
+    chain = torch.stack([torch.cat([a, b]), torch.cat([b, a])])
+    return {"x": x, "batch": batch, "query": query, "chain": chain}
+
+
+class LayerBench:
+    """The four layers compared at the same ``B, n, d, k`` (one forward + backward each)."""
+
+    def __init__(self, B: int, n: int, d: int, k: int, seed: int) -> None:
+        from torch_geometric.nn import EdgeConv, GATConv
+
+        self.B, self.n, self.d, self.k = B, n, d, k
+        self.inputs = make_graphs(B, n, d, seed)
+        torch.manual_seed(seed)
+        self.conv = DynamicClusterConv(d, k=k)
+        # DynamicEdgeConv recipe: MLP([x_i, x_j - x_i]) of about the layer's size, max.
+        mlp = torch.nn.Sequential(
+            torch.nn.Linear(2 * d, 3 * d), torch.nn.ReLU(), torch.nn.Linear(3 * d, d)
+        )
+        self.edge_conv = EdgeConv(mlp, aggr="max")
+        self.gat = GATConv(d, d, heads=2, concat=False)
+        x, batch = self.inputs["x"], self.inputs["batch"]
+        self.cluster = self.conv.cluster_labels(x, batch, B)
+        self.params = {
+            "mdgr_layer": count_params(self.conv),
+            "knn_edgeconv": count_params(self.edge_conv),
+            "gat_static": count_params(self.gat),
+        }
+
+    def _x(self) -> torch.Tensor:
+        return self.inputs["x"].clone().requires_grad_()
+
+    def mdgr_layer(self) -> None:
+        self.conv.zero_grad(set_to_none=True)
+        i = self.inputs
+        self.conv(self._x(), i["batch"], i["query"]).sum().backward()
+
+    def mdgr_layer_given_clusters(self) -> None:
+        self.conv.zero_grad(set_to_none=True)
+        i = self.inputs
+        self.conv(self._x(), i["batch"], i["query"], self.cluster).sum().backward()
+
+    def reference(self) -> None:
+        self.conv.zero_grad(set_to_none=True)
+        i = self.inputs
+        out = dynamic_cluster_conv_reference(self.conv, self._x(), i["batch"], i["query"])[0]
+        out.sum().backward()
+
+    def knn_edgeconv(self) -> None:
+        import torch_cluster
+
+        self.edge_conv.zero_grad(set_to_none=True)
+        x = self._x()
+        edge_index = torch_cluster.knn_graph(
+            x, self.k, batch=self.inputs["batch"], loop=False, flow="source_to_target"
+        )
+        self.edge_conv(x, edge_index).sum().backward()
+
+    def gat_static(self) -> None:
+        self.gat.zero_grad(set_to_none=True)
+        self.gat(self._x(), self.inputs["chain"]).sum().backward()
+
+
+# ---------------------------------------------------------------------- sections
+def bench_clustering(args, bar) -> dict[str, Any]:
+    B, n, d, k = (HEADLINE[key] for key in "Bndk")
+    inputs = make_graphs(B, n, d, args.seed)
+    x, batch = inputs["x"], inputs["batch"]
+    out: dict[str, Any] = {"B": B, "n": n, "d": d, "k": k, "methods": {}}
+    runs = {
+        "batched_kmeans": lambda: batched_kmeans(x, batch, k, batch_size=B),
+        "sklearn_kmeans": lambda: sklearn_cluster(x, batch, k, "kmeans"),
+        "sklearn_ward": lambda: sklearn_cluster(x, batch, k, "ward"),
+        "sklearn_birch": lambda: sklearn_cluster(x, batch, k, "birch"),
+    }
+    for name, fn in runs.items():
+        bar.set_description(f"clustering: {name}")
+        warmup = args.warmup if name == "batched_kmeans" else 1
+        out["methods"][name] = measure(fn, warmup, args.repeats)
+        bar.update()
+    base = out["methods"]["batched_kmeans"]["median_s"]
+    out["speedup"] = {
+        name: r["median_s"] / base for name, r in out["methods"].items() if name != "batched_kmeans"
+    }
+    return out
+
+
+def bench_layer(args, bar) -> dict[str, Any]:
+    lb = LayerBench(**HEADLINE, seed=args.seed)
+    out: dict[str, Any] = {**HEADLINE, "params": lb.params, "methods": {}}
+    for name in ("mdgr_layer", "mdgr_layer_given_clusters", "reference", "knn_edgeconv",
+                 "gat_static"):
+        bar.set_description(f"layer: {name}")
+        warmup = 1 if name == "reference" else args.warmup
+        out["methods"][name] = measure(getattr(lb, name), warmup, args.repeats)
+        out["methods"][name]["peak_bytes"] = peak_tensor_bytes(getattr(lb, name))
+        bar.update()
+    base = out["methods"]["mdgr_layer"]["median_s"]
+    out["speedup_of_mdgr_layer"] = {
+        name: r["median_s"] / base for name, r in out["methods"].items() if name != "mdgr_layer"
+    }
+    return out
+
+
+def bench_scaling(args, bar) -> dict[str, Any]:
+    d, k = HEADLINE["d"], HEADLINE["k"]
+    rows = []
+    for B in SCALING_B:
+        for n in SCALING_N:
+            bar.set_description(f"scaling: B={B} n={n}")
+            lb = LayerBench(B, n, d, k, args.seed)
+            row: dict[str, Any] = {"B": B, "n": n, "d": d, "k": k}
+            for name in ("mdgr_layer", "knn_edgeconv"):
+                fn = getattr(lb, name)
+                row[name] = measure(fn, 1, args.repeats)
+                row[name]["peak_bytes"] = peak_tensor_bytes(fn)
+            rows.append(row)
+            del lb
+            bar.update()
+    # Fit peak ~ c * B^a * n^b over the grid (log-log least squares).
+    design = np.array([[1.0, math.log(r["B"]), math.log(r["n"])] for r in rows])
+    target = np.array([math.log(max(r["mdgr_layer"]["peak_bytes"], 1)) for r in rows])
+    coef = np.linalg.lstsq(design, target, rcond=None)[0]
+    per_bn2 = [r["mdgr_layer"]["peak_bytes"] / (r["B"] * r["n"] ** 2) for r in rows]
+    return {
+        "rows": rows,
+        "memory_exponent_B": float(coef[1]),
+        "memory_exponent_n": float(coef[2]),
+        "bytes_per_B_n2": {"min": min(per_bn2), "max": max(per_bn2)},
+    }
+
+
+def _limited(dataset, num_batches: int | None, batch_size: int):
+    """The first ``num_batches * batch_size`` examples of ``dataset`` (all when None)."""
+    if num_batches is None or num_batches * batch_size >= len(dataset):
+        return dataset
+    return dataset[: num_batches * batch_size]
+
+
+def bench_epoch(args, bar) -> dict[str, Any]:
+    from mdgr_graph.data.dataset import SequenceDataset
+    from mdgr_graph.data.prepare import DataOptions, prepare_dataset
+    from mdgr_graph.models import build_model
+    from mdgr_graph.train import TrainConfig, _train_epoch, deterministic_algorithms, evaluate
+
+    path = args.data_dir / DATASET
+    out: dict[str, Any] = {"dataset": str(path), "batch_size": args.batch_size,
+                           "epoch_batches": args.epoch_batches,
+                           "eval_batches": args.eval_batches, "models": {}}
+    if not path.is_file():
+        out["skipped"] = f"data file not found: {path}"
+        bar.update(4)
+        return out
+    paper = prepare_dataset(DataOptions(format="movielens", path=str(path), protocol="paper"))
+    loo = prepare_dataset(DataOptions(format="movielens", path=str(path), protocol="loo"))
+    train_full = SequenceDataset(paper, "train")
+    train = _limited(train_full, args.epoch_batches, args.batch_size)
+    out["train_windows"] = len(train)
+    out["train_windows_full"] = len(train_full)
+    out["batches_per_epoch"] = math.ceil(len(train) / args.batch_size)
+    config = TrainConfig(batch_size=args.batch_size, progress=False, seed=args.seed)
+    eval_users = loo.split_size("test")
+    if args.eval_batches is not None:
+        eval_users = min(eval_users, args.eval_batches * args.eval_batch_size)
+    out["eval_users"] = eval_users
+    out["eval_batch_size"] = args.eval_batch_size
+
+    for name in ("mdgr", "sasrec"):
+        entry: dict[str, Any] = {}
+        out["models"][name] = entry
+        bar.set_description(f"epoch: {name}")
+        try:
+            torch.manual_seed(args.seed)
+            model = build_model(name, paper)
+        except Exception as exc:  # e.g. a model that does not exist in this checkout
+            entry["skipped"] = f"build_model({name!r}) failed: {error_text(exc)}"
+            tqdm.write(f"[speed] skipping {name}: {entry['skipped']}")
+            bar.update(2)
+            continue
+        entry["params"] = model.num_parameters()
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        epoch = iter(range(10**6))
+        with deterministic_algorithms(config.deterministic):
+            entry["epoch"] = measure(
+                lambda m=model, o=optimizer, e=epoch: _train_epoch(m, o, train, config, next(e)),
+                1, args.repeats,
+            )
+        bar.update()
+
+        bar.set_description(f"eval: {name}")
+        torch.manual_seed(args.seed)
+        eval_model = build_model(name, loo)
+        entry["eval"] = measure(
+            lambda m=eval_model: evaluate(m, loo, "test", batch_size=args.eval_batch_size,
+                                          max_batches=args.eval_batches),
+            1, args.repeats,
+        )
+        entry["eval_users_per_s"] = eval_users / entry["eval"]["median_s"]
+        bar.update()
+
+    m, s = out["models"]["mdgr"], out["models"]["sasrec"]
+    if "epoch" in m and "epoch" in s:
+        out["epoch_ratio_mdgr_vs_sasrec"] = m["epoch"]["median_s"] / s["epoch"]["median_s"]
+    return out
+
+
+def bench_compile(args, bar) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if args.no_compile:
+        out["skipped"] = "--no-compile"
+        bar.update(2)
+        return out
+
+    # Dynamo warns about every graph break; the layer breaks (by design) where it reads
+    # sizes from data (n_max, the edge budget), so keep the log quiet.
+    import logging
+
+    logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
+
+    # The layer.
+    bar.set_description("compile: layer")
+    lb = LayerBench(**HEADLINE, seed=args.seed)
+    layer: dict[str, Any] = {"eager": measure(lb.mdgr_layer, args.warmup, args.repeats)}
+    try:
+        compiled = torch.compile(lb.conv)
+        i = lb.inputs
+
+        def step() -> None:
+            lb.conv.zero_grad(set_to_none=True)
+            compiled(lb._x(), i["batch"], i["query"]).sum().backward()
+
+        start = time.perf_counter()
+        step()
+        layer["first_call_s"] = time.perf_counter() - start
+        layer["compiled"] = measure(step, args.warmup, args.repeats)
+        with torch.no_grad():
+            diff = (compiled(i["x"], i["batch"], i["query"]) - lb.conv(i["x"], i["batch"],
+                                                                        i["query"])).abs().max()
+        layer["max_abs_diff"] = float(diff)
+        layer["speedup"] = layer["eager"]["median_s"] / layer["compiled"]["median_s"]
+    except Exception as exc:
+        layer["error"] = error_text(exc)
+        tqdm.write(f"[speed] torch.compile of the layer failed: {layer['error'][:300]}")
+    out["layer"] = layer
+    bar.update()
+
+    # One MDGR training step (loss + backward) on a fixed ml-1m-subset batch.
+    bar.set_description("compile: MDGR step")
+    model_out: dict[str, Any] = {}
+    path = args.data_dir / DATASET
+    if not path.is_file():
+        model_out["skipped"] = f"data file not found: {path}"
+    else:
+        from torch_geometric.loader import DataLoader
+
+        from mdgr_graph.data.dataset import SequenceDataset
+        from mdgr_graph.data.prepare import DataOptions, prepare_dataset
+        from mdgr_graph.models import build_model
+
+        paper = prepare_dataset(DataOptions(format="movielens", path=str(path),
+                                            protocol="paper"))
+        torch.manual_seed(args.seed)
+        model = build_model("mdgr", paper).eval()  # eval: no dropout, comparable outputs
+        loader = DataLoader(SequenceDataset(paper, "train"), batch_size=args.batch_size)
+        batch = next(iter(loader))
+
+        def eager_step() -> None:
+            model.zero_grad(set_to_none=True)
+            model.loss(batch).backward()
+
+        model_out["eager"] = measure(eager_step, args.warmup, args.repeats)
+        try:
+            loss_fn = torch.compile(model.loss)
+
+            def compiled_step() -> None:
+                model.zero_grad(set_to_none=True)
+                loss_fn(batch).backward()
+
+            start = time.perf_counter()
+            compiled_step()
+            model_out["first_call_s"] = time.perf_counter() - start
+            model_out["compiled"] = measure(compiled_step, args.warmup, args.repeats)
+            with torch.no_grad():
+                model_out["loss_abs_diff"] = float((loss_fn(batch) - model.loss(batch)).abs())
+            model_out["speedup"] = (model_out["eager"]["median_s"]
+                                    / model_out["compiled"]["median_s"])
+        except Exception as exc:
+            model_out["error"] = error_text(exc)
+            tqdm.write(f"[speed] torch.compile of MDGR failed: {model_out['error'][:300]}")
+    out["mdgr_step"] = model_out
+    bar.update()
+    return out
+
+
+# ---------------------------------------------------------------------- reporting
+def hardware(threads: int) -> dict[str, Any]:
+    def version(module: str) -> str | None:
+        try:
+            return __import__(module).__version__
+        except Exception:
+            return None
+
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "torch_threads": threads,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "torch_geometric": torch_geometric.__version__,
+        "torch_scatter": version("torch_scatter"),
+        "torch_cluster": version("torch_cluster"),
+        "sklearn": version("sklearn"),
+    }
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """The figures the issue asks for, and whether each target holds."""
+    figures: dict[str, Any] = {}
+    c, lay = results.get("clustering"), results.get("layer")
+    if c:
+        figures["cluster_speedup_vs_sklearn_kmeans"] = c["speedup"]["sklearn_kmeans"]
+    if lay:
+        figures["conv_speedup_vs_reference"] = lay["speedup_of_mdgr_layer"]["reference"]
+        figures["conv_speedup_vs_knn_edgeconv"] = lay["speedup_of_mdgr_layer"]["knn_edgeconv"]
+    ep = results.get("epoch") or {}
+    figures["epoch_ratio_mdgr_vs_sasrec"] = ep.get("epoch_ratio_mdgr_vs_sasrec")
+    sc = results.get("scaling")
+    if sc:
+        figures["memory_exponent_B"] = sc["memory_exponent_B"]
+        figures["memory_exponent_n"] = sc["memory_exponent_n"]
+    targets = {}
+    for key, (op, bound) in TARGETS.items():
+        value = figures.get(key)
+        holds = None if value is None else (value >= bound if op == ">=" else value <= bound)
+        targets[key] = {"value": value, "target": f"{op} {bound:g}", "holds": holds}
+    return {"figures": figures, "targets": targets}
+
+
+def ms(r: dict[str, Any] | None) -> str:
+    return "—" if not r or "median_s" not in r else f"{r['median_s'] * 1e3:,.1f} ms"
+
+
+def mib(nbytes: int | None) -> str:
+    return "—" if nbytes is None else f"{nbytes / 2**20:,.1f} MiB"
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    res, hw, run = payload["results"], payload["hardware"], payload["run"]
+    lines = [
+        "# benchmarks/speed.py results",
+        "",
+        f"{run['finished']} — {hw['platform']}, {hw['cpu_count']} CPUs, "
+        f"{hw['torch_threads']} torch thread(s), torch {hw['torch']}, "
+        f"PyG {hw['torch_geometric']}; median of {run['repeats']} after "
+        f"{run['warmup']} warm-up call(s){' (--quick)' if run['quick'] else ''}; "
+        f"seed {run['seed']}.",
+        "",
+        "## Headline (B = 128, n = 50, d = 32, k = 8)",
+        "",
+        "| figure | value | target | holds |",
+        "|---|---|---|---|",
+    ]
+    for key, t in payload["headline"]["targets"].items():
+        value = "—" if t["value"] is None else f"{t['value']:.2f}"
+        holds = {True: "yes", False: "**no**", None: "not measured"}[t["holds"]]
+        lines.append(f"| `{key}` | {value} | {t['target']} | {holds} |")
+
+    c = res.get("clustering")
+    if c:
+        lines += ["", "## Clustering one batch", "",
+                  "| method | median | batched k-means is … faster |", "|---|---|---|"]
+        for name, r in c["methods"].items():
+            speed = c["speedup"].get(name)
+            lines.append(f"| {name} | {ms(r)} | {'—' if speed is None else f'{speed:.1f}x'} |")
+
+    lay = res.get("layer")
+    if lay:
+        lines += ["", "## One layer, forward + backward", "",
+                  f"Parameters: {lay['params']}.", "",
+                  "| layer | median | peak tensor memory | MDGR layer is … faster |",
+                  "|---|---|---|---|"]
+        for name, r in lay["methods"].items():
+            speed = lay["speedup_of_mdgr_layer"].get(name)
+            lines.append(f"| {name} | {ms(r)} | {mib(r.get('peak_bytes'))} | "
+                         f"{'—' if speed is None else f'{speed:.2f}x'} |")
+
+    sc = res.get("scaling")
+    if sc:
+        lines += ["", "## Scaling (d = 32, k = 8; forward + backward)", "",
+                  f"Peak tensor memory of the MDGR layer fits B^{sc['memory_exponent_B']:.2f}"
+                  f" · n^{sc['memory_exponent_n']:.2f}; bytes / (B n²) ranges "
+                  f"{sc['bytes_per_B_n2']['min']:.0f}–{sc['bytes_per_B_n2']['max']:.0f}.", "",
+                  "| B | n | MDGR layer | peak | bytes/(B n²) | knn + EdgeConv | peak |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in sc["rows"]:
+            m, e = r["mdgr_layer"], r["knn_edgeconv"]
+            lines.append(f"| {r['B']} | {r['n']} | {ms(m)} | {mib(m['peak_bytes'])} | "
+                         f"{m['peak_bytes'] / (r['B'] * r['n'] ** 2):.0f} | {ms(e)} | "
+                         f"{mib(e['peak_bytes'])} |")
+
+    ep = res.get("epoch")
+    if ep:
+        lines += ["", "## Training epoch and evaluation (ml-1m-subset)", ""]
+        if "skipped" in ep:
+            lines.append(f"Skipped: {ep['skipped']}")
+        else:
+            limit = ("full epoch" if ep["epoch_batches"] is None
+                     else f"first {ep['epoch_batches']} batches only (--epoch-batches)")
+            lines += [f"Paper protocol, {ep['train_windows']} of {ep['train_windows_full']} "
+                      f"training windows ({limit}), batch size {ep['batch_size']}; "
+                      f"evaluation: loo test split, {ep['eval_users']} users, full ranking, "
+                      f"batch size {ep['eval_batch_size']}.", "",
+                      "| model | epoch | s / batch | eval users / s |", "|---|---|---|---|"]
+            for name, e in ep["models"].items():
+                if "skipped" in e:
+                    lines.append(f"| {name} | skipped: {e['skipped']} | | |")
+                    continue
+                per_batch = e["epoch"]["median_s"] / ep["batches_per_epoch"]
+                lines.append(f"| {name} | {e['epoch']['median_s']:.2f} s | {per_batch:.3f} | "
+                             f"{e['eval_users_per_s']:,.0f} |")
+
+    comp = res.get("compile")
+    if comp:
+        lines += ["", "## torch.compile", ""]
+        if "skipped" in comp:
+            lines.append(f"Skipped: {comp['skipped']}")
+        else:
+            lines += ["| what | eager | compiled | first call (compile) | speed-up |",
+                      "|---|---|---|---|---|"]
+            for name in ("layer", "mdgr_step"):
+                r = comp.get(name, {})
+                if "error" in r or "skipped" in r:
+                    lines.append(f"| {name} | {ms(r.get('eager'))} | "
+                                 f"{r.get('error') or r.get('skipped')} | | |")
+                    continue
+                lines.append(f"| {name} | {ms(r['eager'])} | {ms(r['compiled'])} | "
+                             f"{r['first_call_s']:.1f} s | {r['speedup']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def plot(scaling: dict[str, Any], path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for B in SCALING_B:
+        rows = [r for r in scaling["rows"] if r["B"] == B]
+        ns = [r["n"] for r in rows]
+        for name, style in (("mdgr_layer", "-o"), ("knn_edgeconv", ":s")):
+            label = f"{'MDGR layer' if name == 'mdgr_layer' else 'knn+EdgeConv'}, B={B}"
+            ax_t.plot(ns, [r[name]["median_s"] * 1e3 for r in rows], style, label=label)
+            ax_m.plot(ns, [r[name]["peak_bytes"] / 2**20 for r in rows], style, label=label)
+    for ax, title, unit in ((ax_t, "forward + backward", "ms"),
+                            (ax_m, "peak tensor memory", "MiB")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(SCALING_N, [str(n) for n in SCALING_N])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("nodes per graph n")
+        ax.set_ylabel(unit)
+        ax.set_title(f"{title} (d=32, k=8)")
+        ax.grid(True, which="both", alpha=0.3)
+    ax_m.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="a few minutes: --epoch-batches 10 and --eval-batches 2 unless "
+                             "given, one warm-up call")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="write every figure to PATH (atomically)")
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="where speed.md and speed.png go (default: the folder of "
+                             f"--json, else {DEFAULT_OUT_DIR.relative_to(REPO)})")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per figure (>= 5)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed calls first (default 2, --quick 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help=f"folder holding {DATASET}")
+    parser.add_argument("--batch-size", type=int, default=128, help="training batch size")
+    parser.add_argument("--eval-batch-size", type=int, default=256)
+    parser.add_argument("--epoch-batches", type=int, default=None,
+                        help="limit an epoch to its first N batches (default: full epoch)")
+    parser.add_argument("--eval-batches", type=int, default=None,
+                        help="limit the evaluation to N batches (default: all test users)")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument("--sections", default="clustering,layer,scaling,epoch,compile",
+                        help="comma-separated subset of the sections to run")
+    args = parser.parse_args(argv)
+    if args.repeats < 5:
+        parser.error("--repeats must be at least 5 (the median of at least 5 runs)")
+    if args.warmup is None:
+        args.warmup = 1 if args.quick else 2
+    if args.quick:
+        args.epoch_batches = 10 if args.epoch_batches is None else args.epoch_batches
+        args.eval_batches = 2 if args.eval_batches is None else args.eval_batches
+    if args.out_dir is None:
+        args.out_dir = args.json.parent if args.json is not None else DEFAULT_OUT_DIR
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    return args
+
+
+SECTIONS = {
+    "clustering": (bench_clustering, 4),
+    "layer": (bench_layer, 5),
+    "scaling": (bench_scaling, len(SCALING_B) * len(SCALING_N)),
+    "epoch": (bench_epoch, 4),
+    "compile": (bench_compile, 2),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        print(f"unknown sections: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    results: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    total = sum(SECTIONS[s][1] for s in args.sections)
+    with tqdm(total=total, desc="speed", dynamic_ncols=True) as bar:
+        for name in args.sections:
+            fn, steps = SECTIONS[name]
+            before = bar.n
+            try:
+                results[name] = fn(args, bar)
+            except Exception as exc:  # keep the other sections' figures
+                errors[name] = traceback.format_exc()
+                tqdm.write(f"[speed] section {name} failed: {error_text(exc, 500)}")
+                bar.update(max(0, before + steps - bar.n))
+    payload = {
+        "run": {"started": started,
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "argv": sys.argv[1:] if argv is None else argv, "quick": args.quick,
+                "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads,
+                "seed": args.seed, "seeds": {"torch": args.seed, "inputs": args.seed,
+                                             "training": args.seed},
+                "epoch_batches": args.epoch_batches, "eval_batches": args.eval_batches,
+                "sections": args.sections},
+        "hardware": hardware(args.threads),
+        "results": results,
+        "errors": errors,
+    }
+    payload["headline"] = headline(results)
+    payload.update(payload["headline"]["figures"])  # the headline figures at top level
+    text = markdown(payload)
+    print("\n" + text)
+    atomic_write(args.out_dir / "speed.md", text.encode())
+    if "scaling" in results:
+        plot(results["scaling"], args.out_dir / "speed.png")
+    if args.json is not None:
+        atomic_write(args.json, (json.dumps(payload, indent=2) + "\n").encode())
+    print(f"wrote {args.out_dir / 'speed.md'}"
+          + (f", {args.out_dir / 'speed.png'}" if "scaling" in results else "")
+          + (f", {args.json}" if args.json else ""))
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
