@@ -102,6 +102,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-3, help="neural models: Adam learning rate")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--dim", type=int, default=32, help="neural models: width d")
+    p.add_argument("--mdgr-k", type=int, default=None,
+                   help="MDGR variants: number of interests k (default: the model's, 8)")
+    p.add_argument("--mdgr-m", type=int, default=None,
+                   help="MDGR variants: graph iterations m (default: the model's, 5)")
     p.add_argument("--train-stride", type=int, default=None,
                    help="paper protocol: stride of training windows (default: the window, "
                         "as in the paper); applies to every model")
@@ -156,7 +160,12 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
 def neural_kwargs(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if name in NEURAL_BASELINES:
         return {"dim": args.dim, "history_targets": args.history_targets}
-    return {"dim": args.dim}
+    kwargs: dict[str, Any] = {"dim": args.dim}
+    if args.mdgr_k is not None:
+        kwargs["k"] = args.mdgr_k
+    if args.mdgr_m is not None:
+        kwargs["m"] = args.mdgr_m
+    return kwargs
 
 
 def run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
