@@ -49,6 +49,7 @@ from tqdm.auto import tqdm  # noqa: E402
 import mdgr_graph  # noqa: E402
 from mdgr_graph.data.prepare import DataOptions, PreparedDataset, prepare_dataset  # noqa: E402
 from mdgr_graph.models import (  # noqa: E402
+    CAUSAL_BASELINES,
     CLOSED_FORM,
     MODELS,
     NEURAL_BASELINES,
@@ -158,8 +159,10 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- one run
 def neural_kwargs(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    if name in NEURAL_BASELINES:
+    if name in CAUSAL_BASELINES:
         return {"dim": args.dim, "history_targets": args.history_targets}
+    if name in NEURAL_BASELINES:
+        return {"dim": args.dim}
     kwargs: dict[str, Any] = {"dim": args.dim}
     if args.mdgr_k is not None:
         kwargs["k"] = args.mdgr_k

@@ -22,7 +22,7 @@ import torch
 
 from mdgr_graph.data.cli import add_data_arguments, cache_dir_from_args, options_from_args
 from mdgr_graph.data.prepare import prepare_dataset
-from mdgr_graph.models import MODELS, NEURAL_BASELINES, build_model
+from mdgr_graph.models import CAUSAL_BASELINES, MODELS, NEURAL_BASELINES, build_model
 from mdgr_graph.train import TrainConfig, atomic_write_text, evaluate, fit
 
 FINAL_KEYS = {
@@ -40,10 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_data_arguments(parser)
     g = parser.add_argument_group("model")
     g.add_argument("--model", choices=sorted(MODELS), default="mdgr",
-                   help="mdgr, a Table 3 variant, a neural baseline (sasrec, gru4rec) or a "
-                        "closed-form one (pop, itemknn, ease)")
+                   help="mdgr, a Table 3 variant, a neural baseline (sasrec, gru4rec, "
+                        "comirec-sa, comirec-dr) or a closed-form one (pop, itemknn, ease)")
     g.add_argument("--dim", type=int, default=32, help="model width d")
-    g.add_argument("--k", type=int, default=8, help="number of interests")
+    g.add_argument("--k", type=int, default=8, help="number of interests (MDGR, ComiRec)")
     g.add_argument("--m", type=int, default=5, help="DynamicClusterConv iterations")
     g.add_argument("--gamma", type=float, default=0.1,
                    help="edge budget: top ceil(gamma*n^2) same-cluster pairs per graph")
@@ -89,8 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.resume and args.out is None:
         parser.error("--resume needs --out")
-    if args.history_targets and args.model not in NEURAL_BASELINES:
-        parser.error(f"--history-targets is for {', '.join(NEURAL_BASELINES)}, not {args.model}")
+    if args.history_targets and args.model not in CAUSAL_BASELINES:
+        parser.error(f"--history-targets is for {', '.join(CAUSAL_BASELINES)}, not {args.model}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda requested but CUDA is not available")
     return args
@@ -104,6 +104,10 @@ def model_options(args: argparse.Namespace) -> dict:
         return {"neighbours": args.neighbours or None, "shrink": args.shrink}
     if args.model == "ease":
         return {"l2": args.l2}
+    if args.model == "comirec-sa":
+        return {"dim": args.dim, "interests": args.k, "dropout": args.dropout}
+    if args.model == "comirec-dr":
+        return {"dim": args.dim, "interests": args.k}
     if args.model in NEURAL_BASELINES:
         layers = "num_blocks" if args.model == "sasrec" else "num_layers"
         return {"dim": args.dim, "dropout": args.dropout, layers: args.blocks,

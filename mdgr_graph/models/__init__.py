@@ -6,17 +6,38 @@ from typing import Any
 
 from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.models.base import SequentialRecommender
-from mdgr_graph.models.baselines import EASE, GRU4Rec, ItemKNN, Popularity, SASRec
+from mdgr_graph.models.baselines import (
+    EASE,
+    ComiRecDR,
+    ComiRecSA,
+    GRU4Rec,
+    ItemKNN,
+    Popularity,
+    SASRec,
+    StaticGraphRec,
+)
 from mdgr_graph.models.mdgr import MDGR, VARIANTS, SequenceEncoder
 
 #: Baselines fitted in closed form (no gradient training), by name.
 CLOSED_FORM: tuple[str, ...] = ("pop", "itemknn", "ease")
 
 #: Neural baselines trained by the same loop as MDGR, by name.
-NEURAL_BASELINES: dict[str, type] = {"sasrec": SASRec, "gru4rec": GRU4Rec}
+NEURAL_BASELINES: dict[str, type] = {
+    "sasrec": SASRec,
+    "gru4rec": GRU4Rec,
+    "comirec-sa": ComiRecSA,
+    "comirec-dr": ComiRecDR,
+}
+
+#: Neural baselines with causal states, which can also learn next-item targets inside the
+#: history (``history_targets=True``).
+CAUSAL_BASELINES: tuple[str, ...] = ("sasrec", "gru4rec")
+
+#: MDGR's pipeline with the graph layer on fixed consecutive-item edges (a control).
+STATIC_GRAPH = "static-graph"
 
 #: Every model the command-line tools can build, by name.
-MODELS: tuple[str, ...] = (*VARIANTS, *NEURAL_BASELINES, *CLOSED_FORM)
+MODELS: tuple[str, ...] = (*VARIANTS, STATIC_GRAPH, *NEURAL_BASELINES, *CLOSED_FORM)
 
 
 def history_length(prepared: PreparedDataset) -> int:
@@ -28,8 +49,10 @@ def history_length(prepared: PreparedDataset) -> int:
 def build_model(name: str, prepared: PreparedDataset, **kwargs: Any) -> SequentialRecommender:
     """Build model ``name`` for ``prepared`` (number of items, history length).
 
-    Keyword arguments go to the model: MDGR variants take those of :class:`MDGR`,
-    ``sasrec`` / ``gru4rec`` those of :class:`SASRec` / :class:`GRU4Rec`, ``itemknn``
+    Keyword arguments go to the model: MDGR variants and ``static-graph`` take those of
+    :class:`MDGR`,
+    ``sasrec``, ``gru4rec``, ``comirec-sa``, ``comirec-dr`` those of :class:`SASRec`,
+    :class:`GRU4Rec`, :class:`ComiRecSA`, :class:`ComiRecDR`; ``itemknn``
     ``neighbours`` and ``shrink``, ``ease`` ``l2``; ``pop`` takes none.
     Closed-form models are fitted on the training interactions here.
     """
@@ -44,12 +67,32 @@ def build_model(name: str, prepared: PreparedDataset, **kwargs: Any) -> Sequenti
     if name in NEURAL_BASELINES:
         return NEURAL_BASELINES[name](prepared.num_items, max_len=history_length(prepared),
                                       **kwargs)
+    if name == STATIC_GRAPH:
+        return StaticGraphRec(prepared.num_items, max_len=history_length(prepared), **kwargs)
     if name in VARIANTS:
         return MDGR.from_variant(name, prepared.num_items, max_len=history_length(prepared),
                                  **kwargs)
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
-__all__ = ["CLOSED_FORM", "EASE", "GRU4Rec", "MDGR", "MODELS", "NEURAL_BASELINES", "SASRec",
-           "ItemKNN", "Popularity", "SequenceEncoder",
-           "SequentialRecommender", "VARIANTS", "build_model", "history_length"]
+__all__ = [
+    "CAUSAL_BASELINES",
+    "CLOSED_FORM",
+    "EASE",
+    "MDGR",
+    "MODELS",
+    "NEURAL_BASELINES",
+    "VARIANTS",
+    "ComiRecDR",
+    "ComiRecSA",
+    "GRU4Rec",
+    "ItemKNN",
+    "Popularity",
+    "SASRec",
+    "SequenceEncoder",
+    "SequentialRecommender",
+    "STATIC_GRAPH",
+    "StaticGraphRec",
+    "build_model",
+    "history_length",
+]

@@ -207,7 +207,8 @@ class DynamicClusterConv(MessagePassing):
 
     def reset_parameters(self):
         super().reset_parameters()
-        torch.nn.init.normal_(self.metric_weight, mean=1.0, std=0.1)
+        if self.metric_weight is not None:  # None: removed by a fixed-edge model
+            torch.nn.init.normal_(self.metric_weight, mean=1.0, std=0.1)
         self.lin_c.reset_parameters()
         self.lin_q.reset_parameters()
         self.lin_v.reset_parameters()
@@ -383,6 +384,8 @@ class DynamicClusterConv(MessagePassing):
         query: Tensor | None = None,
         cluster: Tensor | None = None,
         return_graph: bool = False,
+        edge_index: Tensor | None = None,
+        edge_weight: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor, Tensor, Tensor]:
         """Run one MDGR iteration.
 
@@ -402,10 +405,25 @@ class DynamicClusterConv(MessagePassing):
             cluster (LongTensor, optional): Precomputed cluster labels :math:`(N)`.
             return_graph (bool, optional): Also return ``edge_index``, ``edge_weight``
                 and the cluster labels. (default: :obj:`False`)
+            edge_index (LongTensor, optional): Fixed edges :math:`(2, E)`, ``j -> i``
+                stored as ``[j, i]``, each inside one graph. When given, steps 2-3 are
+                skipped (no metric graph): the attention of steps 4-5 runs on these
+                edges, see :meth:`forward_fixed`. (default: :obj:`None`)
+            edge_weight (Tensor, optional): Weights :math:`(E)` of ``edge_index``, in
+                place of :math:`L_{ij}`; :obj:`None` gives unit weights.
+                (default: :obj:`None`)
         """
         batch, num_graphs = self._check_inputs(x, batch, query, cluster)
+        if edge_index is None and edge_weight is not None:
+            raise ValueError("'edge_weight' needs 'edge_index'")
         if cluster is None:
             cluster = self.cluster_labels(x, batch, num_graphs)
+        if edge_index is not None:
+            return self.forward_fixed(
+                x, batch, query, cluster, edge_index, edge_weight, return_graph
+            )
+        if self.metric_weight is None:
+            raise ValueError("this layer has no metric weights; pass 'edge_index'")
         graph = self._sparsify(x, batch, cluster, num_graphs)
         if graph is None:  # no graph has an edge: phi = 0 and every node aggregates 0
             out = self._output(x, torch.zeros_like(x))
@@ -449,6 +467,66 @@ class DynamicClusterConv(MessagePassing):
 
         if return_graph:
             edge_index, edge_weight = self._edges(graph)
+            return out, edge_index, edge_weight, cluster
+        return out
+
+    def forward_fixed(
+        self,
+        x: Tensor,
+        batch: Tensor,
+        query: Tensor | None,
+        cluster: Tensor,
+        edge_index: Tensor,
+        edge_weight: Tensor | None = None,
+        return_graph: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor, Tensor]:
+        r"""Steps 4-5 on given edges instead of the metric graph of Eq. 7-9.
+
+        The cluster vector (Eq. 10) is computed as in :meth:`forward` on the given edges
+        that join two nodes of the same cluster (:meth:`cluster_vector`; a node without
+        such an in-neighbour gets 0), so the labels still define whose features form
+        :math:`\boldsymbol{\phi}_{i_c}`. The attention of Eq. 11-13 runs on all given
+        edges, with ``edge_weight`` in place of :math:`L_{ij}` (unit weights when
+        :obj:`None`). Given the edges, weights and labels that :meth:`forward` returns,
+        the result equals :meth:`forward`'s up to float rounding. Inputs are those of
+        :meth:`forward` after its checks (``batch`` and ``cluster`` not :obj:`None`).
+        """
+        num_nodes = x.size(0)
+        if (
+            edge_index.dim() != 2
+            or edge_index.size(0) != 2
+            or edge_index.dtype != torch.long
+        ):
+            raise ValueError(
+                f"'edge_index' must be a LongTensor of shape [2, E] "
+                f"(got {edge_index.dtype}, {tuple(edge_index.shape)})"
+            )
+        num_edges = edge_index.size(1)
+        if num_edges and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
+            raise ValueError(f"'edge_index' holds node ids outside [0, {num_nodes})")
+        src, dst = edge_index
+        if num_edges and bool((batch[src] != batch[dst]).any()):
+            raise ValueError("'edge_index' has edges between different graphs")
+        if edge_weight is None:
+            edge_weight = x.new_ones(num_edges)
+        elif edge_weight.shape != (num_edges,) or not edge_weight.is_floating_point():
+            raise ValueError(
+                f"'edge_weight' must be a floating point tensor of shape [{num_edges}] "
+                f"(got {edge_weight.dtype}, {tuple(edge_weight.shape)})"
+            )
+
+        same = cluster[src] == cluster[dst]
+        phi_c = self.cluster_vector(x, edge_index[:, same])  # Eq. 10
+        alpha, beta = self._attention_scores(x, phi_c, query, batch)  # Eq. 10-11
+        logit = F.leaky_relu(alpha[dst] + beta[src], self.negative_slope)  # [E, H]
+        att = softmax(logit, dst, num_nodes=num_nodes)  # Eq. 12
+        att = F.dropout(att, p=self.dropout, training=self.training)
+        att = att * edge_weight.unsqueeze(-1)
+        v = self.lin_v(x).view(num_nodes, self.heads, self.channels)
+        msg = att.unsqueeze(-1) * v[src]  # [E, H, d], Eq. 13
+        agg = scatter(msg, dst, dim=0, dim_size=num_nodes, reduce="sum").mean(dim=1)
+        out = self._output(x, agg)
+        if return_graph:
             return out, edge_index, edge_weight, cluster
         return out
 
