@@ -10,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import compare  # noqa: E402
+import convergence  # noqa: E402
 
 
 def test_compare_quick_writes_summary_and_resumes(shared_data, tmp_path, capsys):
@@ -33,6 +34,16 @@ def test_compare_quick_writes_summary_and_resumes(shared_data, tmp_path, capsys)
     capsys.readouterr()
     assert compare.main(argv) == 0  # everything finished: nothing is rerun
     assert [p.stat().st_mtime_ns for p in runs] == stamps
+
+    # Figure 5 from the same runs: nothing is retrained, the plot and curves are written
+    assert convergence.main(argv) == 0
+    assert [p.stat().st_mtime_ns for p in runs] == stamps
+    base = tmp_path / "results" / "quick" / "ml-1m-subset-paper"
+    assert base.with_name(base.name + "-convergence.png").stat().st_size > 1000
+    data = json.loads(base.with_name(base.name + "-convergence.json").read_text())
+    assert data["metric"] == "auc/sampled"
+    assert len(data["curves"]["sasrec"]) == 2 and len(data["curves"]["sasrec"][0]) == 1
+    assert len(data["curves"]["itemknn"]) == 2
 
 
 def test_compare_refuses_unknown_models(capsys):
