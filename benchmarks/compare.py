@@ -246,11 +246,16 @@ def run_neural(name: str, prepared: PreparedDataset, seed: int, config: dict[str
 
 
 def summary_path(args: argparse.Namespace) -> Path:
-    """``<out>/<dataset>-<protocol>`` (``.json`` / ``.md``), with ``-stride<S>`` appended
-    when training windows overlap, so each data configuration keeps its own table."""
+    """``<out>/<dataset>-<protocol>`` (``.json`` / ``.md``), with ``-stride<S>``, ``-k<K>``
+    and ``-m<M>`` appended when those options are set, so each configuration keeps its
+    own table."""
     name = f"{args.dataset}-{args.protocol}"
     if args.train_stride is not None:
         name += f"-stride{args.train_stride}"
+    if args.mdgr_k is not None:
+        name += f"-k{args.mdgr_k}"
+    if args.mdgr_m is not None:
+        name += f"-m{args.mdgr_m}"
     return args.out / name
 
 
