@@ -70,3 +70,21 @@ def test_claim_skips_live_locks_and_takes_over_stale_ones(tmp_path):
     dead.wait()
     lock.write_text(str(dead.pid))
     assert compare.claim(lock) == lock and lock.read_text() == str(os.getpid())
+
+
+def test_sensitivity_quick_sweeps_k_and_plots(shared_data, tmp_path):
+    import sensitivity
+
+    argv = ["--quick", "--seeds", "0", "--epochs", "1", "--ks", "2,8", "--ms", "5",
+            "--data-dir", str(shared_data), "--out", str(tmp_path / "results"),
+            "--work-dir", str(tmp_path / "work"), "--no-progress"]
+    assert sensitivity.main(argv) == 0
+    base = tmp_path / "results" / "quick" / "ml-1m-subset-paper"
+    data = json.loads(base.with_name(base.name + "-sensitivity.json").read_text())
+    for value in ("2", "8"):
+        assert data["results"]["k"][value]["seeds"] == [0]
+        assert 0.0 < data["results"]["k"][value]["AUC"][0] <= 1.0
+    # m = 5 is the default: the same run as k = 8, not trained twice
+    assert data["results"]["m"]["5"] == data["results"]["k"]["8"]
+    assert len(list((base / "runs").glob("mdgr-*.json"))) == 2
+    assert base.with_name(base.name + "-sensitivity-k.png").stat().st_size > 1000
