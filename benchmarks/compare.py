@@ -114,6 +114,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="MDGR variants: number of interests k (default: the model's, 8)")
     p.add_argument("--mdgr-m", type=int, default=None,
                    help="MDGR variants: graph iterations m (default: the model's, 5)")
+    p.add_argument("--mdgr-weighting", choices=["paper", "log"], default=None,
+                   help="MDGR variants: how interest weights enter the score (default: "
+                        "the model's, 'paper' = Eq. 16)")
     p.add_argument("--train-stride", type=int, default=None,
                    help="paper protocol: stride of training windows (default: the window, "
                         "as in the paper); applies to every model")
@@ -175,6 +178,8 @@ def neural_kwargs(name: str, args: argparse.Namespace) -> dict[str, Any]:
         kwargs["k"] = args.mdgr_k
     if args.mdgr_m is not None:
         kwargs["m"] = args.mdgr_m
+    if args.mdgr_weighting is not None:
+        kwargs["weighting"] = args.mdgr_weighting
     return kwargs
 
 
@@ -263,6 +268,8 @@ def summary_path(args: argparse.Namespace) -> Path:
         name += f"-k{args.mdgr_k}"
     if args.mdgr_m is not None:
         name += f"-m{args.mdgr_m}"
+    if args.mdgr_weighting is not None:
+        name += f"-weighting-{args.mdgr_weighting}"
     return args.out / name
 
 

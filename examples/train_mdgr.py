@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="clustering: batched torch k-means or scikit-learn per graph")
     g.add_argument("--pool", default="attention", choices=["attention", "last", "mean"],
                    help="how a group is pooled into its interest vector")
+    g.add_argument("--weighting", default="paper", choices=["paper", "log"],
+                   help="MDGR: interest weights multiply the logit (paper Eq. 16) or add "
+                        "log w (keeps more weight = higher score for every item)")
     g.add_argument("--binary", action="store_true",
                    help="binary adjacency (paper Eq. 9 literally) instead of weighted edges")
     g.add_argument("--blocks", type=int, default=2,
@@ -114,7 +117,8 @@ def model_options(args: argparse.Namespace) -> dict:
                 "history_targets": args.history_targets}
     return {"dim": args.dim, "k": args.k, "m": args.m, "gamma": args.gamma,
             "delta": args.delta, "conv_heads": args.conv_heads, "dropout": args.dropout,
-            "cluster": args.cluster, "pool": args.pool, "binary": args.binary}
+            "cluster": args.cluster, "pool": args.pool, "binary": args.binary,
+            "weighting": args.weighting}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -101,6 +101,8 @@ class MDGR(SequentialRecommender):
         pool: interest pooling, ``"attention"``, ``"last"`` or ``"mean"``.
         binary: use the paper's binary adjacency instead of weighted edges.
         use_weights: learn interest weights (False: all equal, ``mdgr-w``).
+        weighting: how weights enter the score: ``"paper"`` (Eq. 16, multiplies the
+            logit) or ``"log"`` (adds ``log w``; see :class:`InterestScore`).
         dynamic: iterate DynamicClusterConv (False: one static clustering of the encoder
             output, ``mdgr-dgc``).
         use_time, use_position: include the time / position encodings in the encoder.
@@ -126,6 +128,7 @@ class MDGR(SequentialRecommender):
         pool: str = "attention",
         binary: bool = False,
         use_weights: bool = True,
+        weighting: str = "paper",
         dynamic: bool = True,
         use_time: bool = True,
         use_position: bool = True,
@@ -150,7 +153,7 @@ class MDGR(SequentialRecommender):
         )
         self.pooling = InterestPooling(dim, k, pool)
         self.weight_head = InterestWeight(dim, time_dim, max_len) if use_weights else None
-        self.scorer = InterestScore(dim)
+        self.scorer = InterestScore(dim, weighting)
         self.reset_parameters()
 
     @classmethod

@@ -161,8 +161,16 @@ class InterestScore(nn.Module):
     Returns the logit :math:`s`; the model's probability is :math:`\sigma(s)` (Eq. 17 is
     then binary cross-entropy with logits).
 
+    With ``weighting="log"`` the weight enters additively in log space instead,
+    :math:`s(p) = \max_j \ \mathrm{Linear}(z_j \odot p) + \log \omega_j`, i.e. it scales
+    :math:`e^{s}` by :math:`\omega_j`. Eq. 16 multiplies the *logit*, so for an item that
+    matches no interest (negative logits) a larger weight lowers the score and the max
+    favours the *least* weighted interest; the log form keeps "more weight, higher score"
+    for every item. Not in the paper; off by default.
+
     Args:
         channels: width :math:`d`.
+        weighting: ``"paper"`` (Eq. 16, default) or ``"log"``.
 
     Shapes:
         - **input:** z ``[B, k, d]``, weight ``[B, k]``, mask ``[B, k]``, items
@@ -170,9 +178,11 @@ class InterestScore(nn.Module):
         - **output:** ``[B, C]`` or ``[B, I]``
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, weighting: str = "paper") -> None:
         super().__init__()
-        self.channels = channels
+        if weighting not in ("paper", "log"):
+            raise ValueError(f"weighting must be 'paper' or 'log', got {weighting!r}")
+        self.channels, self.weighting = channels, weighting
         self.lin = nn.Linear(channels, 1)
         self.reset_parameters()
 
@@ -185,9 +195,12 @@ class InterestScore(nn.Module):
             raw = torch.einsum("bkd,bcd->bkc", zw, items)
         else:
             raw = torch.einsum("bkd,cd->bkc", zw, items)
-        logit = weight.unsqueeze(-1) * (raw + self.lin.bias)
+        if self.weighting == "paper":
+            logit = weight.unsqueeze(-1) * (raw + self.lin.bias)
+        else:
+            logit = raw + self.lin.bias + torch.log(weight.clamp_min(1e-12)).unsqueeze(-1)
         logit = logit.masked_fill(~mask.unsqueeze(-1), float("-inf"))
         return logit.max(dim=1).values
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.channels})"
+        return f"{self.__class__.__name__}({self.channels}, weighting={self.weighting!r})"

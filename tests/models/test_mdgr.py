@@ -99,6 +99,23 @@ def test_interest_score_is_max_over_nonempty_interests():
     assert torch.allclose(scorer(z, weight, mask, items.unsqueeze(0)), out)
 
 
+def test_log_weighting_adds_log_weights_and_never_penalises_weight():
+    torch.manual_seed(0)
+    scorer = InterestScore(3, weighting="log")
+    z = torch.randn(1, 3, 3)
+    weight = torch.tensor([[1.0, 2.0, 0.5]])
+    mask = torch.tensor([[True, False, True]])
+    items = torch.randn(4, 3)
+    out = scorer(z, weight, mask, items)
+    per = torch.stack([scorer.lin(z[0, j] * items).squeeze(-1) + weight[0, j].log()
+                       for j in (0, 2)])
+    assert torch.allclose(out[0], per.max(0).values, atol=1e-6)
+    # more weight on any interest never lowers any score (Eq. 16's product can)
+    assert (scorer(z, weight * torch.tensor([[3.0, 1.0, 1.0]]), mask, items) >= out).all()
+    with pytest.raises(ValueError, match="weighting"):
+        InterestScore(3, weighting="sum")
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_variants_shapes_and_finite(variant):
     model = MDGR.from_variant(variant, NUM_ITEMS, dim=16, k=3, m=2, max_len=12,
