@@ -18,6 +18,30 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+#: The tiny synthetic log shared by model and training tests.
+TINY = {"num_users": 120, "num_items": 80, "num_topics": 4, "length": (40, 60)}
+
+
+@pytest.fixture(scope="session")
+def paper_data():
+    """Tiny synthetic dataset, paper protocol (windows of 40: 20 history, 20 positives)."""
+    from mdgr_graph.data.prepare import DataOptions, prepare_dataset
+
+    opts = DataOptions(format="synthetic", window=40, history=20, negatives=20,
+                       min_user_len=40, synthetic=TINY)
+    return prepare_dataset(opts, cache_dir=None)
+
+
+@pytest.fixture(scope="session")
+def loo_data():
+    """Tiny synthetic dataset, leave-one-out protocol (histories of at most 20)."""
+    from mdgr_graph.data.prepare import DataOptions, prepare_dataset
+
+    opts = DataOptions(format="synthetic", protocol="loo", max_len=20, negatives=20,
+                       synthetic=TINY)
+    return prepare_dataset(opts, cache_dir=None)
+
+
 @pytest.fixture
 def make_log():
     """Factory of small :class:`~mdgr_graph.data.readers.Interactions` logs.

@@ -16,22 +16,9 @@ from mdgr_graph.train import TrainConfig, _seen_mask, evaluate, fit
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import train_mdgr  # noqa: E402
 
-TINY = {"num_users": 120, "num_items": 80, "num_topics": 4, "length": (40, 60)}
 SMALL_MODEL = {"dim": 16, "k": 3, "m": 1, "kmeans_iters": 3}
 
 
-@pytest.fixture(scope="module")
-def paper_data():
-    opts = DataOptions(format="synthetic", window=40, history=20, negatives=20,
-                       min_user_len=40, synthetic=TINY)
-    return prepare_dataset(opts, cache_dir=None)
-
-
-@pytest.fixture(scope="module")
-def loo_data():
-    opts = DataOptions(format="synthetic", protocol="loo", max_len=20, negatives=20,
-                       synthetic=TINY)
-    return prepare_dataset(opts, cache_dir=None)
 
 
 def tiny_model(prepared):

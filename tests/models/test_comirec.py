@@ -7,7 +7,6 @@ import torch
 from torch_geometric.data import Batch
 
 from mdgr_graph.data.dataset import make_sequence_graph
-from mdgr_graph.data.prepare import DataOptions, prepare_dataset
 from mdgr_graph.models.baselines.comirec import ComiRecDR, ComiRecSA, squash
 from mdgr_graph.train import TrainConfig, evaluate, fit
 
@@ -271,23 +270,6 @@ def test_dr_routing_logits_are_not_back_propagated():
     assert torch.allclose(fixed, v, atol=1e-6)
     fixed.sum().backward()
     assert torch.allclose(model.bilinear.grad, grad, atol=1e-6)
-
-
-TINY = {"num_users": 120, "num_items": 80, "num_topics": 4, "length": (40, 60)}
-
-
-@pytest.fixture(scope="module")
-def paper_data():
-    opts = DataOptions(format="synthetic", window=40, history=20, negatives=20,
-                       min_user_len=40, synthetic=TINY)
-    return prepare_dataset(opts, cache_dir=None)
-
-
-@pytest.fixture(scope="module")
-def loo_data():
-    opts = DataOptions(format="synthetic", protocol="loo", max_len=20, negatives=20,
-                       synthetic=TINY)
-    return prepare_dataset(opts, cache_dir=None)
 
 
 def test_fit_lowers_the_loss(build, paper_data):

@@ -9,26 +9,9 @@ from torch_geometric.data import Batch
 
 import mdgr_graph.models.baselines.item_similarity as item_similarity
 from mdgr_graph.data.dataset import make_sequence_graph
-from mdgr_graph.data.prepare import DataOptions, prepare_dataset
 from mdgr_graph.models import EASE, ItemKNN, build_model
 from mdgr_graph.models.baselines import training_matrix
 from mdgr_graph.train import TrainConfig, evaluate, fit
-
-TINY = {"num_users": 120, "num_items": 80, "num_topics": 4, "length": (40, 60)}
-
-
-@pytest.fixture(scope="module")
-def paper_data():
-    opts = DataOptions(format="synthetic", window=40, history=20, negatives=20,
-                       min_user_len=40, synthetic=TINY)
-    return prepare_dataset(opts, cache_dir=None)
-
-
-@pytest.fixture(scope="module")
-def loo_data():
-    opts = DataOptions(format="synthetic", protocol="loo", max_len=20, negatives=20,
-                       synthetic=TINY)
-    return prepare_dataset(opts, cache_dir=None)
 
 
 def random_binary(users: int = 30, items: int = 12, seed: int = 0) -> torch.Tensor:
