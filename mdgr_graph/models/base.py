@@ -12,6 +12,9 @@ A model takes a :class:`~torch_geometric.data.Batch` of
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
@@ -37,8 +40,35 @@ class SequentialRecommender(nn.Module):
 
     def loss(self, batch: Batch) -> Tensor | None:
         """Eq. 17: mean binary cross-entropy of the candidate logits against the labels."""
+        labels = self.candidate_labels(batch)
         logits = self.score_candidates(batch)
-        return nn.functional.binary_cross_entropy_with_logits(logits, batch.labels.float())
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+
+    def candidate_labels(self, batch: Batch) -> Tensor:
+        """``batch.labels [B, C]``, checked to exist and to match ``batch.candidates``."""
+        labels = getattr(batch, "labels", None)
+        candidates = getattr(batch, "candidates", None)
+        if labels is None or candidates is None or labels.shape != candidates.shape:
+            shape = None if candidates is None else tuple(candidates.shape)
+            raise ValueError(
+                f"{type(self).__name__}.loss needs batch.labels shaped like batch.candidates "
+                f"{shape}"
+            )
+        return labels
+
+    @staticmethod
+    def score_item_chunks(
+        score: Callable[[Tensor], Tensor], table: Tensor, chunk_size: int = 8192
+    ) -> Tensor:
+        """Concatenate ``score(table[chunk]) -> [B, chunk]`` over chunks of the item table.
+
+        Keeps full ranking at ``B x chunk_size`` scores per step; returns ``[B, len(table)]``.
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        chunks = [score(table[start : start + chunk_size])
+                  for start in range(0, table.shape[0], chunk_size)]
+        return torch.cat(chunks, dim=1)
 
     def num_parameters(self) -> dict[str, int]:
         """Parameter counts with and without the item embedding table (DESIGN.md)."""

@@ -225,13 +225,8 @@ class MDGR(SequentialRecommender):
     def score_all(self, batch: Batch, chunk_size: int = 8192) -> Tensor:
         """Logits of every item ``[B, num_items + 1]``, computed in item chunks."""
         z, weight, mask, _ = self.interests(batch)
-        table = self.item_emb.weight
-        return torch.cat(
-            [
-                self.scorer(z, weight, mask, table[start : start + chunk_size])
-                for start in range(0, table.shape[0], chunk_size)
-            ],
-            dim=1,
+        return self.score_item_chunks(
+            lambda items: self.scorer(z, weight, mask, items), self.item_emb.weight, chunk_size
         )
 
     def _check_batch(self, batch: Batch) -> None:

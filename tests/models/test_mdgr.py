@@ -202,3 +202,19 @@ def test_same_result_without_compiled_extensions(request):
     assert torch.allclose(with_ext, without, atol=1e-6)
     model.train()
     model.loss(batch).backward()
+
+
+def test_loss_needs_labels_shaped_like_the_candidates():
+    model = small_model()
+    batch = make_batch([5, 4])
+    batch.labels = batch.labels[:, :-1]
+    with pytest.raises(ValueError, match="labels shaped like batch.candidates"):
+        model.loss(batch)
+    del batch.labels
+    with pytest.raises(ValueError, match="labels shaped like batch.candidates"):
+        model.loss(batch)
+
+
+def test_score_all_refuses_an_empty_chunk():
+    with pytest.raises(ValueError, match="chunk_size"):
+        small_model().eval().score_all(make_batch([3]), chunk_size=0)

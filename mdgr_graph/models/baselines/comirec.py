@@ -98,29 +98,11 @@ class MultiInterestRecommender(SequentialRecommender):
 
     def score_all(self, batch: Batch, chunk_size: int = 8192) -> Tensor:
         """Logits of every item ``[B, num_items + 1]`` (column 0 included), in item chunks."""
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         interests = self.interests(batch)
-        table = self.item_emb.weight
-        return torch.cat(
-            [torch.einsum("bkd,nd->bkn", interests, table[start : start + chunk_size])
-             .amax(dim=1)
-             for start in range(0, table.shape[0], chunk_size)],
-            dim=1,
+        return self.score_item_chunks(
+            lambda items: torch.einsum("bkd,nd->bkn", interests, items).amax(dim=1),
+            self.item_emb.weight, chunk_size,
         )
-
-    # ------------------------------------------------------------------ loss
-    def loss(self, batch: Batch) -> Tensor:
-        """Mean binary cross-entropy of the candidate logits against ``batch.labels``."""
-        self._check_candidates(batch)
-        labels = getattr(batch, "labels", None)
-        if labels is None or labels.shape != batch.candidates.shape:
-            raise ValueError(
-                f"{type(self).__name__}.loss needs batch.labels shaped like batch.candidates "
-                f"{tuple(batch.candidates.shape)}"
-            )
-        logits = self.score_candidates(batch)
-        return nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
 
 
 class ComiRecSA(MultiInterestRecommender):

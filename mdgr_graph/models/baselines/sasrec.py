@@ -116,26 +116,15 @@ class CausalSequenceRecommender(SequentialRecommender):
 
     def score_all(self, batch: Batch, chunk_size: int = 8192) -> Tensor:
         """Logits of every item ``[B, num_items + 1]`` (column 0 included), in item chunks."""
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         user = self.user_vectors(batch)
-        table = self.item_emb.weight
-        return torch.cat(
-            [user @ table[start : start + chunk_size].t()
-             for start in range(0, table.shape[0], chunk_size)],
-            dim=1,
-        )
+        return self.score_item_chunks(lambda items: user @ items.t(), self.item_emb.weight,
+                                      chunk_size)
 
     # ------------------------------------------------------------------ loss
     def loss(self, batch: Batch) -> Tensor:
         """Candidate BCE (Eq. 17), plus the history next-item loss if enabled."""
         self._check_candidates(batch)
-        labels = getattr(batch, "labels", None)
-        if labels is None or labels.shape != batch.candidates.shape:
-            raise ValueError(
-                f"{type(self).__name__}.loss needs batch.labels shaped like batch.candidates "
-                f"{tuple(batch.candidates.shape)}"
-            )
+        labels = self.candidate_labels(batch)
         states, mask, items = self._states(batch)
         logits = self._score(self._last(states, mask), batch.candidates)
         loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
