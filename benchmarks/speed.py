@@ -36,7 +36,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -58,6 +57,7 @@ from mdgr_graph.nn.dynamic_cluster_conv import (  # noqa: E402
     DynamicClusterConv,
     dynamic_cluster_conv_reference,
 )
+from mdgr_graph.train import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
 DATASET = "ml-1m-subset/ratings.dat.gz"
@@ -573,24 +573,7 @@ def markdown(payload: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def plot(scaling: dict[str, Any], path: Path) -> None:
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -616,10 +599,8 @@ def plot(scaling: dict[str, Any], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     ax_m.legend(fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
+    atomic_write_bytes(path, lambda fh: fig.savefig(fh, format="png", dpi=120))
     plt.close(fig)
-    atomic_write(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------------- main
@@ -712,11 +693,11 @@ def main(argv: list[str] | None = None) -> int:
     payload.update(payload["headline"]["figures"])  # the headline figures at top level
     text = markdown(payload)
     print("\n" + text)
-    atomic_write(args.out_dir / "speed.md", text.encode())
+    atomic_write_text(args.out_dir / "speed.md", text)
     if "scaling" in results:
         plot(results["scaling"], args.out_dir / "speed.png")
     if args.json is not None:
-        atomic_write(args.json, (json.dumps(payload, indent=2) + "\n").encode())
+        atomic_write_text(args.json, json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.out_dir / 'speed.md'}"
           + (f", {args.out_dir / 'speed.png'}" if "scaling" in results else "")
           + (f", {args.json}" if args.json else ""))
