@@ -203,6 +203,26 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def runs_dir(args: argparse.Namespace) -> Path:
+    """Folder of the per-run result files of ``args.dataset`` / ``args.protocol``."""
+    return args.out / f"{args.dataset}-{args.protocol}" / "runs"
+
+
+def run_tag(name: str, seed: int, args: argparse.Namespace) -> str:
+    """``<model>-seed<s>-<config hash>``: names a run's result file and checkpoint folder."""
+    return f"{name}-seed{seed}-{config_hash(run_config(name, args))}"
+
+
+def checkpoint_dir(tag: str, args: argparse.Namespace) -> Path:
+    return args.work_dir / f"{args.dataset}-{args.protocol}" / tag
+
+
+def finished_run(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The result file of a finished run under ``args``'s configuration, or None."""
+    path = runs_dir(args) / f"{run_tag(name, seed, args)}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def load_data(args: argparse.Namespace, seed: int) -> PreparedDataset:
     fmt, rel = DATASETS[args.dataset]
     path = args.data_dir / rel
@@ -299,10 +319,10 @@ def claim(lock: Path) -> Path | None:
 
 
 # ---------------------------------------------------------------------- summary
-def summarize(folder: Path, runs_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+def summarize(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Rebuild ``<folder>.json`` and ``.md`` from every run file of the current configs."""
     runs: dict[str, list[dict[str, Any]]] = {}
-    for path in sorted(runs_dir.glob("*.json")):
+    for path in sorted(runs_dir(args).glob("*.json")):
         run = json.loads(path.read_text())
         if run["config_hash"] != config_hash(run_config(run["model"], args)):
             continue  # another configuration (e.g. another --train-stride)
@@ -366,18 +386,17 @@ def markdown_table(summary: dict[str, Any], keys: list[tuple[str, str]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    folder = args.out / f"{args.dataset}-{args.protocol}"
-    runs_dir = folder / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    folder = runs_dir(args)
+    folder.mkdir(parents=True, exist_ok=True)
     todo = [(seed, name) for seed in args.seeds for name in args.models]
     bar = tqdm(todo, desc="runs", disable=args.no_progress)
     for seed, name in bar:
         config = run_config(name, args)
-        tag = f"{name}-seed{seed}-{config_hash(config)}"
-        path = runs_dir / f"{tag}.json"
+        tag = run_tag(name, seed, args)
+        path = folder / f"{tag}.json"
         if path.is_file():
             continue
-        lock = claim(runs_dir / f"{tag}.lock")
+        lock = claim(folder / f"{tag}.lock")
         if lock is None:
             tqdm.write(f"{tag}: running in another process, skipped")
             continue
@@ -390,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         if name in CLOSED_FORM:
             result = run_closed_form(name, prepared, config["grid"])
         else:
-            result = run_neural(name, prepared, seed, config, args.work_dir / folder.name / tag,
+            result = run_neural(name, prepared, seed, config, checkpoint_dir(tag, args),
                                 progress=not args.no_progress)
         run = {"model": name, "seed": seed, "config": config, "config_hash": config_hash(config),
                "environment": environment(args), **result}
@@ -399,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = " ".join(f"{col}={result['test'][key]:.4f}"
                            for col, key in REPORTED[args.protocol])
         tqdm.write(f"{tag}: {metrics} ({result['train_seconds']:.1f}s)")
-    summary = summarize(summary_path(args), runs_dir, args)
+    summary = summarize(summary_path(args), args)
     print(markdown_table(summary, REPORTED[args.protocol]), end="")
     return 0
 

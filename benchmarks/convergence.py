@@ -45,16 +45,13 @@ CLOSED_FORM_STYLE = {
 
 def curves(args) -> dict[str, list[list[float]]]:
     """Validation curve of every finished run of ``args.models``, by model."""
-    folder = args.out / f"{args.dataset}-{args.protocol}" / "runs"
     metric = SELECTION_METRIC[args.protocol]
     out: dict[str, list[list[float]]] = {}
     for name in args.models:
-        config = compare.run_config(name, args)
         for seed in args.seeds:
-            path = folder / f"{name}-seed{seed}-{compare.config_hash(config)}.json"
-            if not path.is_file():
+            run = compare.finished_run(name, seed, args)
+            if run is None:
                 continue
-            run = json.loads(path.read_text())
             curve = [run["valid"][metric]] if name in CLOSED_FORM else run["valid_curve"]
             out.setdefault(name, []).append(curve)
     return out

@@ -43,17 +43,14 @@ from mdgr_graph.train import atomic_write_text  # noqa: E402
 
 
 def load_model(name: str, seed: int, prepared: PreparedDataset, args) -> torch.nn.Module:
-    config = compare.run_config(name, args)
-    tag = f"{name}-seed{seed}-{compare.config_hash(config)}"
-    folder = args.out / f"{args.dataset}-{args.protocol}"
-    run_file = folder / "runs" / f"{tag}.json"
-    if not run_file.is_file():
-        raise FileNotFoundError(f"no finished compare.py run {run_file}")
-    run = json.loads(run_file.read_text())
+    run = compare.finished_run(name, seed, args)
+    tag = compare.run_tag(name, seed, args)
+    if run is None:
+        raise FileNotFoundError(f"no finished compare.py run {tag} in {compare.runs_dir(args)}")
     if name in CLOSED_FORM:
         return build_model(name, prepared, **run["selected"])
-    model = build_model(name, prepared, **config["model_kwargs"])
-    ckpt = torch.load(args.work_dir / folder.name / tag / "best.pt", weights_only=False)
+    model = build_model(name, prepared, **run["config"]["model_kwargs"])
+    ckpt = torch.load(compare.checkpoint_dir(tag, args) / "best.pt", weights_only=False)
     model.load_state_dict(ckpt["model"])
     return model
 

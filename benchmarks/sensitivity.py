@@ -65,13 +65,10 @@ def sweep_argv(rest: list[str], model: str, param: str, value: int) -> list[str]
 def finished_metrics(argv: list[str], model: str) -> dict[str, list[float]]:
     """Test metrics of the finished runs of ``model`` under ``argv``, by column."""
     args = compare.parse_args(argv)
-    config = compare.run_config(model, args)
-    folder = args.out / f"{args.dataset}-{args.protocol}" / "runs"
     out: dict[str, list[float]] = {"seeds": []}
     for seed in args.seeds:
-        path = folder / f"{model}-seed{seed}-{compare.config_hash(config)}.json"
-        if path.is_file():
-            run = json.loads(path.read_text())
+        run = compare.finished_run(model, seed, args)
+        if run is not None:
             out["seeds"].append(seed)
             for col, key in compare.REPORTED[args.protocol]:
                 out.setdefault(col, []).append(run["test"][key])
