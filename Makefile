@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install torch==2.13.0
 	# torch-scatter/torch-cluster have no wheels here: built from source against the
 	# installed torch (minutes the first time, then from pip's wheel cache).
-	$(PIP) install --no-build-isolation -e '.[full,test,dev]'
+	$(PIP) install --no-build-isolation -e '.[full,retrieval,large,test,dev]'
 	touch $(STAMP)
 
 clean-venv:

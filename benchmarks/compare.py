@@ -93,6 +93,7 @@ SEED_NOTE = {
 }
 
 DEFAULT_MODELS = ("pop", "itemknn", "ease", "gru4rec", "sasrec", "mdgr")
+DEFAULT_LR = 2e-3
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -107,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--epochs", type=int, default=60, help="neural models: maximum epochs")
     p.add_argument("--patience", type=int, default=8, help="neural models: early stopping")
-    p.add_argument("--lr", type=float, default=2e-3, help="neural models: Adam learning rate")
+    p.add_argument("--lr", type=float, default=DEFAULT_LR, help="neural models: Adam learning rate")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--dim", type=int, default=32, help="neural models: width d")
     p.add_argument("--mdgr-k", type=int, default=None,
@@ -278,9 +279,9 @@ def run_neural(name: str, prepared: PreparedDataset, seed: int, config: dict[str
 
 
 def summary_path(args: argparse.Namespace) -> Path:
-    """``<out>/<dataset>-<protocol>`` (``.json`` / ``.md``), with ``-stride<S>``, ``-k<K>``
-    and ``-m<M>`` appended when those options are set, so each configuration keeps its
-    own table."""
+    """``<out>/<dataset>-<protocol>`` (``.json`` / ``.md``), with ``-stride<S>``, ``-k<K>``,
+    ``-m<M>``, ``-weighting-<W>`` and ``-lr<LR>`` appended when those options are set (the
+    learning rate when it is not the default), so each configuration keeps its own table."""
     name = f"{args.dataset}-{args.protocol}"
     if args.train_stride is not None:
         name += f"-stride{args.train_stride}"
@@ -290,6 +291,8 @@ def summary_path(args: argparse.Namespace) -> Path:
         name += f"-m{args.mdgr_m}"
     if args.mdgr_weighting is not None:
         name += f"-weighting-{args.mdgr_weighting}"
+    if args.lr != DEFAULT_LR:
+        name += f"-lr{args.lr:g}"
     return args.out / name
 
 
