@@ -7,6 +7,11 @@ prints the test metrics. Examples::
     python examples/train_mdgr.py --format movielens \\
         --path ../shared/data/ml-1m-subset/ratings.dat.gz --protocol paper --epochs 30
     python examples/train_mdgr.py --model mdgr-w --out runs/w --resume
+    torchrun --nproc_per_node 2 examples/train_mdgr.py --out runs/ddp   # data-parallel
+
+Under ``torchrun`` (WORLD_SIZE > 1) it joins the process group (gloo on the CPU, nccl with
+``--device cuda``) and trains with DistributedDataParallel; ``--batch-size`` stays the
+global batch and only rank 0 prints and writes files.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mdgr_graph import distributed
 from mdgr_graph.data.cli import add_data_arguments, cache_dir_from_args, options_from_args
 from mdgr_graph.data.prepare import prepare_dataset
 from mdgr_graph.models import CAUSAL_BASELINES, MODELS, NEURAL_BASELINES, build_model
@@ -44,7 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "comirec-sa, comirec-dr) or a closed-form one (pop, itemknn, ease)")
     g.add_argument("--dim", type=int, default=32, help="model width d")
     g.add_argument("--k", type=int, default=8, help="number of interests (MDGR, ComiRec)")
-    g.add_argument("--m", type=int, default=5, help="DynamicClusterConv iterations")
+    g.add_argument("--m", "--iterations", dest="m", type=int, default=5,
+                   help="DynamicClusterConv iterations (under torchrun write --iterations: "
+                        "torchrun's own parser takes --m as an abbreviation of its options)")
     g.add_argument("--gamma", type=float, default=0.1,
                    help="edge budget: top ceil(gamma*n^2) same-cluster pairs per graph")
     g.add_argument("--delta", type=int, default=4, help="weighted-cosine heads")
@@ -123,35 +131,51 @@ def model_options(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    distributed.init_from_env(args.device)
     try:
-        prepared = prepare_dataset(options_from_args(args), cache_dir=cache_dir_from_args(args))
+        return _run(args)
+    finally:
+        distributed.shutdown()
+
+
+def _run(args: argparse.Namespace) -> int:
+    device = distributed.local_device(args.device)
+    main_rank = distributed.is_main_process()
+    say = print if main_rank else (lambda *a, **k: None)
+    try:
+        with distributed.main_process_first():  # rank 0 fills the cache, the others read it
+            prepared = prepare_dataset(options_from_args(args),
+                                       cache_dir=cache_dir_from_args(args))
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.max_users is not None:
         prepared = prepared.subsample_users(args.max_users, seed=args.seed)
     stats = prepared.stats()
-    print("data:", json.dumps(stats))
+    say("data:", json.dumps(stats))
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     model = build_model(args.model, prepared, **model_options(args))
-    print(model)
+    say(model)
+    if distributed.is_distributed():
+        say(f"distributed: {distributed.world_size()} processes, "
+            f"{args.batch_size // distributed.world_size()} sequences each per batch")
     config = TrainConfig(
         epochs=args.epochs, patience=args.patience, lr=args.lr,
-        weight_decay=args.weight_decay, batch_size=args.batch_size, device=args.device,
+        weight_decay=args.weight_decay, batch_size=args.batch_size, device=device,
         seed=args.seed, out_dir=str(args.out) if args.out else None, resume=args.resume,
         progress=not args.no_progress,
     )
-    if args.out is not None:
+    if args.out is not None and main_rank:
         atomic_write_text(args.out / "args.json", json.dumps(
             {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, indent=2))
     start = time.perf_counter()
     result = fit(model, prepared, config)
     test = evaluate(model, prepared, "test", config.eval_batch_size, config.device)
-    print(f"test ({time.perf_counter() - start:.1f}s total):",
+    say(f"test ({time.perf_counter() - start:.1f}s total):",
           " ".join(f"{k}={v:.4f}" for k, v in test.items()))
 
     final = {name: test[key] for name, key in FINAL_KEYS[prepared.protocol].items()}
@@ -160,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         train_seconds=round(result.train_seconds, 3), **model.num_parameters(),
         model=args.model, protocol=prepared.protocol, metrics=test,
     )
-    print(json.dumps(final))
-    if args.metrics_json is not None:
+    say(json.dumps(final))
+    if args.metrics_json is not None and main_rank:
         atomic_write_text(args.metrics_json, json.dumps(final, indent=2) + "\n")
     return 0
 

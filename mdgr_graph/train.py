@@ -7,6 +7,11 @@ early stopping on the validation metric, a kept best checkpoint and exact resump
 Determinism: the shuffling and the dropout of epoch ``e`` come from generators seeded by
 ``(seed, e)``, and training negatives of epoch ``e`` are drawn from ``(seed, e)`` too, so
 a resumed run repeats exactly what an uninterrupted one does (on CPU).
+
+Both run data-parallel when a :mod:`torch.distributed` process group is initialised
+(``torchrun``; see :mod:`mdgr_graph.distributed`): training batches are split over ranks
+and gradients averaged by DistributedDataParallel, evaluation is sharded with metric sums
+merged across ranks, and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -24,10 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
 from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
+from mdgr_graph import distributed
 from mdgr_graph.data.dataset import SequenceDataset
 from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.metrics import (
@@ -62,6 +70,9 @@ class TrainConfig:
         deterministic: run with ``torch.use_deterministic_algorithms(True)`` (restored on
             return), so that a seed fixes every bit of the result on CPU even with
             several threads; without it, parallel reductions may differ in the last bit.
+        find_unused_parameters: passed to DistributedDataParallel in a process group; set
+            it for a model whose loss leaves some parameters unused (the project's models
+            use all of theirs).
     """
 
     epochs: int = 100
@@ -77,6 +88,7 @@ class TrainConfig:
     grad_clip: float | None = 5.0
     progress: bool = True
     deterministic: bool = True
+    find_unused_parameters: bool = False
 
 
 @dataclass
@@ -149,13 +161,21 @@ def evaluate(
     ``hr@K/full``, ``ndcg@K/full``, ``recall@K/full``, ``mrr/full`` over all items with
     the user's earlier items excluded, and ``auc/sampled`` against the fixed sampled
     negatives (reported separately).
+
+    In a process group, rank ``r`` of ``W`` scores examples ``r, r + W, ...`` and every rank
+    returns the metrics of the whole split (sums and counts merged across ranks).
     """
     model.eval()
     dataset = SequenceDataset(prepared, split)
+    if distributed.is_distributed():
+        dataset = dataset.index_select(
+            torch.arange(distributed.rank(), len(dataset), distributed.world_size())
+        )
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     acc = MetricAccumulator()
     prefix_end = prepared.loo_example(split)["prefix_end"] if prepared.protocol == "loo" else None
-    for i, batch in enumerate(tqdm(loader, desc=f"eval {split}", disable=not progress,
+    show = progress and distributed.is_main_process()
+    for i, batch in enumerate(tqdm(loader, desc=f"eval {split}", disable=not show,
                                    leave=False)):
         if max_batches is not None and i >= max_batches:
             break
@@ -173,12 +193,29 @@ def evaluate(
                 {"auc/sampled": window_metrics_per_row(sampled, batch.labels.cpu())[
                     "auc/sampled"]}
             )
-    return acc.compute()
+    return distributed.all_merge_metrics(acc).compute()
 
 
 # ---------------------------------------------------------------------- training
 def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.default_rng([seed, 2, epoch]).integers(2**62))
+
+
+def _train_loader(dataset: SequenceDataset, config: TrainConfig, epoch: int) -> DataLoader:
+    """Shuffled batches of epoch ``epoch``; in a process group, this rank's share of them."""
+    if not distributed.is_distributed():
+        gen = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch) + 1)
+        return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=gen)
+    world = distributed.world_size()
+    if config.batch_size < world:
+        raise ValueError(
+            f"batch_size={config.batch_size} is the global batch and must be >= the "
+            f"{world} processes"
+        )
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=distributed.rank(),
+                                 shuffle=True, seed=config.seed)
+    sampler.set_epoch(epoch)
+    return DataLoader(dataset, batch_size=config.batch_size // world, sampler=sampler)
 
 
 def _train_epoch(
@@ -187,18 +224,22 @@ def _train_epoch(
     dataset: SequenceDataset,
     config: TrainConfig,
     epoch: int,
+    step: Callable[[Batch], Tensor] | None = None,
 ) -> float:
+    """One pass over the training split; ``step(batch)`` gives the loss (default
+    ``model.loss``; the DDP wrapper in a process group). Returns the mean loss."""
     model.train()
+    step = model.loss if step is None else step
     dataset.set_epoch(epoch)
-    torch.manual_seed(_epoch_seed(config.seed, epoch))
-    gen = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch) + 1)
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=gen)
+    torch.manual_seed(_epoch_seed(config.seed, epoch) + distributed.rank())
+    loader = _train_loader(dataset, config, epoch)
     total, count = 0.0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not config.progress, leave=False)
+    show = config.progress and distributed.is_main_process()
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not show, leave=False)
     for batch in bar:
         batch: Batch = batch.to(config.device)
         optimizer.zero_grad(set_to_none=True)
-        loss = model.loss(batch)
+        loss = step(batch)
         loss.backward()
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -206,6 +247,10 @@ def _train_epoch(
         total += float(loss.detach()) * batch.num_graphs
         count += batch.num_graphs
         bar.set_postfix(loss=f"{total / count:.4f}")
+    if distributed.is_distributed():
+        sums = torch.tensor([total, count], dtype=torch.float64)
+        torch.distributed.all_reduce(sums)
+        total, count = float(sums[0]), int(sums[1])
     return total / max(count, 1)
 
 
@@ -232,6 +277,10 @@ def fit(
     validation gain), ``log.jsonl`` (one JSON object per epoch) and ``config.json``, all
     atomically. With ``config.resume`` it continues from ``last.pt``. On return the model
     holds the best weights. Models without a loss (e.g. popularity) are only evaluated.
+
+    In a :mod:`torch.distributed` process group every rank calls ``fit`` with the same
+    arguments; the model is wrapped in DistributedDataParallel, ``config.batch_size`` is
+    the global batch, and only rank 0 writes files and logs.
     """
     with deterministic_algorithms(config.deterministic):
         return _fit(model, prepared, config, log)
@@ -246,6 +295,8 @@ def _fit(
     model.to(config.device)
     metric = SELECTION_METRIC[prepared.protocol]
     out = Path(config.out_dir) if config.out_dir else None
+    main = distributed.is_main_process()
+    log = log if main else None
     params = [p for p in model.parameters() if p.requires_grad]
     trainable = bool(params)
     optimizer = (
@@ -256,7 +307,8 @@ def _fit(
              "history": [], "train_seconds": 0.0, "best_valid": {}}
     best_weights = None
     if out is not None:
-        atomic_write_text(out / "config.json", json.dumps(asdict(config), indent=2))
+        if main:
+            atomic_write_text(out / "config.json", json.dumps(asdict(config), indent=2))
         if config.resume and (out / "last.pt").is_file():
             ckpt = torch.load(out / "last.pt", map_location=config.device, weights_only=False)
             model.load_state_dict(ckpt["model"])
@@ -270,12 +322,17 @@ def _fit(
         valid = evaluate(model, prepared, "valid", config.eval_batch_size, config.device)
         return FitResult(0, 0, 0.0, valid, [{"epoch": 0, "valid": valid}])
 
+    step = None
+    if distributed.is_distributed():
+        device_ids = [torch.device(config.device)] if config.device.startswith("cuda") else None
+        step = DistributedDataParallel(distributed.LossModule(model), device_ids=device_ids,
+                                       find_unused_parameters=config.find_unused_parameters)
     dataset = SequenceDataset(prepared, "train")
     for epoch in range(state["epoch"] + 1, config.epochs):
         if state["bad_epochs"] >= config.patience:
             break
         start = time.perf_counter()
-        loss = _train_epoch(model, optimizer, dataset, config, epoch)
+        loss = _train_epoch(model, optimizer, dataset, config, epoch, step)
         train_time = time.perf_counter() - start
         valid = evaluate(model, prepared, "valid", config.eval_batch_size, config.device)
         seconds = time.perf_counter() - start
@@ -295,7 +352,7 @@ def _fit(
             metrics = " ".join(f"{k}={v:.4f}" for k, v in valid.items())
             log(f"epoch {epoch:3d} loss={loss:.4f} {metrics} ({seconds:.1f}s)"
                 + (" *" if improved else ""))
-        if out is not None:
+        if out is not None and main:
             if improved:
                 atomic_torch_save({"model": model.state_dict(), "epoch": epoch}, out / "best.pt")
             atomic_torch_save(
@@ -307,6 +364,7 @@ def _fit(
                 out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"])
             )
 
+    distributed.barrier()
     if out is not None and (out / "best.pt").is_file():
         best = torch.load(out / "best.pt", map_location=config.device, weights_only=False)
         model.load_state_dict(best["model"])
