@@ -15,7 +15,13 @@ from mdgr_graph.models.base import SequentialRecommender
 from mdgr_graph.nn.cluster import cluster_nodes
 from mdgr_graph.nn.dynamic_cluster_conv import DynamicClusterConv
 from mdgr_graph.nn.encoding import sinusoidal_encoding
-from mdgr_graph.nn.interest import InterestPooling, InterestScore, InterestWeight, group_index
+from mdgr_graph.nn.interest import (
+    InterestPooling,
+    InterestQueries,
+    InterestScore,
+    InterestWeight,
+    group_index,
+)
 
 #: The paper's Table 3 variants as constructor overrides.
 VARIANTS: dict[str, dict] = {
@@ -215,6 +221,17 @@ class MDGR(SequentialRecommender):
             time_enc = sinusoidal_encoding(batch.t, self.time_dim)
             weight = self.weight_head(z, time_enc, group, batch.pos)
         return z, weight, mask, cluster
+
+    def interest_queries(self, batch: Batch) -> InterestQueries:
+        r"""Eq. 16 as inner products, :math:`s(p) = \max_{j:\,\mathrm{mask}_j} q_j^\top p
+        + c_j` (:meth:`InterestScore.queries`), for retrieval over the item table.
+
+        Returns:
+            :class:`~mdgr_graph.nn.interest.InterestQueries`: queries ``[B, k, d]``,
+            offsets ``[B, k]``, mask ``[B, k]``, interests ``[B, k, d]``, weights ``[B, k]``.
+        """
+        z, weight, mask, _ = self.interests(batch)
+        return self.scorer.queries(z, weight, mask)
 
     # ------------------------------------------------------------------ scores
     def score_candidates(self, batch: Batch) -> Tensor:

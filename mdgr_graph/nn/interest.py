@@ -8,6 +8,7 @@ Every function works on a whole batch at once: a group is addressed by the flat 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -202,5 +203,59 @@ class InterestScore(nn.Module):
         logit = logit.masked_fill(~mask.unsqueeze(-1), float("-inf"))
         return logit.max(dim=1).values
 
+    def queries(self, z: Tensor, weight: Tensor, mask: Tensor) -> InterestQueries:
+        r"""Eq. 16 as one inner product per interest, for retrieval over the catalogue.
+
+        :math:`\mathrm{Linear}(z_j \odot p) = (z_j \odot a)^\top p + b` with the scorer's
+        weight :math:`a` and bias :math:`b`, so every score of :meth:`forward` is
+
+        .. math::
+            s(p) = \max_{j:\ \text{group } j \text{ non-empty}}\ q_j^\top p + c_j,
+            \qquad
+            \begin{cases}
+            q_j = \omega_j\, (z_j \odot a),\ c_j = \omega_j b & \text{paper}, \\
+            q_j = z_j \odot a,\ c_j = b + \log \omega_j & \text{log},
+            \end{cases}
+
+        equal to :meth:`forward` up to float rounding. Inside one interest the items
+        rank by :math:`q_j^\top p` alone, so a maximum-inner-product index searched with
+        every :math:`q_j`, plus :math:`c_j`, merged by the max, retrieves the exact top
+        items (see :mod:`mdgr_graph.retrieval`).
+
+        Shapes:
+            - **input:** z ``[B, k, d]``, weight ``[B, k]``, mask ``[B, k]``
+            - **output:** :class:`InterestQueries` (queries ``[B, k, d]``, offsets
+              ``[B, k]``, mask ``[B, k]``, and z and weight as given)
+        """
+        zw = z * self.lin.weight.view(1, 1, -1)
+        bias = self.lin.bias.to(z.dtype)
+        if self.weighting == "paper":
+            queries = weight.unsqueeze(-1) * zw
+            offsets = weight * bias
+        else:
+            queries = zw
+            offsets = bias + torch.log(weight.clamp_min(1e-12))
+        return InterestQueries(queries, offsets, mask, z, weight)
+
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.channels}, weighting={self.weighting!r})"
+
+
+class InterestQueries(NamedTuple):
+    r"""A multi-interest score written as inner products: :math:`s(p) = \max_{j:\,
+    \mathrm{mask}_j} q_j^\top p + c_j` (Eq. 16 for MDGR, :math:`c_j = 0` for ComiRec).
+
+    Attributes:
+        queries: :math:`q_j`, ``[B, k, d]``.
+        offsets: :math:`c_j`, ``[B, k]``.
+        mask: ``[B, k]``, True for the interests that take part in the max.
+        interests: the raw interest vectors :math:`z_j`, ``[B, k, d]``.
+        weights: the interest weights :math:`\omega_j`, ``[B, k]`` (ones when the model
+            has none).
+    """
+
+    queries: Tensor
+    offsets: Tensor
+    mask: Tensor
+    interests: Tensor
+    weights: Tensor

@@ -25,6 +25,7 @@ from torch_geometric.data import Batch
 
 from mdgr_graph.models.base import SequentialRecommender
 from mdgr_graph.models.baselines.sasrec import CausalSequenceRecommender
+from mdgr_graph.nn.interest import InterestQueries
 
 
 def squash(s: Tensor, eps: float = 1e-9) -> Tensor:
@@ -85,6 +86,14 @@ class MultiInterestRecommender(SequentialRecommender):
         """The :math:`K` interest vectors of every sequence: ``[B, K, d]``."""
         items, mask = self.dense_items(batch)
         return self.extract(items, mask)
+
+    def interest_queries(self, batch: Batch) -> InterestQueries:
+        r"""The score as inner products for retrieval: queries :math:`q_k = v_k`, offsets
+        0, every interest taking part (:math:`r(i) = \max_k q_k^\top M_i`); weights are
+        ones. Shapes as in :class:`~mdgr_graph.nn.interest.InterestQueries`."""
+        v = self.interests(batch)
+        ones = v.new_ones(v.shape[:2])
+        return InterestQueries(v, torch.zeros_like(ones), ones.bool(), v, ones)
 
     # ------------------------------------------------------------------ scores
     def _score(self, interests: Tensor, candidates: Tensor) -> Tensor:
