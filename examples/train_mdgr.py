@@ -27,8 +27,9 @@ import torch
 
 from mdgr_graph import distributed
 from mdgr_graph.data.cli import add_data_arguments, cache_dir_from_args, options_from_args
-from mdgr_graph.data.prepare import prepare_dataset
+from mdgr_graph.data.prepare import PreparedDataset, prepare_dataset
 from mdgr_graph.models import CAUSAL_BASELINES, MODELS, NEURAL_BASELINES, build_model
+from mdgr_graph.models.base import SequentialRecommender
 from mdgr_graph.train import TrainConfig, atomic_write_text, evaluate, fit
 
 FINAL_KEYS = {
@@ -129,6 +130,44 @@ def model_options(args: argparse.Namespace) -> dict:
             "weighting": args.weighting}
 
 
+def prepare_from_args(args: argparse.Namespace) -> PreparedDataset:
+    """The dataset ``args`` describe (from the cache when it is there), subsampled by
+    ``--max-users``."""
+    prepared = prepare_dataset(options_from_args(args), cache_dir=cache_dir_from_args(args))
+    if args.max_users is not None:
+        prepared = prepared.subsample_users(args.max_users, seed=args.seed)
+    return prepared
+
+
+def load_run(
+    run_dir: str | Path, checkpoint: str | Path | None = None
+) -> tuple[argparse.Namespace, PreparedDataset, SequentialRecommender]:
+    """Rebuild a finished ``--out`` run: its options, its dataset and its trained model.
+
+    Reads ``run_dir/args.json`` and loads ``checkpoint`` (default ``run_dir/best.pt``).
+    Raises ``FileNotFoundError`` naming the missing file.
+    """
+    run_dir = Path(run_dir)
+    checkpoint = Path(checkpoint) if checkpoint is not None else run_dir / "best.pt"
+    for path in (run_dir / "args.json", checkpoint):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: is {run_dir} the --out of a "
+                                    "finished examples/train_mdgr.py run?")
+    args = parse_args([])
+    saved = json.loads((run_dir / "args.json").read_text())
+    unknown = sorted(set(saved) - set(vars(args)))
+    if unknown:
+        raise ValueError(f"{run_dir / 'args.json'}: unknown options {unknown}")
+    vars(args).update(saved)
+    args.cache_dir = Path(args.cache_dir)
+    prepared = prepare_from_args(args)
+    model = build_model(args.model, prepared, **model_options(args))
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"] if "model" in state else state)
+    model.eval()
+    return args, prepared, model
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     distributed.init_from_env(args.device)
@@ -144,13 +183,10 @@ def _run(args: argparse.Namespace) -> int:
     say = print if main_rank else (lambda *a, **k: None)
     try:
         with distributed.main_process_first():  # rank 0 fills the cache, the others read it
-            prepared = prepare_dataset(options_from_args(args),
-                                       cache_dir=cache_dir_from_args(args))
+            prepared = prepare_from_args(args)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.max_users is not None:
-        prepared = prepared.subsample_users(args.max_users, seed=args.seed)
     stats = prepared.stats()
     say("data:", json.dumps(stats))
 

@@ -163,3 +163,26 @@ def test_mdgr_recovers_planted_interests():
                               item_topic[top.numpy()], axis=2)
     aligned = hits[mask.numpy()].mean()
     assert aligned > 0.8, f"only {aligned:.2f} of interest top items are in planted topics"
+
+
+def test_atomic_write_replaces_whole_files_with_normal_permissions(tmp_path):
+    import os
+
+    from mdgr_graph.train import atomic_write_bytes, atomic_write_text
+
+    target = tmp_path / "sub" / "result.json"
+    atomic_write_text(target, "first")
+    atomic_write_text(target, "second")
+    assert target.read_text() == "second"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+
+    def fail(fh):
+        fh.write(b"partial")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        atomic_write_bytes(target, fail)
+    assert target.read_text() == "second"  # the old file survives, no temporary is left
+    assert sorted(p.name for p in target.parent.iterdir()) == ["result.json"]
