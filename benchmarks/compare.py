@@ -109,6 +109,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=60, help="neural models: maximum epochs")
     p.add_argument("--patience", type=int, default=8, help="neural models: early stopping")
     p.add_argument("--lr", type=float, default=DEFAULT_LR, help="neural models: Adam learning rate")
+    p.add_argument("--lr-grid", default=None,
+                   help="neural models: comma-separated learning rates tried on the tuning "
+                        "seed; each model then runs every seed with the one of best "
+                        "validation metric (replaces --lr; the same grid for every model)")
+    p.add_argument("--tune-seed", type=int, default=None,
+                   help="seed whose validation split picks the learning rate of --lr-grid "
+                        "(default: the first of --seeds)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--dim", type=int, default=32, help="neural models: width d")
     p.add_argument("--mdgr-k", type=int, default=None,
@@ -143,6 +150,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    if args.lr_grid is not None:
+        try:
+            args.lr_grid = sorted({float(v) for v in args.lr_grid.split(",") if v.strip()})
+        except ValueError:
+            p.error(f"--lr-grid must be comma-separated numbers, got {args.lr_grid!r}")
+        if not args.lr_grid or min(args.lr_grid) <= 0:
+            p.error("--lr-grid needs at least one positive learning rate")
+    if args.tune_seed is None and args.seeds:
+        args.tune_seed = args.seeds[0]
     if args.quick:
         args.max_users = args.max_users or 300
         args.epochs = min(args.epochs, 3)
@@ -280,8 +296,9 @@ def run_neural(name: str, prepared: PreparedDataset, seed: int, config: dict[str
 
 def summary_path(args: argparse.Namespace) -> Path:
     """``<out>/<dataset>-<protocol>`` (``.json`` / ``.md``), with ``-stride<S>``, ``-k<K>``,
-    ``-m<M>``, ``-weighting-<W>`` and ``-lr<LR>`` appended when those options are set (the
-    learning rate when it is not the default), so each configuration keeps its own table."""
+    ``-m<M>``, ``-weighting-<W>`` and ``-lr<LR>`` (or ``-lrgrid-<LRs>``) appended when those
+    options are set (the learning rate when it is not the default), so each configuration
+    keeps its own table."""
     name = f"{args.dataset}-{args.protocol}"
     if args.train_stride is not None:
         name += f"-stride{args.train_stride}"
@@ -291,9 +308,16 @@ def summary_path(args: argparse.Namespace) -> Path:
         name += f"-m{args.mdgr_m}"
     if args.mdgr_weighting is not None:
         name += f"-weighting-{args.mdgr_weighting}"
-    if args.lr != DEFAULT_LR:
-        name += f"-lr{args.lr:g}"
+    if getattr(args, "lr_grid", None):
+        name += "-lrgrid-" + "-".join(_dotless(lr) for lr in args.lr_grid)
+    elif args.lr != DEFAULT_LR:
+        name += f"-lr{_dotless(args.lr)}"
     return args.out / name
+
+
+def _dotless(value: float) -> str:
+    """``0.005 -> '0p005'``: no dot, so ``Path.with_suffix`` keeps the whole name."""
+    return f"{value:g}".replace(".", "p")
 
 
 def claim(lock: Path) -> Path | None:
@@ -322,14 +346,23 @@ def claim(lock: Path) -> Path | None:
 
 
 # ---------------------------------------------------------------------- summary
-def summarize(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Rebuild ``<folder>.json`` and ``.md`` from every run file of the current configs."""
+def summarize(folder: Path, args: argparse.Namespace,
+              tuning: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Rebuild ``<folder>.json`` and ``.md`` from every run file of the current configs.
+
+    ``tuning`` (from :func:`tune_learning_rates`) gives each tuned model its selected
+    learning rate and the validation scores of the grid; those models are reported at the
+    selected rate.
+    """
+    tuning = tuning or {}
     runs: dict[str, list[dict[str, Any]]] = {}
     for path in sorted(runs_dir(args).glob("*.json")):
         run = json.loads(path.read_text())
-        if run["config_hash"] != config_hash(run_config(run["model"], args)):
+        name = run["model"]
+        model_args = with_lr(args, tuning[name]["selected_lr"]) if name in tuning else args
+        if run["config_hash"] != config_hash(run_config(name, model_args)):
             continue  # another configuration (e.g. another --train-stride)
-        runs.setdefault(run["model"], []).append(run)
+        runs.setdefault(name, []).append(run)
     keys = REPORTED[args.protocol]
     entries = []
     order = [m for m in MODELS if m in runs]
@@ -350,6 +383,7 @@ def summarize(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
             "train_seconds": statistics.fmean(r["train_seconds"] for r in rs),
             "epochs": [r["epochs"] for r in rs],
             "selected": [r.get("selected") for r in rs] if name in CLOSED_FORM else None,
+            "lr_tuning": tuning.get(name),
             "config": rs[0]["config"],
             "commands": sorted({r["environment"]["command"] for r in rs}),
         })
@@ -376,8 +410,15 @@ def markdown_table(summary: dict[str, Any], keys: list[tuple[str, str]]) -> str:
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
+    tuned = [e for e in summary["models"] if e.get("lr_tuning")]
+    if tuned:
+        first = tuned[0]["lr_tuning"]
+        lines[2] += (f" Neural models: learning rate chosen per model from "
+                     f"{', '.join(f'{lr:g}' for lr in first['grid'])} by validation "
+                     f"{first['metric']} on seed {first['seed']} (shown in the model column).")
     for e in summary["models"]:
-        cells = [e["model"]]
+        cells = [e["model"] + (f" (lr {e['lr_tuning']['selected_lr']:g})"
+                               if e.get("lr_tuning") else "")]
         cells += [f"{e['mean'][col]:.4f} ± {e['std'][col]:.4f}" for col, _ in keys]
         cells += [",".join(map(str, e["seeds"])), f"{e['params']:,}",
                   f"{e['params_without_item_table']:,}", f"{e['train_seconds']:.1f}"]
@@ -386,16 +427,20 @@ def markdown_table(summary: dict[str, Any], keys: list[tuple[str, str]]) -> str:
 
 
 # ---------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+def with_lr(args: argparse.Namespace, lr: float) -> argparse.Namespace:
+    """A copy of ``args`` with learning rate ``lr`` (and no grid)."""
+    return argparse.Namespace(**{**vars(args), "lr": lr, "lr_grid": None})
+
+
+def run_all(tasks: list[tuple[str, int, argparse.Namespace]], args: argparse.Namespace,
+            desc: str) -> bool:
+    """Run every ``(model, seed, args)`` task whose result file is missing; False on a data
+    error (already reported)."""
     folder = runs_dir(args)
-    folder.mkdir(parents=True, exist_ok=True)
-    todo = [(seed, name) for seed in args.seeds for name in args.models]
-    bar = tqdm(todo, desc="runs", disable=args.no_progress)
-    for seed, name in bar:
-        config = run_config(name, args)
-        tag = run_tag(name, seed, args)
+    bar = tqdm(tasks, desc=desc, disable=args.no_progress)
+    for name, seed, task_args in bar:
+        config = run_config(name, task_args)
+        tag = run_tag(name, seed, task_args)
         path = folder / f"{tag}.json"
         if path.is_file():
             continue
@@ -405,14 +450,15 @@ def main(argv: list[str] | None = None) -> int:
             continue
         bar.set_postfix_str(tag)
         try:
-            prepared = load_data(args, seed)
+            prepared = load_data(task_args, seed)
         except (OSError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return 2
+            lock.unlink(missing_ok=True)
+            return False
         if name in CLOSED_FORM:
             result = run_closed_form(name, prepared, config["grid"])
         else:
-            result = run_neural(name, prepared, seed, config, checkpoint_dir(tag, args),
+            result = run_neural(name, prepared, seed, config, checkpoint_dir(tag, task_args),
                                 progress=not args.no_progress)
         run = {"model": name, "seed": seed, "config": config, "config_hash": config_hash(config),
                "environment": environment(args), **result}
@@ -421,7 +467,53 @@ def main(argv: list[str] | None = None) -> int:
         metrics = " ".join(f"{col}={result['test'][key]:.4f}"
                            for col, key in REPORTED[args.protocol])
         tqdm.write(f"{tag}: {metrics} ({result['train_seconds']:.1f}s)")
-    summary = summarize(summary_path(args), args)
+    return True
+
+
+def tune_learning_rates(args: argparse.Namespace) -> dict[str, dict[str, Any]] | None:
+    """Every neural model at every rate of ``--lr-grid`` on ``--tune-seed``; the selected rate
+    is the one of best validation metric (ties: the smaller rate). None if a run is
+    missing (running elsewhere, or a data error)."""
+    neural = [m for m in args.models if m not in CLOSED_FORM]
+    tasks = [(name, args.tune_seed, with_lr(args, lr)) for name in neural for lr in args.lr_grid]
+    if not run_all(tasks, args, "lr grid"):
+        return None
+    metric = SELECTION_METRIC[args.protocol]
+    tuning = {}
+    for name in neural:
+        scores = {}
+        for lr in args.lr_grid:
+            run = finished_run(name, args.tune_seed, with_lr(args, lr))
+            if run is None:
+                return None
+            scores[lr] = run["valid"][metric]
+        best = max(args.lr_grid, key=lambda lr: (scores[lr], -lr))
+        tuning[name] = {"grid": list(args.lr_grid), "seed": args.tune_seed, "metric": metric,
+                        "valid": {f"{lr:g}": scores[lr] for lr in args.lr_grid},
+                        "selected_lr": best}
+    return tuning
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    runs_dir(args).mkdir(parents=True, exist_ok=True)
+    tuning = None
+    if args.lr_grid:
+        tuning = tune_learning_rates(args)
+        if tuning is None:
+            print("learning-rate grid incomplete (a run failed or runs elsewhere); run again "
+                  "to continue", file=sys.stderr)
+            return 2
+        for name, t in tuning.items():
+            tqdm.write(f"{name}: lr {t['selected_lr']:g} selected ({t['metric']} on seed "
+                       f"{t['seed']}: " + ", ".join(f"{k}={v:.4f}" for k, v in t["valid"].items())
+                       + ")")
+    tasks = [(name, seed, with_lr(args, tuning[name]["selected_lr"]) if tuning and name in tuning
+              else args) for seed in args.seeds for name in args.models]
+    if not run_all(tasks, args, "runs"):
+        return 2
+    summary = summarize(summary_path(args), args, tuning)
     print(markdown_table(summary, REPORTED[args.protocol]), end="")
     return 0
 

@@ -46,6 +46,27 @@ def test_compare_quick_writes_summary_and_resumes(shared_data, tmp_path, capsys)
     assert len(data["curves"]["itemknn"]) == 2
 
 
+def test_compare_lr_grid_tunes_each_neural_model_on_one_seed(shared_data, tmp_path):
+    argv = ["--quick", "--models", "pop,sasrec", "--seeds", "0,1", "--epochs", "1",
+            "--lr-grid", "5e-3,1e-3", "--data-dir", str(shared_data),
+            "--out", str(tmp_path / "results"), "--work-dir", str(tmp_path / "work"),
+            "--no-progress"]
+    assert compare.main(argv) == 0
+    base = tmp_path / "results" / "quick" / "ml-1m-subset-paper"
+    summary = json.loads(base.with_name(base.name + "-lrgrid-0p001-0p005.json").read_text())
+    sasrec = next(e for e in summary["models"] if e["model"] == "sasrec")
+    tuning = sasrec["lr_tuning"]
+    assert tuning["grid"] == [0.001, 0.005] and tuning["seed"] == 0
+    best = max(tuning["valid"], key=tuning["valid"].get)
+    assert f"{tuning['selected_lr']:g}" == best
+    assert sasrec["config"]["lr"] == tuning["selected_lr"] and sasrec["seeds"] == [0, 1]
+    assert next(e for e in summary["models"] if e["model"] == "pop")["lr_tuning"] is None
+    runs = sorted(p.name for p in (base / "runs").glob("sasrec-*.json"))
+    assert len(runs) == 3  # both rates on seed 0, the selected one on seed 1
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--lr-grid", "fast"])
+
+
 def test_compare_refuses_unknown_models(capsys):
     with pytest.raises(SystemExit):
         compare.parse_args(["--models", "mdgr,nope"])
