@@ -109,3 +109,26 @@ def test_sensitivity_quick_sweeps_k_and_plots(shared_data, tmp_path):
     assert data["results"]["m"]["5"] == data["results"]["k"]["8"]
     assert len(list((base / "runs").glob("mdgr-*.json"))) == 2
     assert base.with_name(base.name + "-sensitivity-k.png").stat().st_size > 1000
+
+
+def test_ablation_quick_tabulates_variants_against_full_model(shared_data, tmp_path):
+    import ablation
+
+    argv = ["--quick", "--seeds", "0", "--epochs", "1", "--variants", "mdgr-w,mdgr-t",
+            "--data-dir", str(shared_data), "--out", str(tmp_path / "results"),
+            "--work-dir", str(tmp_path / "work"), "--no-progress"]
+    assert ablation.main(argv) == 0
+    base = tmp_path / "results" / "quick" / "ml-1m-subset-paper"
+    data = json.loads(base.with_name(base.name + "-ablation.json").read_text())
+    rows = {r["model"]: r for r in data["rows"]}
+    assert list(rows) == ["mdgr-w", "mdgr-t", "mdgr"]  # the paper's order, full model last
+    assert rows["mdgr"]["AUC"]["minus_full"] == 0.0
+    assert rows["mdgr-w"]["AUC"]["minus_full"] == pytest.approx(
+        rows["mdgr-w"]["AUC"]["mean"] - rows["mdgr"]["AUC"]["mean"])
+    table = base.with_name(base.name + "-ablation.md").read_text()
+    assert "| mdgr-t | -T |" in table and "88.49 / 87.61" in table
+    stamps = sorted(p.stat().st_mtime_ns for p in (base / "runs").glob("*.json"))
+    assert ablation.main([*argv, "--only-finished"]) == 0  # trains nothing
+    assert sorted(p.stat().st_mtime_ns for p in (base / "runs").glob("*.json")) == stamps
+    with pytest.raises(SystemExit):
+        ablation.main(["--variants", "mdgr-x"])
