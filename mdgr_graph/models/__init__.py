@@ -36,8 +36,14 @@ CAUSAL_BASELINES: tuple[str, ...] = ("sasrec", "gru4rec")
 #: MDGR's pipeline with the graph layer on fixed consecutive-item edges (a control).
 STATIC_GRAPH = "static-graph"
 
+#: MIP (Shi et al., 2022): encoder with time and position, one static clustering, pooled
+#: interests and learned interest weights: MDGR without dynamic graph clustering
+#: (docs/baselines.md). The MDGR paper's MIP row in Table 2 equals its MDGR-DGC row in
+#: Table 3, digit for digit.
+MIP = "mip"
+
 #: Every model the command-line tools can build, by name.
-MODELS: tuple[str, ...] = (*VARIANTS, STATIC_GRAPH, *NEURAL_BASELINES, *CLOSED_FORM)
+MODELS: tuple[str, ...] = (*VARIANTS, STATIC_GRAPH, MIP, *NEURAL_BASELINES, *CLOSED_FORM)
 
 
 def history_length(prepared: PreparedDataset) -> int:
@@ -49,8 +55,8 @@ def history_length(prepared: PreparedDataset) -> int:
 def build_model(name: str, prepared: PreparedDataset, **kwargs: Any) -> SequentialRecommender:
     """Build model ``name`` for ``prepared`` (number of items, history length).
 
-    Keyword arguments go to the model: MDGR variants and ``static-graph`` take those of
-    :class:`MDGR`,
+    Keyword arguments go to the model: MDGR variants, ``mip`` and ``static-graph`` take
+    those of :class:`MDGR`,
     ``sasrec``, ``gru4rec``, ``comirec-sa``, ``comirec-dr`` those of :class:`SASRec`,
     :class:`GRU4Rec`, :class:`ComiRecSA`, :class:`ComiRecDR`; ``itemknn``
     ``neighbours`` and ``shrink``, ``ease`` ``l2``; ``pop`` takes none.
@@ -72,6 +78,9 @@ def build_model(name: str, prepared: PreparedDataset, **kwargs: Any) -> Sequenti
     if name in VARIANTS:
         return MDGR.from_variant(name, prepared.num_items, max_len=history_length(prepared),
                                  **kwargs)
+    if name == MIP:
+        return MDGR.from_variant("mdgr-dgc", prepared.num_items,
+                                 max_len=history_length(prepared), **kwargs)
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
@@ -80,6 +89,7 @@ __all__ = [
     "CLOSED_FORM",
     "EASE",
     "MDGR",
+    "MIP",
     "MODELS",
     "NEURAL_BASELINES",
     "VARIANTS",

@@ -130,6 +130,18 @@ def test_variants_shapes_and_finite(variant):
     assert loss.dim() == 0 and torch.isfinite(loss)
 
 
+def test_mip_is_mdgr_without_dynamic_graph_clustering(paper_data):
+    from mdgr_graph.models import build_model
+
+    torch.manual_seed(0)
+    mip = build_model("mip", paper_data, dim=8, k=3)
+    torch.manual_seed(0)
+    dgc = build_model("mdgr-dgc", paper_data, dim=8, k=3)
+    assert not mip.dynamic and mip.cluster == "ward" and len(mip.convs) == 0
+    assert all(torch.equal(a, b) for a, b in zip(mip.state_dict().values(),
+                                                  dgc.state_dict().values(), strict=True))
+
+
 def test_gradients_reach_every_part():
     model = small_model()
     model.train()
