@@ -82,8 +82,44 @@ def iterative_filter(
         keep = new_keep
 
 
+@dataclass
+class EncodedLog:
+    """A parsed log whose raw ids are replaced by their rank among the distinct raw ids.
+
+    This is the form both readers meet in: the in-memory path gets it from
+    :meth:`from_interactions` (``np.unique``), the chunked reader
+    (:mod:`mdgr_graph.data.chunked`) builds it chunk by chunk without holding the raw ids of
+    every row, and :func:`build_sequences` treats both the same way.
+
+    Attributes:
+        user_ids: ``[U0]`` the distinct raw user ids, sorted (numpy unicode array).
+        user: ``[N]`` position of each row's user in ``user_ids``.
+        item_ids: ``[I0]`` the distinct raw item ids, sorted.
+        item: ``[N]`` position of each row's item in ``item_ids``.
+        timestamp: ``[N]`` Unix seconds, ``float64``.
+        source: the path read.
+    """
+
+    user_ids: np.ndarray
+    user: np.ndarray
+    item_ids: np.ndarray
+    item: np.ndarray
+    timestamp: np.ndarray
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    @classmethod
+    def from_interactions(cls, log: Interactions) -> EncodedLog:
+        user_ids, user = np.unique(log.user, return_inverse=True)
+        item_ids, item = np.unique(log.item, return_inverse=True)
+        ts = np.asarray(log.timestamp, dtype=np.float64)
+        return cls(user_ids, user, item_ids, item, ts, log.source)
+
+
 def build_sequences(
-    log: Interactions, *, min_item_count: int = 10, min_user_len: int = 100
+    log: Interactions | EncodedLog, *, min_item_count: int = 10, min_user_len: int = 100
 ) -> Sequences:
     """Apply the preprocessing rules of this module to a parsed log.
 
@@ -92,9 +128,10 @@ def build_sequences(
     """
     if min_item_count < 1 or min_user_len < 1:
         raise ValueError("min_item_count and min_user_len must be >= 1")
-    user_ids, user = np.unique(log.user, return_inverse=True)
-    item_ids, item = np.unique(log.item, return_inverse=True)
-    ts = np.asarray(log.timestamp, dtype=np.float64)
+    if not isinstance(log, EncodedLog):
+        log = EncodedLog.from_interactions(log)
+    user_ids, item_ids = log.user_ids, log.item_ids
+    user, item, ts = log.user, log.item, log.timestamp
     if not np.all(np.isfinite(ts)):
         raise DataFormatError(f"{log.source}: timestamps must be finite")
 

@@ -86,6 +86,20 @@ class _Columns:
         """
         if not self.lines:
             raise DataFormatError("no interactions", self.path)
+        out, problem = self.convert(integer_ids, extra_ids)
+        if problem is not None:
+            raise DataFormatError(problem[1], self.path, problem[0])
+        return out
+
+    def convert(
+        self, integer_ids: bool, extra_ids: dict[str, list[str]] | None = None
+    ) -> tuple[Interactions, tuple[int, str] | None]:
+        """Convert and check every column of at least one row, without raising.
+
+        Returns:
+            The interactions and the earliest problem as ``(line, message)``, or ``None``
+            (the chunked reader defers a problem while it checks the rest of the file).
+        """
         problems: list[tuple[int, str]] = []
         user = _check_ids(self.user, "user", integer_ids, problems)
         item = _check_ids(self.item, "item", integer_ids, problems)
@@ -95,10 +109,11 @@ class _Columns:
         rating = None
         if self.rating is not None:
             rating = _check_floats(self.rating, "rating", problems, non_negative=False)
+        problem = None
         if problems:
             row, message = min(problems)
-            raise DataFormatError(message, self.path, self.lines[row])
-        return Interactions(user, item, timestamp, rating, self.path)
+            problem = (self.lines[row], message)
+        return Interactions(user, item, timestamp, rating, self.path), problem
 
 
 def _check_ids(
@@ -257,27 +272,30 @@ def _csv_rows(
         yield current[0], row
 
 
-def _read_with_header(
-    lines: Iterator[tuple[int, str]],
+def _sniff_sep(header_line: int, header_text: str, path: str, sep: str | None) -> str:
+    """``sep`` if given, else the most frequent of :data:`_SNIFF_SEPS` in the header."""
+    if sep is not None:
+        return sep
+    counts = {s: header_text.count(s) for s in _SNIFF_SEPS}
+    sep = max(_SNIFF_SEPS, key=counts.__getitem__)
+    if counts[sep] == 0:
+        raise DataFormatError(
+            f"cannot detect the separator of header {header_text!r} "
+            f"(tried {', '.join(map(repr, _SNIFF_SEPS))}); pass sep=",
+            path,
+            header_line,
+        )
+    return sep
+
+
+def _column_index(
+    header: list[str],
+    header_line: int,
     path: str,
-    sep: str | None,
+    sep: str,
     columns: tuple[str, str, str, str | None],
-    integer_ids: bool,
-) -> Interactions:
-    """Read a delimited file whose first non-blank line names the columns."""
-    header_line, header_text = _first(lines, path)
-    if sep is None:
-        counts = {s: header_text.count(s) for s in _SNIFF_SEPS}
-        sep = max(_SNIFF_SEPS, key=counts.__getitem__)
-        if counts[sep] == 0:
-            raise DataFormatError(
-                f"cannot detect the separator of header {header_text!r} "
-                f"(tried {', '.join(map(repr, _SNIFF_SEPS))}); pass sep=",
-                path,
-                header_line,
-            )
-    rows = _csv_rows(_chain((header_line, header_text), lines), path, sep)
-    _, header = next(rows)
+) -> list[int | None]:
+    """Positions of the named ``columns`` in the parsed ``header`` (``None`` stays ``None``)."""
     header = [name.strip() for name in header]
     index = []
     for name in columns:
@@ -288,10 +306,20 @@ def _read_with_header(
                 header_line,
             )
         index.append(None if name is None else header.index(name))
+    return index
+
+
+def _collect_rows(
+    rows: Iterator[tuple[int, list[str]]],
+    path: str,
+    sep: str,
+    ncols: int,
+    index: list[int | None],
+    cols: _Columns,
+) -> None:
+    """Append the fields picked by ``index`` (user, item, time, rating) of every row."""
     u, i, t, r = index
     assert u is not None and i is not None and t is not None
-    ncols = len(header)
-    cols = _Columns(path, rated=r is not None)
     rating: list[Any] = cols.rating if cols.rating is not None else []
     for lineno, row in rows:
         if len(row) != ncols:
@@ -307,6 +335,23 @@ def _read_with_header(
         cols.timestamp.append(row[t])
         if r is not None:
             rating.append(row[r])
+
+
+def _read_with_header(
+    lines: Iterator[tuple[int, str]],
+    path: str,
+    sep: str | None,
+    columns: tuple[str, str, str, str | None],
+    integer_ids: bool,
+) -> Interactions:
+    """Read a delimited file whose first non-blank line names the columns."""
+    header_line, header_text = _first(lines, path)
+    sep = _sniff_sep(header_line, header_text, path, sep)
+    rows = _csv_rows(_chain((header_line, header_text), lines), path, sep)
+    _, header = next(rows)
+    index = _column_index(header, header_line, path, sep, columns)
+    cols = _Columns(path, rated=index[3] is not None)
+    _collect_rows(rows, path, sep, len(header), index, cols)
     return cols.finish(integer_ids)
 
 
@@ -446,35 +491,10 @@ def read_taobao(path: PathLike, behaviors: Sequence[str] | None = None) -> Inter
         FileNotFoundError: if ``path`` does not exist.
         DataFormatError: if a line is malformed or no row is left after filtering.
     """
-    if isinstance(behaviors, str):
-        behaviors = [behaviors]
-    if behaviors is not None:
-        unknown = sorted(set(behaviors) - set(TAOBAO_BEHAVIORS))
-        if unknown:
-            raise ValueError(
-                f"unknown Taobao behavior(s) {unknown}; valid ones: {', '.join(TAOBAO_BEHAVIORS)}"
-            )
-        if not behaviors:
-            raise ValueError(f"behaviors is empty; pick from {', '.join(TAOBAO_BEHAVIORS)}")
+    behaviors = check_behaviors(behaviors)
     source = os.fspath(path)
-    valid = frozenset(TAOBAO_BEHAVIORS)
-    cols = _Columns(source, rated=False)
-    category: list[str] = []
-    behavior: list[str] = []
     with _open_lines(source) as lines:
-        for lineno, row in _split_rows(lines, source, ",", 5):
-            if row[3] not in valid:
-                raise DataFormatError(
-                    f"unknown behavior {row[3]!r}; expected one of {', '.join(TAOBAO_BEHAVIORS)}",
-                    source,
-                    lineno,
-                )
-            cols.lines.append(lineno)
-            cols.user.append(row[0])
-            cols.item.append(row[1])
-            category.append(row[2])
-            behavior.append(row[3])
-            cols.timestamp.append(row[4])
+        cols, category, behavior = _taobao_rows(lines, source)
     out = cols.finish(integer_ids=True, extra_ids={"category": category})
     if behaviors is None:
         return out
@@ -484,6 +504,46 @@ def read_taobao(path: PathLike, behaviors: Sequence[str] | None = None) -> Inter
             f"no interactions left after filtering behaviors {sorted(set(behaviors))}", source
         )
     return Interactions(out.user[keep], out.item[keep], out.timestamp[keep], None, source)
+
+
+def check_behaviors(behaviors: Sequence[str] | str | None) -> list[str] | None:
+    """Validate a Taobao behaviour filter; a single name becomes a one-element list."""
+    if isinstance(behaviors, str):
+        behaviors = [behaviors]
+    if behaviors is None:
+        return None
+    unknown = sorted(set(behaviors) - set(TAOBAO_BEHAVIORS))
+    if unknown:
+        raise ValueError(
+            f"unknown Taobao behavior(s) {unknown}; valid ones: {', '.join(TAOBAO_BEHAVIORS)}"
+        )
+    if not behaviors:
+        raise ValueError(f"behaviors is empty; pick from {', '.join(TAOBAO_BEHAVIORS)}")
+    return list(behaviors)
+
+
+def _taobao_rows(
+    lines: Iterator[tuple[int, str]], source: str
+) -> tuple[_Columns, list[str], list[str]]:
+    """Split ``user,item,category,behavior,timestamp`` lines; unknown behaviours raise."""
+    valid = frozenset(TAOBAO_BEHAVIORS)
+    cols = _Columns(source, rated=False)
+    category: list[str] = []
+    behavior: list[str] = []
+    for lineno, row in _split_rows(lines, source, ",", 5):
+        if row[3] not in valid:
+            raise DataFormatError(
+                f"unknown behavior {row[3]!r}; expected one of {', '.join(TAOBAO_BEHAVIORS)}",
+                source,
+                lineno,
+            )
+        cols.lines.append(lineno)
+        cols.user.append(row[0])
+        cols.item.append(row[1])
+        category.append(row[2])
+        behavior.append(row[3])
+        cols.timestamp.append(row[4])
+    return cols, category, behavior
 
 
 def read_csv(
@@ -515,12 +575,17 @@ def read_csv(
         FileNotFoundError: if ``path`` does not exist.
         DataFormatError: if a column is missing or a line is malformed.
     """
-    if sep is not None and len(sep) != 1:
-        raise ValueError(f"sep must be a single character, got {sep!r}")
+    check_sep(sep)
     source = os.fspath(path)
     columns = (user_col, item_col, time_col, rating_col)
     with _open_lines(source) as lines:
         return _read_with_header(lines, source, sep, columns, integer_ids=False)
+
+
+def check_sep(sep: str | None) -> None:
+    """A given separator must be one character."""
+    if sep is not None and len(sep) != 1:
+        raise ValueError(f"sep must be a single character, got {sep!r}")
 
 
 READERS: dict[str, Callable[..., Interactions]] = {
