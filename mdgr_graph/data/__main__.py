@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = options_from_args(args)
         dataset = prepare_dataset(options, cache_dir=cache_dir_from_args(args))
-    except (ValueError, OSError) as exc:  # DataFormatError is a ValueError
+    except (ValueError, OSError, ImportError) as exc:  # DataFormatError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     stats = dataset.stats()

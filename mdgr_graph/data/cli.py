@@ -49,6 +49,10 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--item-col", default="item", help="csv: item column name")
     g.add_argument("--time-col", default="timestamp", help="csv: timestamp column name")
     g.add_argument("--sep", default=None, help="csv: separator (sniffed when omitted)")
+    g.add_argument("--chunk-rows", type=int, default=None, metavar="N",
+                   help="taobao, csv: read the file N lines at a time with pyarrow (bounded "
+                        "parsing memory, for logs larger than memory); same result and cache "
+                        "entry as reading it whole")
     g.add_argument("--synthetic-users", type=int, default=2000,
                    help="synthetic: number of users")
     g.add_argument("--synthetic-items", type=int, default=1000,
@@ -93,6 +97,7 @@ def options_from_args(args: argparse.Namespace) -> DataOptions:
         time_col=args.time_col,
         sep=args.sep,
         synthetic=synthetic,
+        chunk_rows=getattr(args, "chunk_rows", None),
     )
 
 

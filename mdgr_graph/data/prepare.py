@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from mdgr_graph.data.chunked import CHUNKED_FORMATS, import_pyarrow, read_chunked
 from mdgr_graph.data.preprocess import Sequences, build_sequences
 from mdgr_graph.data.protocols import (
     SPLIT_NAMES,
@@ -71,6 +72,11 @@ class DataOptions:
         behaviors: taobao behaviour filter (None keeps all).
         user_col, item_col, time_col, sep: csv column names and separator.
         synthetic: keyword arguments of :func:`generate_synthetic`.
+        chunk_rows: read the file in chunks of this many lines with pyarrow
+            (:mod:`mdgr_graph.data.chunked`, formats ``taobao`` and ``csv``), for logs
+            larger than memory; ``None`` reads it whole. It decides how the file is read,
+            not what is prepared (the result is identical), so it is left out of
+            :meth:`to_json`, hence of the cache key and the metadata.
     """
 
     format: str = "synthetic"
@@ -92,6 +98,7 @@ class DataOptions:
     time_col: str = "timestamp"
     sep: str | None = None
     synthetic: dict[str, Any] = field(default_factory=dict)
+    chunk_rows: int | None = None
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -118,9 +125,21 @@ class DataOptions:
                 object.__setattr__(self, name, defaults[name])
         if self.protocol == "loo" and self.min_user_len < 4:
             raise ValueError("loo needs min_user_len >= 4 (train, valid and test targets)")
+        if self.chunk_rows is not None:
+            if self.format not in CHUNKED_FORMATS:
+                raise ValueError(
+                    f"chunk_rows works with formats {', '.join(CHUNKED_FORMATS)}, "
+                    f"not {self.format!r}"
+                )
+            if isinstance(self.chunk_rows, bool) or not isinstance(self.chunk_rows, int) or (
+                self.chunk_rows < 1
+            ):
+                raise ValueError(f"chunk_rows must be a positive integer, got {self.chunk_rows!r}")
 
     def to_json(self) -> dict[str, Any]:
+        """The options that decide the prepared data (``chunk_rows`` does not)."""
         out = dataclasses.asdict(self)
+        out.pop("chunk_rows")
         out["behaviors"] = list(self.behaviors) if self.behaviors else None
         return out
 
@@ -353,7 +372,10 @@ def _read_sequences(options: DataOptions) -> Sequences:
                 time_col=options.time_col,
                 sep=options.sep,
             )
-        log = read_interactions(options.format, options.path, **extra)
+        if options.chunk_rows is not None:
+            log = read_chunked(options.format, options.path, options.chunk_rows, **extra)
+        else:
+            log = read_interactions(options.format, options.path, **extra)
     return build_sequences(
         log, min_item_count=options.min_item_count, min_user_len=options.min_user_len
     )
@@ -413,6 +435,8 @@ def prepare_dataset(
     """
     if options.format != "synthetic" and not Path(options.path).is_file():
         raise FileNotFoundError(f"no such file: {options.path}")
+    if options.chunk_rows is not None:
+        import_pyarrow()  # fail before hashing a large file
     entry = None
     if cache_dir is not None:
         entry = Path(cache_dir) / f"{options.format}-{options.protocol}-{cache_key(options)}.npz"
