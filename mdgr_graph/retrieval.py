@@ -407,6 +407,7 @@ def _retrieve_batch(queries: Tensor, offsets: Tensor, mask: Tensor, index: Index
 
     # search every (user, interest) that takes part; the offset is constant per query
     found_s, found_i = index.search(queries[mask].float(), width)
+    found_s, found_i = found_s.cpu(), found_i.cpu()  # a TorchIndex may live on a GPU
     found_s = found_s + offsets[mask].float().unsqueeze(1)
     found_s = found_s.masked_fill(found_i < 0, float("-inf"))
     cand_s = found_s.new_full((num_users, k, width), float("-inf"))
