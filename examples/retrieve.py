@@ -14,7 +14,7 @@ once per interest and merges per user by the max (exact for MDGR's Eq. 16 with t
 
 Rows are the split's examples: one per user under ``loo``; one per window under
 ``paper`` (history = the window's first part). Supported models: MDGR and its
-variants, ``static-graph``, ``comirec-sa``, ``comirec-dr``.
+variants, ``static-graph``, ``mip``, ``comirec-sa``, ``comirec-dr``.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = build_model(train.model, prepared, **train_mdgr.model_options(train))
     if not callable(getattr(model, "interest_queries", None)):
-        print(f"error: retrieval supports MDGR, its variants, static-graph and ComiRec; "
+        print(f"error: retrieval supports MDGR, its variants, static-graph, mip and ComiRec; "
               f"the run trained {train.model!r}", file=sys.stderr)
         return 2
     model.load_state_dict(checkpoint["model"])

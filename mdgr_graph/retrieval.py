@@ -521,7 +521,7 @@ def export_interests(
     :meth:`interest_queries` of every example and the item table, on the CPU.
 
     The model must provide ``interest_queries(batch)`` (MDGR and its variants, the
-    static-graph control, ComiRec-SA/DR) and an ``item_emb`` table.
+    static-graph control, MIP, ComiRec-SA/DR) and an ``item_emb`` table.
     """
     from torch_geometric.loader import DataLoader
     from tqdm.auto import tqdm
@@ -531,7 +531,7 @@ def export_interests(
     if not callable(getattr(model, "interest_queries", None)):
         raise TypeError(
             f"{type(model).__name__} has no interest_queries(batch); retrieval supports "
-            "MDGR (and its variants, static-graph) and ComiRec-SA/DR"
+            "MDGR (and its variants, static-graph, mip) and ComiRec-SA/DR"
         )
     items = item_table(model).float().cpu()
     model.eval()
