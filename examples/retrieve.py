@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
 import io
 import json
 import sys
@@ -36,9 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_mdgr beside th
 import train_mdgr  # noqa: E402
 
 from mdgr_graph import retrieval  # noqa: E402
-from mdgr_graph.data.cli import cache_dir_from_args, options_from_args  # noqa: E402
-from mdgr_graph.data.prepare import prepare_dataset  # noqa: E402
-from mdgr_graph.models import build_model  # noqa: E402
+from mdgr_graph.data.titles import read_movielens_titles  # noqa: E402
 from mdgr_graph.train import atomic_write_text  # noqa: E402
 
 
@@ -85,24 +82,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def training_args(run: Path) -> argparse.Namespace:
-    """The options of the training run: train_mdgr.py's defaults updated by args.json."""
-    saved = json.loads((run / "args.json").read_text())
-    args = train_mdgr.parse_args([])
-    for key, value in saved.items():
-        setattr(args, key, value)
-    args.cache_dir = Path(args.cache_dir) if args.cache_dir is not None else None
-    return args
-
-
-def read_titles(path: Path) -> dict[str, str]:
-    """Raw item id -> title from a MovieLens ``movies.dat`` (``id::title::genres``)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="latin-1") as fh:
-        rows = (line.rstrip("\n").split("::") for line in fh if line.strip())
-        return {row[0]: row[1] for row in rows if len(row) >= 2}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
@@ -110,25 +89,20 @@ def main(argv: list[str] | None = None) -> int:
         if retrieval.WITH_FAISS:
             retrieval.faiss.omp_set_num_threads(args.threads)
     try:
-        train = training_args(args.run)
-        checkpoint = torch.load(args.run / args.checkpoint, map_location=args.device,
-                                weights_only=True)
-        prepared = prepare_dataset(options_from_args(train), cache_dir=cache_dir_from_args(train))
-        titles = read_titles(args.titles) if args.titles is not None else None
+        train, prepared, model = train_mdgr.load_run(args.run, args.run / args.checkpoint)
+        titles = None
+        if args.titles is not None:
+            titles = {k: v.title for k, v in read_movielens_titles(args.titles).items()}
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if train.max_users is not None:
-        prepared = prepared.subsample_users(train.max_users, seed=train.seed)
     if args.n > prepared.num_items:
         print(f"error: --n {args.n} exceeds the {prepared.num_items} items", file=sys.stderr)
         return 2
-    model = build_model(train.model, prepared, **train_mdgr.model_options(train))
     if not callable(getattr(model, "interest_queries", None)):
         print(f"error: retrieval supports MDGR, its variants, static-graph, mip and ComiRec; "
               f"the run trained {train.model!r}", file=sys.stderr)
         return 2
-    model.load_state_dict(checkpoint["model"])
     model.to(args.device)
 
     start = time.perf_counter()

@@ -356,13 +356,7 @@ def test_retrieve_example_end_to_end(tiny_run, tmp_path, capsys):
     assert row["scores"] == sorted(row["scores"], reverse=True)
 
     # the same items as the model's own full ranking with the history excluded
-    train = example.training_args(tiny_run)
-    from mdgr_graph.data.cli import options_from_args
-    from mdgr_graph.data.prepare import prepare_dataset
-
-    prepared = prepare_dataset(options_from_args(train), cache_dir=None)
-    model = build_model("mdgr", prepared, **example.train_mdgr.model_options(train))
-    model.load_state_dict(torch.load(tiny_run / "best.pt", weights_only=True)["model"])
+    _, prepared, model = example.train_mdgr.load_run(tiny_run)
     batch = next(iter(DataLoader(SequenceDataset(prepared, "test"), batch_size=60)))
     with torch.no_grad():
         full = model.eval().score_all(batch)
