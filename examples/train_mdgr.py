@@ -48,7 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = parser.add_argument_group("model")
     g.add_argument("--model", choices=sorted(MODELS), default="mdgr",
                    help="mdgr, a Table 3 variant, a neural baseline (sasrec, gru4rec, "
-                        "comirec-sa, comirec-dr) or a closed-form one (pop, itemknn, ease)")
+                        "tisasrec, bert4rec, comirec-sa, comirec-dr) or a closed-form one "
+                        "(pop, itemknn, ease)")
     g.add_argument("--dim", type=int, default=32, help="model width d")
     g.add_argument("--k", type=int, default=8, help="number of interests (MDGR, ComiRec)")
     g.add_argument("--m", "--iterations", dest="m", type=int, default=5,
@@ -70,9 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--binary", action="store_true",
                    help="binary adjacency (paper Eq. 9 literally) instead of weighted edges")
     g.add_argument("--blocks", type=int, default=2,
-                   help="sasrec: transformer blocks; gru4rec: GRU layers")
+                   help="sasrec, tisasrec, bert4rec: transformer blocks; gru4rec: GRU layers")
+    g.add_argument("--mask-prob", type=float, default=0.2,
+                   help="bert4rec: proportion of history items masked for the cloze loss")
     g.add_argument("--history-targets", action="store_true",
-                   help="sasrec/gru4rec: also learn next-item targets inside the history")
+                   help="sasrec/gru4rec/tisasrec: also learn next-item targets inside the "
+                        "history")
     g.add_argument("--neighbours", type=int, default=100,
                    help="itemknn: neighbourhood size per item (0 keeps all)")
     g.add_argument("--shrink", type=float, default=10.0, help="itemknn: similarity shrinkage")
@@ -120,8 +124,11 @@ def model_options(args: argparse.Namespace) -> dict:
         return {"dim": args.dim, "interests": args.k, "dropout": args.dropout}
     if args.model == "comirec-dr":
         return {"dim": args.dim, "interests": args.k}
+    if args.model == "bert4rec":
+        return {"dim": args.dim, "dropout": args.dropout, "num_blocks": args.blocks,
+                "mask_prob": args.mask_prob}
     if args.model in NEURAL_BASELINES:
-        layers = "num_blocks" if args.model == "sasrec" else "num_layers"
+        layers = "num_blocks" if args.model in ("sasrec", "tisasrec") else "num_layers"
         return {"dim": args.dim, "dropout": args.dropout, layers: args.blocks,
                 "history_targets": args.history_targets}
     return {"dim": args.dim, "k": args.k, "m": args.m, "gamma": args.gamma,

@@ -8,6 +8,7 @@ from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.models.base import SequentialRecommender
 from mdgr_graph.models.baselines import (
     EASE,
+    BERT4Rec,
     ComiRecDR,
     ComiRecSA,
     GRU4Rec,
@@ -15,6 +16,7 @@ from mdgr_graph.models.baselines import (
     Popularity,
     SASRec,
     StaticGraphRec,
+    TiSASRec,
 )
 from mdgr_graph.models.mdgr import MDGR, VARIANTS, SequenceEncoder
 
@@ -27,11 +29,13 @@ NEURAL_BASELINES: dict[str, type] = {
     "gru4rec": GRU4Rec,
     "comirec-sa": ComiRecSA,
     "comirec-dr": ComiRecDR,
+    "tisasrec": TiSASRec,
+    "bert4rec": BERT4Rec,
 }
 
 #: Neural baselines with causal states, which can also learn next-item targets inside the
 #: history (``history_targets=True``).
-CAUSAL_BASELINES: tuple[str, ...] = ("sasrec", "gru4rec")
+CAUSAL_BASELINES: tuple[str, ...] = ("sasrec", "gru4rec", "tisasrec")
 
 #: MDGR's pipeline with the graph layer on fixed consecutive-item edges (a control).
 STATIC_GRAPH = "static-graph"
@@ -57,8 +61,9 @@ def build_model(name: str, prepared: PreparedDataset, **kwargs: Any) -> Sequenti
 
     Keyword arguments go to the model: MDGR variants, ``mip`` and ``static-graph`` take
     those of :class:`MDGR`,
-    ``sasrec``, ``gru4rec``, ``comirec-sa``, ``comirec-dr`` those of :class:`SASRec`,
-    :class:`GRU4Rec`, :class:`ComiRecSA`, :class:`ComiRecDR`; ``itemknn``
+    ``sasrec``, ``gru4rec``, ``comirec-sa``, ``comirec-dr``, ``tisasrec``, ``bert4rec``
+    those of :class:`SASRec`, :class:`GRU4Rec`, :class:`ComiRecSA`, :class:`ComiRecDR`,
+    :class:`TiSASRec`, :class:`BERT4Rec`; ``itemknn``
     ``neighbours`` and ``shrink``, ``ease`` ``l2``; ``pop`` takes none.
     Closed-form models are fitted on the training interactions here.
     """
@@ -85,6 +90,7 @@ def build_model(name: str, prepared: PreparedDataset, **kwargs: Any) -> Sequenti
 
 
 __all__ = [
+    "BERT4Rec",
     "CAUSAL_BASELINES",
     "CLOSED_FORM",
     "EASE",
@@ -103,6 +109,7 @@ __all__ = [
     "SequentialRecommender",
     "STATIC_GRAPH",
     "StaticGraphRec",
+    "TiSASRec",
     "build_model",
     "history_length",
 ]

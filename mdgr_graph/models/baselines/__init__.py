@@ -1,5 +1,6 @@
 """Baselines on the shared model interface (see docs/baselines.md for their status)."""
 
+from mdgr_graph.models.baselines.bert4rec import BERT4Rec
 from mdgr_graph.models.baselines.comirec import ComiRecDR, ComiRecSA, MultiInterestRecommender
 from mdgr_graph.models.baselines.gru4rec import GRU4Rec
 from mdgr_graph.models.baselines.item_similarity import (
@@ -11,8 +12,10 @@ from mdgr_graph.models.baselines.item_similarity import (
 from mdgr_graph.models.baselines.pop import Popularity, training_item_counts
 from mdgr_graph.models.baselines.sasrec import CausalSequenceRecommender, SASRec
 from mdgr_graph.models.baselines.static_graph import StaticGraphRec, consecutive_edges
+from mdgr_graph.models.baselines.tisasrec import TiSASRec, time_interval_matrix
 
 __all__ = [
+    "BERT4Rec",
     "EASE",
     "CausalSequenceRecommender",
     "ComiRecDR",
@@ -24,7 +27,9 @@ __all__ = [
     "Popularity",
     "SASRec",
     "StaticGraphRec",
+    "TiSASRec",
     "consecutive_edges",
     "training_item_counts",
+    "time_interval_matrix",
     "training_matrix",
 ]

@@ -22,6 +22,31 @@ from torch_geometric.utils import to_dense_batch
 from mdgr_graph.models.base import SequentialRecommender
 
 
+def dense_recent(
+    value: Tensor, index: Tensor, batch_size: int, max_len: int, fill_value: float = 0
+) -> tuple[Tensor, Tensor]:
+    """A node field as right-padded rows, each cut to its ``max_len`` most recent nodes.
+
+    Args:
+        value: ``[N, ...]`` a node field of the batch (items ``x``, days ``t``, ...).
+        index: ``[N]`` sorted graph index of every node (``batch.batch``).
+        batch_size: number of graphs ``B``.
+        max_len: longest row kept; longer graphs keep their last ``max_len`` nodes.
+        fill_value: value at padding.
+
+    Returns:
+        ``dense [B, L, ...]`` and ``mask [B, L]`` (True at real nodes), with
+        ``L = min(max_len, largest graph)``, as :func:`~torch_geometric.utils.to_dense_batch`.
+    """
+    counts = torch.bincount(index, minlength=batch_size)
+    if int(counts.max()) > max_len:
+        start = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(value.shape[0], device=value.device) - start[index]
+        keep = rank >= (counts - max_len)[index]
+        value, index = value[keep], index[keep]
+    return to_dense_batch(value, index, fill_value=fill_value, batch_size=batch_size)
+
+
 class CausalSequenceRecommender(SequentialRecommender):
     r"""Base of left-to-right models whose state at position :math:`t` sees items
     :math:`\le t` only.
@@ -73,15 +98,7 @@ class CausalSequenceRecommender(SequentialRecommender):
             oldest kept interaction.
         """
         self._check_batch(batch)
-        x, index = batch.x, batch.batch
-        batch_size = batch.num_graphs
-        counts = torch.bincount(index, minlength=batch_size)
-        if int(counts.max()) > self.max_len:
-            start = torch.cumsum(counts, 0) - counts
-            rank = torch.arange(x.numel(), device=x.device) - start[index]
-            keep = rank >= (counts - self.max_len)[index]
-            x, index = x[keep], index[keep]
-        return to_dense_batch(x, index, fill_value=0, batch_size=batch_size)
+        return dense_recent(batch.x, batch.batch, batch.num_graphs, self.max_len)
 
     def sequence_states(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """States of every position: ``states [B, L, d]`` (zeros at padding), ``mask [B, L]``.
