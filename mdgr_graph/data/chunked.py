@@ -9,12 +9,13 @@ At the end the dictionaries are sorted, the codes become ranks, and the result i
 :func:`~mdgr_graph.data.preprocess.build_sequences` (duplicates, k-core filtering,
 remapping) runs the same code on the same input and produces the same arrays.
 
-**What is bounded.** The text of one chunk, its parsed string columns and a few masks:
-about ten times the chunk's bytes, whatever the size of the file; nothing holds a Python
-object per row. **What grows**: 16 bytes per kept row (the three columns; spill-free, they
-stay in memory), the dictionaries of distinct user and item ids, and then preprocessing,
-which sorts and filters those columns in memory (a few times 16 bytes per row at its peak).
-The in-memory readers instead hold every field of every row as a Python string.
+**What is bounded.** While the file is read, memory holds the text of one chunk, its parsed
+string columns and a few masks (several times the chunk's bytes), plus the dictionaries of
+distinct user and item ids; nothing holds a Python object per row. The three columns of the
+kept rows (16 bytes a row) are appended to anonymous temporary files (``TMPDIR``) and read
+back once at the end. **What grows with the rows**: those columns once read back, and
+preprocessing, which sorts and filters them in memory (its peak is several times 16 bytes
+a row). The in-memory readers instead hold every field of every row as a Python string.
 
 **Why not ``pyarrow.csv.open_csv``.** Its batches carry no line numbers and it drops blank
 lines silently, so an error could not name its line. Cutting the byte stream at newlines
@@ -40,6 +41,7 @@ import csv
 import gzip
 import io
 import os
+import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -288,7 +290,8 @@ def _plain_floats(pa: Any, strings: Any) -> np.ndarray | None:
         if not pc.all(pc.match_substring_regex(strings, _PLAIN_FLOAT)).as_py():
             return None
     try:
-        values = pc.cast(strings, pa.float64()).to_numpy()
+        # a numpy-owned copy: kept Arrow buffers would pin freed pool memory between them
+        values = np.array(pc.cast(strings, pa.float64()).to_numpy())
     except pa.ArrowInvalid:
         return None
     return values if np.isfinite(values).all() else None
@@ -342,16 +345,33 @@ class _IdTable:
         return ids, rank
 
 
-def _fill(chunks: list[np.ndarray], dtype: Any, take: np.ndarray | None = None) -> np.ndarray:
-    """Concatenate ``chunks`` (through ``take``), freeing each one as it is copied."""
-    out = np.empty(sum(len(c) for c in chunks), dtype=dtype)
-    chunks.reverse()
-    pos = 0
-    while chunks:
-        chunk = chunks.pop()
-        out[pos : pos + len(chunk)] = chunk if take is None else take[chunk]
-        pos += len(chunk)
-    return out
+class _Spill:
+    """A column appended chunk by chunk to an anonymous temporary file, read back once.
+
+    Kept rows' columns wait on disk rather than in memory: while reading, memory holds one
+    chunk and the id dictionaries only, and the columns are read back in one piece at the
+    end, with no second copy (many small arrays would also fragment the heap).
+    """
+
+    def __init__(self, dtype: Any) -> None:
+        self.dtype = np.dtype(dtype)
+        self.file = tempfile.TemporaryFile(prefix="mdgr-chunked-")
+        self.size = 0
+
+    def append(self, values: np.ndarray) -> None:
+        self.file.write(memoryview(np.ascontiguousarray(values, dtype=self.dtype)).cast("B"))
+        self.size += len(values)
+
+    def read(self) -> np.ndarray:
+        out = np.empty(self.size, dtype=self.dtype)
+        self.file.seek(0)
+        if self.file.readinto(memoryview(out).cast("B")) != out.nbytes:
+            raise OSError(f"short read from the temporary file {self.file.name}")
+        self.close()
+        return out
+
+    def close(self) -> None:
+        self.file.close()
 
 
 # ---------------------------------------------------------------------- readers
@@ -366,32 +386,36 @@ class _ChunkedReader:
         self.chunk_rows = chunk_rows
         self.users = _IdTable(self.pa)
         self.items = _IdTable(self.pa)
-        self.user_codes: list[np.ndarray] = []
-        self.item_codes: list[np.ndarray] = []
-        self.times: list[np.ndarray] = []
+        self.user_codes = _Spill(np.int32)
+        self.item_codes = _Spill(np.int32)
+        self.times = _Spill(np.float64)
         self.rows = 0  # rows read, before any filter
         self.kept = 0
         self.problem: tuple[int, str] | None = None  # the earliest bad value, deferred
 
     def read(self) -> EncodedLog:
-        for first_line, data in line_chunks(self.path, self.chunk_rows):
-            _check_utf8(self.pa, data, self.path)
-            self.chunk(first_line, data)
-        if self.rows == 0:
-            raise DataFormatError("no interactions", self.path)
-        if self.problem is not None:
-            raise DataFormatError(self.problem[1], self.path, self.problem[0])
-        self.check_kept()
-        user_ids, user_rank = self.users.ranked()
-        item_ids, item_rank = self.items.ranked()
-        return EncodedLog(
-            user_ids=user_ids,
-            user=_fill(self.user_codes, np.int32, user_rank),
-            item_ids=item_ids,
-            item=_fill(self.item_codes, np.int32, item_rank),
-            timestamp=_fill(self.times, np.float64),
-            source=self.path,
-        )
+        try:
+            for first_line, data in line_chunks(self.path, self.chunk_rows):
+                _check_utf8(self.pa, data, self.path)
+                self.chunk(first_line, data)
+            if self.rows == 0:
+                raise DataFormatError("no interactions", self.path)
+            if self.problem is not None:
+                raise DataFormatError(self.problem[1], self.path, self.problem[0])
+            self.check_kept()
+            user_ids, user_rank = self.users.ranked()
+            item_ids, item_rank = self.items.ranked()
+            return EncodedLog(
+                user_ids=user_ids,
+                user=user_rank[self.user_codes.read()],
+                item_ids=item_ids,
+                item=item_rank[self.item_codes.read()],
+                timestamp=self.times.read(),
+                source=self.path,
+            )
+        finally:
+            for spill in (self.user_codes, self.item_codes, self.times):
+                spill.close()
 
     def chunk(self, first_line: int, data: bytes) -> None:
         raise NotImplementedError
