@@ -124,6 +124,8 @@ def model_options(args: argparse.Namespace) -> dict:
         return {"dim": args.dim, "interests": args.k, "dropout": args.dropout}
     if args.model == "comirec-dr":
         return {"dim": args.dim, "interests": args.k}
+    if args.model == "surge":
+        return {"dim": args.dim}
     if args.model == "bert4rec":
         return {"dim": args.dim, "dropout": args.dropout, "num_blocks": args.blocks,
                 "mask_prob": args.mask_prob}

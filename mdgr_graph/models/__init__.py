@@ -8,6 +8,7 @@ from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.models.base import SequentialRecommender
 from mdgr_graph.models.baselines import (
     EASE,
+    SURGE,
     BERT4Rec,
     ComiRecDR,
     ComiRecSA,
@@ -29,6 +30,7 @@ NEURAL_BASELINES: dict[str, type] = {
     "gru4rec": GRU4Rec,
     "comirec-sa": ComiRecSA,
     "comirec-dr": ComiRecDR,
+    "surge": SURGE,
     "tisasrec": TiSASRec,
     "bert4rec": BERT4Rec,
 }
@@ -109,6 +111,7 @@ __all__ = [
     "SequentialRecommender",
     "STATIC_GRAPH",
     "StaticGraphRec",
+    "SURGE",
     "TiSASRec",
     "build_model",
     "history_length",

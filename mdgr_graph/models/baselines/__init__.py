@@ -12,6 +12,7 @@ from mdgr_graph.models.baselines.item_similarity import (
 from mdgr_graph.models.baselines.pop import Popularity, training_item_counts
 from mdgr_graph.models.baselines.sasrec import CausalSequenceRecommender, SASRec
 from mdgr_graph.models.baselines.static_graph import StaticGraphRec, consecutive_edges
+from mdgr_graph.models.baselines.surge import SURGE
 from mdgr_graph.models.baselines.tisasrec import TiSASRec, time_interval_matrix
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Popularity",
     "SASRec",
     "StaticGraphRec",
+    "SURGE",
     "TiSASRec",
     "consecutive_edges",
     "training_item_counts",
