@@ -30,23 +30,21 @@ import hashlib
 import itertools
 import json
 import os
-import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+import common  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch_geometric  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-import mdgr_graph  # noqa: E402
 from mdgr_graph.data.prepare import DataOptions, PreparedDataset, prepare_dataset  # noqa: E402
 from mdgr_graph.models import (  # noqa: E402
     CAUSAL_BASELINES,
@@ -170,18 +168,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------- environment
 def environment(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "threads": args.threads,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "torch_geometric": torch_geometric.__version__,
-        "mdgr_graph": getattr(mdgr_graph, "__version__", None),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-    }
+    return common.environment(threads=args.threads)
 
 
 # ---------------------------------------------------------------------- one run

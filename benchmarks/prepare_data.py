@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,29 +28,15 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import common  # noqa: E402
 
 from mdgr_graph.data.prepare import DataOptions, prepare_dataset  # noqa: E402
 
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
 DATASET = "ml-1m-subset/ratings.dat.gz"
 PROTOCOLS = ("paper", "loo")
-
-
-def hardware() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
 
 
 def time_protocol(path: Path, protocol: str, repeats: int) -> dict[str, Any]:
@@ -132,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = [time_protocol(path, protocol, args.repeats) for protocol in PROTOCOLS]
     print_table(results, args.repeats)
-    hw = hardware()
+    hw = common.environment()
     print(f"hardware: {hw['platform']}, {hw['cpu_count']} CPUs, python {hw['python']}, "
           f"numpy {hw['numpy']}, torch {hw['torch']}")
     if args.json is not None:

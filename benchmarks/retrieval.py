@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -44,8 +43,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-import numpy as np  # noqa: E402
+import common  # noqa: E402
 import torch  # noqa: E402
 
 from mdgr_graph import retrieval  # noqa: E402
@@ -54,18 +54,6 @@ from mdgr_graph.train import atomic_write_text  # noqa: E402
 DEFAULT_OUT_DIR = REPO / "benchmarks" / "results" / "retrieval"
 SIZES = (10**4, 10**5, 10**6)
 DIM, K, N = 32, 8, 50
-
-
-def measure(fn: Callable[[], Any], warmup: int, repeats: int) -> dict[str, Any]:
-    """``warmup`` untimed calls, then ``repeats`` timed ones (wall clock)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times}
 
 
 def synthetic(num_items: int, num_users: int, topics: int, seed: int) -> dict[str, torch.Tensor]:
@@ -121,10 +109,10 @@ def bench_size(num_items: int, args: argparse.Namespace, log: Callable[[str], No
         def one_user(u: int, index=index) -> None:
             retrieval.retrieve(q[u : u + 1], c[u : u + 1], m[u : u + 1], index, N)
 
-        per_user = [measure(lambda u=u: one_user(u), args.warmup, args.repeats)["median_s"]
+        per_user = [common.measure(lambda u=u: one_user(u), args.warmup, args.repeats)["median_s"]
                     for u in range(args.latency_users)]
         entry["latency_s"] = {"median": statistics.median(per_user), "per_user": per_user}
-        entry["batch"] = measure(lambda index=index: retrieval.retrieve(
+        entry["batch"] = common.measure(lambda index=index: retrieval.retrieve(
             q[batch], c[batch], m[batch], index, N), args.warmup, args.repeats)
         entry["users_per_s"] = args.batch / entry["batch"]["median_s"]
         found = retrieval.retrieve(q[batch], c[batch], m[batch], index, N).items
@@ -137,21 +125,6 @@ def bench_size(num_items: int, args: argparse.Namespace, log: Callable[[str], No
             f"{entry['latency_s']['median'] * 1e3:8.2f} ms  {entry['users_per_s']:9,.0f} "
             f"users/s  recall@50 {entry['recall@50/exact']:.3f}")
     return out
-
-
-def environment(threads: int) -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "cpu_count": os.cpu_count(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "threads": threads,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "faiss": retrieval.faiss.__version__ if retrieval.WITH_FAISS else None,
-    }
 
 
 def markdown(payload: dict[str, Any]) -> str:
@@ -238,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 "latency_users": args.latency_users, "topics": args.topics,
                 "dim": DIM, "k": K, "n": N, "load_average_start": load,
                 "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])},
-        "environment": environment(args.threads),
+        "environment": common.environment(args.threads),
         "results": results,
     }
     atomic_write_text(args.out_dir / "retrieval.json", json.dumps(payload, indent=2) + "\n")

@@ -32,9 +32,6 @@ import argparse
 import gc
 import json
 import math
-import os
-import platform
-import statistics
 import sys
 import time
 import traceback
@@ -45,10 +42,11 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+import common  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch_geometric  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
@@ -75,18 +73,6 @@ TARGETS = {
 
 
 # ---------------------------------------------------------------------- measuring
-def measure(fn: Callable[[], Any], warmup: int, repeats: int) -> dict[str, Any]:
-    """Call ``fn`` ``warmup`` times untimed, then ``repeats`` times timed (wall clock)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times}
-
-
 def peak_tensor_bytes(fn: Callable[[], Any]) -> int:
     """Peak of the bytes held by tensors allocated during one call of ``fn``.
 
@@ -206,7 +192,7 @@ def bench_clustering(args, bar) -> dict[str, Any]:
     for name, fn in runs.items():
         bar.set_description(f"clustering: {name}")
         warmup = args.warmup if name == "batched_kmeans" else 1
-        out["methods"][name] = measure(fn, warmup, args.repeats)
+        out["methods"][name] = common.measure(fn, warmup, args.repeats)
         bar.update()
     base = out["methods"]["batched_kmeans"]["median_s"]
     out["speedup"] = {
@@ -222,7 +208,7 @@ def bench_layer(args, bar) -> dict[str, Any]:
                  "gat_static"):
         bar.set_description(f"layer: {name}")
         warmup = 1 if name == "reference" else args.warmup
-        out["methods"][name] = measure(getattr(lb, name), warmup, args.repeats)
+        out["methods"][name] = common.measure(getattr(lb, name), warmup, args.repeats)
         out["methods"][name]["peak_bytes"] = peak_tensor_bytes(getattr(lb, name))
         bar.update()
     base = out["methods"]["mdgr_layer"]["median_s"]
@@ -242,7 +228,7 @@ def bench_scaling(args, bar) -> dict[str, Any]:
             row: dict[str, Any] = {"B": B, "n": n, "d": d, "k": k}
             for name in ("mdgr_layer", "knn_edgeconv"):
                 fn = getattr(lb, name)
-                row[name] = measure(fn, 1, args.repeats)
+                row[name] = common.measure(fn, 1, args.repeats)
                 row[name]["peak_bytes"] = peak_tensor_bytes(fn)
             rows.append(row)
             del lb
@@ -311,7 +297,7 @@ def bench_epoch(args, bar) -> dict[str, Any]:
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         epoch = iter(range(10**6))
         with deterministic_algorithms(config.deterministic):
-            entry["epoch"] = measure(
+            entry["epoch"] = common.measure(
                 lambda m=model, o=optimizer, e=epoch: _train_epoch(m, o, train, config, next(e)),
                 1, args.repeats,
             )
@@ -320,7 +306,7 @@ def bench_epoch(args, bar) -> dict[str, Any]:
         bar.set_description(f"eval: {name}")
         torch.manual_seed(args.seed)
         eval_model = build_model(name, loo)
-        entry["eval"] = measure(
+        entry["eval"] = common.measure(
             lambda m=eval_model: evaluate(m, loo, "test", batch_size=args.eval_batch_size,
                                           max_batches=args.eval_batches),
             1, args.repeats,
@@ -350,7 +336,7 @@ def bench_compile(args, bar) -> dict[str, Any]:
     # The layer.
     bar.set_description("compile: layer")
     lb = LayerBench(**HEADLINE, seed=args.seed)
-    layer: dict[str, Any] = {"eager": measure(lb.mdgr_layer, args.warmup, args.repeats)}
+    layer: dict[str, Any] = {"eager": common.measure(lb.mdgr_layer, args.warmup, args.repeats)}
     try:
         compiled = torch.compile(lb.conv)
         i = lb.inputs
@@ -362,7 +348,7 @@ def bench_compile(args, bar) -> dict[str, Any]:
         start = time.perf_counter()
         step()
         layer["first_call_s"] = time.perf_counter() - start
-        layer["compiled"] = measure(step, args.warmup, args.repeats)
+        layer["compiled"] = common.measure(step, args.warmup, args.repeats)
         with torch.no_grad():
             diff = (compiled(i["x"], i["batch"], i["query"]) - lb.conv(i["x"], i["batch"],
                                                                         i["query"])).abs().max()
@@ -398,7 +384,7 @@ def bench_compile(args, bar) -> dict[str, Any]:
             model.zero_grad(set_to_none=True)
             model.loss(batch).backward()
 
-        model_out["eager"] = measure(eager_step, args.warmup, args.repeats)
+        model_out["eager"] = common.measure(eager_step, args.warmup, args.repeats)
         try:
             loss_fn = torch.compile(model.loss)
 
@@ -409,7 +395,7 @@ def bench_compile(args, bar) -> dict[str, Any]:
             start = time.perf_counter()
             compiled_step()
             model_out["first_call_s"] = time.perf_counter() - start
-            model_out["compiled"] = measure(compiled_step, args.warmup, args.repeats)
+            model_out["compiled"] = common.measure(compiled_step, args.warmup, args.repeats)
             with torch.no_grad():
                 model_out["loss_abs_diff"] = float((loss_fn(batch) - model.loss(batch)).abs())
             model_out["speedup"] = (model_out["eager"]["median_s"]
@@ -423,31 +409,6 @@ def bench_compile(args, bar) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- reporting
-def hardware(threads: int) -> dict[str, Any]:
-    def version(module: str) -> str | None:
-        try:
-            return __import__(module).__version__
-        except Exception:
-            return None
-
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "torch_threads": threads,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "torch_geometric": torch_geometric.__version__,
-        "torch_scatter": version("torch_scatter"),
-        "torch_cluster": version("torch_cluster"),
-        "sklearn": version("sklearn"),
-    }
-
-
 def headline(results: dict[str, Any]) -> dict[str, Any]:
     """The figures the issue asks for, and whether each target holds."""
     figures: dict[str, Any] = {}
@@ -485,7 +446,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "# benchmarks/speed.py results",
         "",
         f"{run['finished']} — {hw['platform']}, {hw['cpu_count']} CPUs, "
-        f"{hw['torch_threads']} torch thread(s), torch {hw['torch']}, "
+        f"{hw['threads']} torch thread(s), torch {hw['torch']}, "
         f"PyG {hw['torch_geometric']}; median of {run['repeats']} after "
         f"{run['warmup']} warm-up call(s){' (--quick)' if run['quick'] else ''}; "
         f"seed {run['seed']}.",
@@ -685,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
                                              "training": args.seed},
                 "epoch_batches": args.epoch_batches, "eval_batches": args.eval_batches,
                 "sections": args.sections},
-        "hardware": hardware(args.threads),
+        "hardware": common.environment(args.threads),
         "results": results,
         "errors": errors,
     }
