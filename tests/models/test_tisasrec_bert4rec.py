@@ -9,6 +9,7 @@ from torch_geometric.data import Batch
 from mdgr_graph.data.dataset import make_sequence_graph
 from mdgr_graph.models import CAUSAL_BASELINES, NEURAL_BASELINES, build_model
 from mdgr_graph.models.baselines import BERT4Rec, TiSASRec, time_interval_matrix
+from mdgr_graph.models.baselines.tisasrec import TimeIntervalAttention
 from mdgr_graph.train import TrainConfig, evaluate, fit
 
 NUM_ITEMS = 40
@@ -212,8 +213,30 @@ def test_tisasrec_states_are_causal_in_items_and_use_position_kv():
     batch = make_batch(items=[items], days=[days])
     with torch.no_grad():
         before = model.score_all(batch)
-        model.pos_v.weight.add_(1.0)
+        model.pos_v.weight.add_(torch.randn_like(model.pos_v.weight))
         assert not torch.allclose(before, model.score_all(batch))
+
+
+def test_tisasrec_attention_equals_the_per_pair_sums():
+    torch.manual_seed(0)
+    attn = TimeIntervalAttention(8, heads=2, dropout=0.0)
+    q, h = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    pos_k, pos_v, time_k, time_v = torch.randn(5, 8), torch.randn(5, 8), torch.randn(
+        4, 8), torch.randn(4, 8)
+    interval = torch.randint(0, 4, (2, 5, 5))
+    causal = torch.ones(5, 5, dtype=torch.bool).triu(1)
+    got = attn(q, h, pos_k, pos_v, time_k, time_v, interval, causal)
+    # reference: Eq. 5-6 with the [B, L, L, d] pair embeddings, one head at a time
+    Q, K, V = attn.query(q), attn.key(h), attn.value(h)
+    rk, rv = time_k[interval], time_v[interval]  # [B, L, L, d]
+    outs = []
+    for head in (slice(0, 4), slice(4, 8)):
+        keys = K[:, None, :, head] + rk[..., head] + pos_k[None, None, :, head]
+        vals = V[:, None, :, head] + rv[..., head] + pos_v[None, None, :, head]
+        e = (Q[:, :, None, head] * keys).sum(-1) / 2.0
+        a = torch.softmax(e.masked_fill(causal, float("-inf")), dim=-1)
+        outs.append((a[..., None] * vals).sum(2))
+    assert torch.allclose(got, torch.cat(outs, -1), atol=1e-5)
 
 
 def test_tisasrec_needs_times():

@@ -60,10 +60,17 @@ class TimeIntervalAttention(nn.Module):
     r"""Causal multi-head self-attention with relative time-interval and absolute-position
     embeddings in keys and values (TiSASRec, Eq. 5-6), without an output projection.
 
+    The interval terms are computed per interval value rather than per pair: with
+    :math:`T^K, T^V` the ``[k + 1, d]`` interval tables,
+    :math:`q_i^\top r^K_{ij} = (q_i^\top T^{K\top})[r_{ij}]` (a gather from ``[B, H, L, k+1]``
+    scores) and :math:`\sum_j a_{ij} r^V_{ij} = \sum_v \big(\sum_{j: r_{ij} = v}
+    a_{ij}\big) T^V_v` (a scatter-add of the attention into ``k + 1`` buckets), which is
+    the same sum without building ``[B, L, L, d]`` tensors.
+
     Shapes:
         - **input:** ``q [B, L, d]`` (normalised queries), ``h [B, L, d]`` (keys/values),
-          ``pos_k, pos_v [L, d]``, ``time_k, time_v [B, L, L, d]``, ``causal [L, L]``
-          (True: masked)
+          ``pos_k, pos_v [L, d]``, ``time_k, time_v [k + 1, d]`` (interval tables),
+          ``interval [B, L, L]`` (indices into them), ``causal [L, L]`` (True: masked)
         - **output:** ``[B, L, d]``
     """
 
@@ -80,23 +87,23 @@ class TimeIntervalAttention(nn.Module):
             layer.reset_parameters()
 
     def _split(self, x: Tensor) -> Tensor:
-        """``[..., L, d] -> [..., H, L, d/H]`` for sequences, per-pair tensors likewise."""
+        """``[..., L, d] -> [..., H, L, d/H]``."""
         return x.unflatten(-1, (self.heads, -1)).movedim(-2, -3)
 
     def forward(self, q: Tensor, h: Tensor, pos_k: Tensor, pos_v: Tensor, time_k: Tensor,
-                time_v: Tensor, causal: Tensor) -> Tensor:
+                time_v: Tensor, interval: Tensor, causal: Tensor) -> Tensor:
         batch, length, _ = q.shape
         query, key, value = (self._split(f(x)) for f, x in
                              ((self.query, q), (self.key, h), (self.value, h)))  # [B,H,L,dh]
         pk, pv = self._split(pos_k), self._split(pos_v)  # [H, L, dh]
-        # per-pair embeddings [B, L, L, d] -> [B, H, L, L, dh]
-        tk = time_k.unflatten(-1, (self.heads, -1)).movedim(3, 1)
-        tv = time_v.unflatten(-1, (self.heads, -1)).movedim(3, 1)
+        tk, tv = self._split(time_k), self._split(time_v)  # [H, k+1, dh]
+        index = interval.unsqueeze(1).expand(-1, self.heads, -1, -1)  # [B, H, L, L]
         logits = (query @ key.transpose(-1, -2) + query @ pk.transpose(-1, -2)
-                  + torch.einsum("bhid,bhijd->bhij", query, tk))
+                  + (query @ tk.transpose(-1, -2)).gather(-1, index))
         logits = logits / math.sqrt(query.shape[-1])
         attn = self.dropout(torch.softmax(logits.masked_fill(causal, float("-inf")), dim=-1))
-        out = attn @ value + attn @ pv + torch.einsum("bhij,bhijd->bhid", attn, tv)
+        buckets = attn.new_zeros(*attn.shape[:-1], tk.shape[-2]).scatter_add_(-1, index, attn)
+        out = attn @ value + attn @ pv + buckets @ tv
         return out.movedim(1, 2).reshape(batch, length, self.dim)
 
 
@@ -119,9 +126,9 @@ class TiSASRecBlock(nn.Module):
         )
 
     def forward(self, h: Tensor, pos_k: Tensor, pos_v: Tensor, time_k: Tensor, time_v: Tensor,
-                causal: Tensor) -> Tensor:
+                interval: Tensor, causal: Tensor) -> Tensor:
         q = self.norm1(h)
-        h = q + self.attn(q, h, pos_k, pos_v, time_k, time_v, causal)
+        h = q + self.attn(q, h, pos_k, pos_v, time_k, time_v, interval, causal)
         u = self.norm2(h)
         return u + self.ffn(u)
 
@@ -154,7 +161,11 @@ class TiSASRec(CausalSequenceRecommender):
       :class:`CausalSequenceRecommender`); no L2 on the embeddings. Under
       ``history_targets`` the state at :math:`t` is causal in the items but its time scale
       :math:`r_{\min}` reads every time of the history (a timing, never an item, of later
-      positions), as in the authors' code.
+      positions), as in the authors' code;
+    - dropout acts on the rows of the position and interval tables (one mask per batch)
+      instead of on every looked-up ``[B, L, L, d]`` pair embedding, so the interval terms
+      can be computed per interval value (:class:`TimeIntervalAttention`) at about the
+      cost of SASRec rather than several times it.
 
     Args:
         num_items: number of real items (ids ``1..num_items``, 0 is padding).
@@ -252,10 +263,10 @@ class TiSASRec(CausalSequenceRecommender):
         h = self.dropout(self.item_emb(items) * math.sqrt(self.dim))
         h = h * mask.unsqueeze(-1).to(h.dtype)
         pos_k, pos_v = self.dropout(self.pos_k(positions)), self.dropout(self.pos_v(positions))
-        time_k, time_v = self.dropout(self.time_k(interval)), self.dropout(self.time_v(interval))
+        time_k, time_v = self.dropout(self.time_k.weight), self.dropout(self.time_v.weight)
         causal = torch.ones(length, length, dtype=torch.bool, device=items.device).triu(1)
         for block in self.blocks:
-            h = block(h, pos_k, pos_v, time_k, time_v, causal)
+            h = block(h, pos_k, pos_v, time_k, time_v, interval, causal)
         return self.final_norm(h)
 
     def __repr__(self) -> str:
