@@ -1,6 +1,6 @@
 """What every benchmark script records and how it times: one place for both.
 
-- :func:`environment`: date, machine, CPU count and affinity, load average, threads,
+- :func:`environment`: date, machine, CPU count and affinity, load average, memory, threads,
   the command line and the versions of Python, numpy, torch, PyG and the optional
   packages (None when not installed), so a result file says where it came from.
 - :func:`measure`: warm-up calls, then the median of timed ones.
@@ -31,6 +31,19 @@ def _version(module: str) -> str | None:
         return None
 
 
+def _memory_mib() -> dict[str, int | None]:
+    """Total and available memory from /proc/meminfo (None where it cannot be read)."""
+    found: dict[str, int | None] = {"MemTotal": None, "MemAvailable": None}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in found:
+                found[key] = int(value.split()[0]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"mem_total_mib": found["MemTotal"], "mem_available_mib": found["MemAvailable"]}
+
+
 def environment(threads: int | None = None, packages: Iterable[str] = PACKAGES
                 ) -> dict[str, Any]:
     """Where and with what a benchmark ran (``threads``: torch threads it used)."""
@@ -47,6 +60,7 @@ def environment(threads: int | None = None, packages: Iterable[str] = PACKAGES
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else None,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        **_memory_mib(),
         "threads": threads,
         "python": platform.python_version(),
         **{name: _version(name) for name in packages},

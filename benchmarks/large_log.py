@@ -38,7 +38,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -49,7 +48,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+import common  # noqa: E402
 import numpy as np  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "large_log"
@@ -208,32 +209,6 @@ def measure(path: Path, rows: int, method: str, stage: str, args: argparse.Names
 
 
 # ---------------------------------------------------------------------- reporting
-def hardware() -> dict[str, Any]:
-    import pyarrow
-
-    meminfo = {}
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("MemTotal", "MemAvailable"):
-                meminfo[key] = int(value.split()[0]) // 1024
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "mem_total_mib": meminfo.get("MemTotal"),
-        "mem_available_mib": meminfo.get("MemAvailable"),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "pyarrow": pyarrow.__version__,
-    }
-
-
 def markdown(payload: dict[str, Any]) -> str:
     lines = [
         "# Large log: chunked reading and preparation",
@@ -309,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rows, --small-rows and --chunk-rows must be >= 1")
     from mdgr_graph.train import atomic_write_text
 
-    hw = hardware()
+    hw = common.environment()
     logs: dict[int, Path] = {}
     generated: dict[str, float | None] = {}
     for rows in dict.fromkeys((args.rows, args.small_rows)):

@@ -132,3 +132,20 @@ def test_ablation_quick_tabulates_variants_against_full_model(shared_data, tmp_p
     assert sorted(p.stat().st_mtime_ns for p in (base / "runs").glob("*.json")) == stamps
     with pytest.raises(SystemExit):
         ablation.main(["--variants", "mdgr-x"])
+
+
+@pytest.mark.slow
+def test_large_log_benchmark_on_a_small_generated_log(tmp_path):
+    pytest.importorskip("pyarrow")
+    import large_log
+
+    argv = ["--rows", "30000", "--small-rows", "20000", "--chunk-rows", "5000",
+            "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out")]
+    assert large_log.main(argv) == 0
+    data = json.loads((tmp_path / "out" / "large_log.json").read_text())
+    assert data["identical_small"] is True and data["hardware"]["pyarrow"]
+    stages = {(r["method"], r["stage"], r["rows"]) for r in data["results"]}
+    assert ("chunked", "prepare", 30000) in stages and ("memory", "prepare", 20000) in stages
+    assert all(r["rows_per_s"] > 0 and r["peak_kib"] >= r["baseline_kib"]
+               for r in data["results"])
+    assert "| chunked |" in (tmp_path / "out" / "large_log.md").read_text()
