@@ -222,9 +222,25 @@ def checkpoint_dir(tag: str, args: argparse.Namespace) -> Path:
 
 
 def finished_run(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any] | None:
-    """The result file of a finished run under ``args``'s configuration, or None."""
-    path = runs_dir(args) / f"{run_tag(name, seed, args)}.json"
+    """The result file of a finished run under ``args``'s configuration, or None.
+
+    Under ``--lr-grid`` a neural model's run is the one at its selected learning rate
+    (:func:`resolved_args`); None while the grid is unfinished.
+    """
+    resolved = resolved_args(name, args)
+    if resolved is None:
+        return None
+    path = runs_dir(resolved) / f"{run_tag(name, seed, resolved)}.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def resolved_args(name: str, args: argparse.Namespace) -> argparse.Namespace | None:
+    """``args`` with the learning rate model ``name`` runs at: under ``--lr-grid``, the one
+    selected on validation (None while the grid's runs are unfinished); else ``args``."""
+    if not getattr(args, "lr_grid", None) or name in CLOSED_FORM:
+        return args
+    choice = lr_choice(name, args)
+    return None if choice is None else with_lr(args, choice["selected_lr"])
 
 
 def load_data(args: argparse.Namespace, seed: int) -> PreparedDataset:
@@ -465,20 +481,23 @@ def tune_learning_rates(args: argparse.Namespace) -> dict[str, dict[str, Any]] |
     tasks = [(name, args.tune_seed, with_lr(args, lr)) for name in neural for lr in args.lr_grid]
     if not run_all(tasks, args, "lr grid"):
         return None
+    tuning = {name: lr_choice(name, args) for name in neural}
+    return None if any(choice is None for choice in tuning.values()) else tuning
+
+
+def lr_choice(name: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``--lr-grid`` runs of ``name`` on ``--tune-seed`` and the rate of best validation
+    metric (ties: the smaller rate); None if one of them has not finished."""
     metric = SELECTION_METRIC[args.protocol]
-    tuning = {}
-    for name in neural:
-        scores = {}
-        for lr in args.lr_grid:
-            run = finished_run(name, args.tune_seed, with_lr(args, lr))
-            if run is None:
-                return None
-            scores[lr] = run["valid"][metric]
-        best = max(args.lr_grid, key=lambda lr: (scores[lr], -lr))
-        tuning[name] = {"grid": list(args.lr_grid), "seed": args.tune_seed, "metric": metric,
-                        "valid": {f"{lr:g}": scores[lr] for lr in args.lr_grid},
-                        "selected_lr": best}
-    return tuning
+    scores = {}
+    for lr in args.lr_grid:
+        run = finished_run(name, args.tune_seed, with_lr(args, lr))
+        if run is None:
+            return None
+        scores[lr] = run["valid"][metric]
+    best = max(args.lr_grid, key=lambda lr: (scores[lr], -lr))
+    return {"grid": list(args.lr_grid), "seed": args.tune_seed, "metric": metric,
+            "valid": {f"{lr:g}": scores[lr] for lr in args.lr_grid}, "selected_lr": best}
 
 
 def main(argv: list[str] | None = None) -> int:

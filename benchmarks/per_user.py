@@ -44,13 +44,14 @@ from mdgr_graph.train import atomic_write_text  # noqa: E402
 
 def load_model(name: str, seed: int, prepared: PreparedDataset, args) -> torch.nn.Module:
     run = compare.finished_run(name, seed, args)
-    tag = compare.run_tag(name, seed, args)
+    resolved = compare.resolved_args(name, args) or args
+    tag = compare.run_tag(name, seed, resolved)
     if run is None:
         raise FileNotFoundError(f"no finished compare.py run {tag} in {compare.runs_dir(args)}")
     if name in CLOSED_FORM:
         return build_model(name, prepared, **run["selected"])
     model = build_model(name, prepared, **run["config"]["model_kwargs"])
-    ckpt = torch.load(compare.checkpoint_dir(tag, args) / "best.pt", weights_only=False)
+    ckpt = torch.load(compare.checkpoint_dir(tag, resolved) / "best.pt", weights_only=False)
     model.load_state_dict(ckpt["model"])
     return model
 

@@ -63,6 +63,13 @@ def test_compare_lr_grid_tunes_each_neural_model_on_one_seed(shared_data, tmp_pa
     assert next(e for e in summary["models"] if e["model"] == "pop")["lr_tuning"] is None
     runs = sorted(p.name for p in (base / "runs").glob("sasrec-*.json"))
     assert len(runs) == 3  # both rates on seed 0, the selected one on seed 1
+    # Figure 5 from the selected runs (nothing retrained)
+    assert convergence.main(argv) == 0
+    grid_base = base.with_name(base.name + "-lrgrid-0p001-0p005")
+    curves = json.loads(grid_base.with_name(grid_base.name + "-convergence.json").read_text())
+    selected = compare.finished_run("sasrec", 1, compare.parse_args(argv))
+    assert selected["config"]["lr"] == tuning["selected_lr"]
+    assert curves["curves"]["sasrec"][1] == selected["valid_curve"]
     with pytest.raises(SystemExit):
         compare.parse_args(["--lr-grid", "fast"])
 
