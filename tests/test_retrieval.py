@@ -224,6 +224,27 @@ def test_torch_fallback_when_faiss_is_missing(monkeypatch):
         FaissIndex(items)
 
 
+def test_package_imports_and_retrieves_without_faiss():
+    """The import guard itself, in a fresh process where `import faiss` fails."""
+    import subprocess
+
+    code = (
+        "import sys; sys.modules['faiss'] = None\n"
+        "import torch\n"
+        "from mdgr_graph import retrieval\n"
+        "assert not retrieval.WITH_FAISS and retrieval.faiss is None\n"
+        "index = retrieval.build_index(torch.eye(3))\n"
+        "assert isinstance(index, retrieval.TorchIndex)\n"
+        "got = retrieval.retrieve(torch.eye(3)[None, :2], torch.zeros(1, 2),\n"
+        "                         torch.ones(1, 2, dtype=torch.bool), index, 2)\n"
+        "print(sorted(got.items[0].tolist()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=EXAMPLES.parent, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[1, 2]"
+
+
 def test_reprs():
     items = torch.randn(10, 4)
     assert repr(TorchIndex(items)) == (
