@@ -47,6 +47,17 @@ def test_read_movielens_titles_latin1_and_gzip(tmp_path, compress):
     assert item_labels(np.array(["", "1"])) == ["<pad>", "item 1"]
 
 
+def test_read_movielens_titles_splits_lines_at_newlines_only(tmp_path):
+    # Latin-1 byte 0x85 (an ellipsis in cp1252) decodes to U+0085, a line break for
+    # str.splitlines; U+2028 in UTF-8 likewise
+    path = tmp_path / "movies.dat"
+    path.write_bytes(b"1::Wait\x85 What (1999)::Drama\r\n2::B::C\r\n")
+    titles = read_movielens_titles(path)
+    assert titles["1"].title == "Wait\x85 What (1999)" and titles["2"].genres == ("C",)
+    path.write_bytes("1::A\u2028B::Drama\n2::B::C".encode())
+    assert read_movielens_titles(path)["1"].title == "A\u2028B"
+
+
 @pytest.mark.parametrize("text, match", [
     ("1::Toy Story\n", ":1: expected 'id::title::genres'"),
     ("x::Toy Story::Comedy\n", ":1: item id 'x' is not an integer"),

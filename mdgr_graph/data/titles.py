@@ -48,7 +48,10 @@ def read_movielens_titles(path: PathLike) -> dict[str, ItemTitle]:
     except UnicodeDecodeError:
         text = data.decode("latin-1")
     titles: dict[str, ItemTitle] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # lines end at "\n" only, as in the log readers: str.splitlines would also break at
+    # U+0085, which is what Latin-1 makes of byte 0x85 (cp1252's ellipsis), and U+2028
+    for lineno, line in enumerate(text.split("\n"), 1):
+        line = line.rstrip("\r")
         if not line.strip():
             continue
         parts = line.split("::")
