@@ -68,7 +68,8 @@ class InterestTrace:
     mask: Tensor
 
 
-def _check_sequence(model: MDGR, items: Tensor, days: Tensor) -> None:
+def _check_sequence(model: MDGR, items: Tensor, days: Tensor, whole_history: bool = False
+                    ) -> None:
     if not isinstance(model, MDGR):
         raise TypeError(f"needs an MDGR model (or variant), got {type(model).__name__}")
     if items.dim() != 1 or items.shape != days.shape:
@@ -76,7 +77,7 @@ def _check_sequence(model: MDGR, items: Tensor, days: Tensor) -> None:
                          f"{tuple(items.shape)} and {tuple(days.shape)}")
     if items.numel() == 0:
         raise ValueError("the sequence is empty")
-    if items.numel() > model.max_len:
+    if not whole_history and items.numel() > model.max_len:
         raise ValueError(f"the sequence has {items.numel()} items; the model takes at most "
                          f"max_len={model.max_len}")
     if torch.isnan(days).any():
@@ -230,8 +231,7 @@ def interest_weights_over_time(
         tracked interests (NaN where an interest is empty at that step).
     """
     items, days = torch.as_tensor(items).long(), torch.as_tensor(days).double()
-    if items.dim() != 1 or items.shape != days.shape or items.numel() == 0:
-        raise ValueError("items and days must be non-empty 1-D tensors of equal length")
+    _check_sequence(model, items, days, whole_history=True)
     window = model.max_len if window is None else window
     if not 1 <= window <= model.max_len:
         raise ValueError(f"window must be in 1..{model.max_len}, got {window}")

@@ -161,6 +161,20 @@ def test_interest_weights_over_time_tracks_the_models_weights(model):
         plot_interest_weights(day, weight, position=end[:2])
 
 
+def test_interest_weights_over_time_checks_its_input(model, paper_data):
+    items, days = _sequence(30, seed=1)
+    bad = days.clone()
+    bad[7] = float("nan")
+    with pytest.raises(ValueError, match="days contain NaN"):
+        interest_weights_over_time(model, items, bad, window=10)
+    with pytest.raises(TypeError, match="needs an MDGR model"):
+        interest_weights_over_time(build_model("sasrec", paper_data, dim=8), items, days)
+    with pytest.raises(ValueError, match="equal length"):
+        interest_weights_over_time(model, items, days[:-1])
+    with pytest.raises(ValueError, match="empty"):
+        interest_weights_over_time(model, items[:0], days[:0])
+
+
 # ---------------------------------------------------------------------- the example
 def test_explain_user_end_to_end(tmp_path, capsys):
     run = tmp_path / "run"
