@@ -378,8 +378,12 @@ def retrieve(
     queries, offsets, mask = (t.detach().cpu() for t in (queries, offsets, mask))
     if num_users and not bool(mask.any(dim=1).all()):
         raise ValueError("every user needs at least one interest in mask")
-    if bool(torch.isnan(queries[mask]).any()) or bool(torch.isnan(offsets[mask]).any()):
-        raise ValueError("queries or offsets contain NaN (a diverged model?)")
+    # an infinite query makes NaN scores (inf * 0), which topk ranks first; an offset of
+    # -inf only drops its interest (log weighting with a zero weight), +inf ties everything
+    used_offsets = offsets[mask]
+    if (not bool(torch.isfinite(queries[mask]).all()) or bool(torch.isnan(used_offsets).any())
+            or bool((used_offsets == float("inf")).any())):
+        raise ValueError("queries or offsets contain NaN or infinite values (a diverged model?)")
     csr = _exclusion_csr(exclude, num_users, index.num_items)
 
     items, scores = [], []

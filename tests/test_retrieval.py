@@ -279,6 +279,17 @@ def test_bad_inputs_raise_clear_errors():
     bad[0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         retrieve(bad, offsets, mask, index, 2)
+    bad[0, 0, 0] = float("inf")  # scores inf * 0 = NaN, which topk would rank first
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        retrieve(bad, offsets, mask, index, 2)
+    bad_offsets = offsets.clone()
+    bad_offsets[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        retrieve(queries, bad_offsets, mask, index, 2)
+    bad_offsets[0, 0] = float("-inf")  # drops that interest only, as in score_all
+    got = retrieve(queries, bad_offsets, mask, index, 2)
+    ref = brute_force(queries, bad_offsets, mask, items, 2)
+    assert torch.equal(got.items, ref.items)
     with pytest.raises(ValueError, match="at least one interest"):
         retrieve(queries, offsets, torch.zeros_like(mask), index, 2)
     with pytest.raises(ValueError, match="dense exclude must be a bool tensor"):
