@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from mdgr_graph.data.prepare import PreparedDataset
+from mdgr_graph.data.protocols import SPLIT_NAMES
 from mdgr_graph.data.titles import item_labels, read_movielens_titles
 from mdgr_graph.models.mdgr import MDGR
 from mdgr_graph.train import atomic_write_bytes, atomic_write_text
@@ -65,7 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where the PNG and JSON files go")
     parser.add_argument("--prefix", default=None, help="file name prefix (default: user<ID>)")
     parser.add_argument("--dpi", type=int, default=130)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.step < 1:
+        parser.error(f"--step must be >= 1, got {args.step}")
+    if args.dpi < 1:
+        parser.error(f"--dpi must be >= 1, got {args.dpi}")
+    return args
 
 
 def user_history(prepared: PreparedDataset, user: str | None) -> tuple[str, np.ndarray,
@@ -75,7 +81,7 @@ def user_history(prepared: PreparedDataset, user: str | None) -> tuple[str, np.n
     raw_ids = a["user_ids"].astype(str)
     if user is None:
         if prepared.protocol == "paper":
-            test_rows = np.flatnonzero(a["window_split"] == 2)
+            test_rows = np.flatnonzero(a["window_split"] == SPLIT_NAMES.index("test"))
             index = int(a["window_user"][test_rows[0]]) if len(test_rows) else 0
         else:
             index = 0

@@ -54,8 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="output file, .json or .csv (default: RUN/top{N}-{SPLIT}.json)")
     parser.add_argument("--titles", type=Path, default=None,
-                        help="MovieLens movies.dat ('id::title::genres', latin-1; .gz read "
-                             "transparently) to add item titles")
+                        help="MovieLens movies.dat ('id::title::genres', UTF-8 or Latin-1; "
+                             ".gz read transparently) to add item titles")
     parser.add_argument("--backend", default="torch",
                         choices=[b for b in retrieval.BACKENDS if b != "auto"],
                         help="torch: exact, chunked matmul; faiss-exact: IndexFlatIP; "
@@ -75,8 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="torch (and faiss) CPU threads (default: the libraries' choice)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
-    if args.n < 1:
-        parser.error(f"--n must be >= 1, got {args.n}")
+    for name in ("n", "batch_size", "nprobe"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.nlist is not None and args.nlist < 1:
+        parser.error(f"--nlist must be >= 1, got {args.nlist}")
     if args.out is not None and args.out.suffix.lower() not in (".json", ".csv"):
         parser.error(f"--out must end in .json or .csv, got {args.out}")
     return args

@@ -11,7 +11,9 @@ and many:
 - evaluation is sharded (rank ``r`` scores examples ``r, r + W, r + 2W, ...``) and the
   metric sums and counts of every rank are merged, so every rank gets the exact global
   means of a single-process evaluation (up to float summation order);
-- only rank 0 writes checkpoints, logs and result files.
+- only rank 0 writes checkpoints, logs and result files, and only rank 0 reads them: on
+  ``resume`` and at the end of training it sends ``last.pt`` / ``best.pt`` to the other ranks
+  (:func:`broadcast_object`), so machines need not share the output folder.
 
 Launch (see docs/training.md)::
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -34,6 +37,7 @@ __all__ = [
     "LossModule",
     "all_merge_metrics",
     "barrier",
+    "broadcast_object",
     "init_from_env",
     "is_distributed",
     "is_main_process",
@@ -120,6 +124,16 @@ def main_process_first():
     finally:
         if is_main_process():
             barrier()
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (pickled; tensors travel on the CPU); ``obj`` itself
+    outside a process group. Every rank must call it."""
+    if not is_distributed():
+        return obj
+    box = [obj if rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def all_merge_metrics(acc: MetricAccumulator) -> MetricAccumulator:

@@ -538,13 +538,19 @@ def export_interests(
             "MDGR (and its variants, static-graph, mip) and ComiRec-SA/DR"
         )
     items = item_table(model).float().cpu()
+    was_training = model.training
     model.eval()
     loader = DataLoader(SequenceDataset(prepared, split), batch_size=batch_size)
     parts: list[tuple[Tensor, ...]] = []
-    for batch in tqdm(loader, desc=f"export {split}", disable=not progress, leave=False):
-        batch = batch.to(device)
-        out = model.interest_queries(batch)
-        parts.append(tuple(t.detach().cpu() for t in out) + (batch.user.cpu(),))
+    try:
+        with torch.no_grad():
+            for batch in tqdm(loader, desc=f"export {split}", disable=not progress,
+                              leave=False):
+                batch = batch.to(device)
+                out = model.interest_queries(batch)
+                parts.append(tuple(t.detach().cpu() for t in out) + (batch.user.cpu(),))
+    finally:
+        model.train(was_training)
     if not parts:
         raise ValueError(f"split {split!r} has no examples")
     cols = [torch.cat(c) for c in zip(*parts, strict=True)]
@@ -561,6 +567,8 @@ def history_items(prepared, split: str) -> tuple[Tensor, Tensor]:
     """
     from mdgr_graph.data.protocols import SPLIT_NAMES
 
+    if split not in SPLIT_NAMES:
+        raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLIT_NAMES)}")
     a = prepared.arrays
     if prepared.protocol == "paper":
         rows = np.flatnonzero(a["window_split"] == SPLIT_NAMES.index(split))

@@ -214,10 +214,10 @@ def _train_loader(dataset: SequenceDataset, config: TrainConfig, epoch: int) -> 
         gen = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch) + 1)
         return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=gen)
     world = distributed.world_size()
-    if config.batch_size < world:
+    if config.batch_size % world:
         raise ValueError(
-            f"batch_size={config.batch_size} is the global batch and must be >= the "
-            f"{world} processes"
+            f"batch_size={config.batch_size} is the global batch and must be a multiple of "
+            f"the {world} processes"
         )
     sampler = DistributedSampler(dataset, num_replicas=world, rank=distributed.rank(),
                                  shuffle=True, seed=config.seed)
@@ -316,8 +316,12 @@ def _fit(
     if out is not None:
         if main:
             atomic_write_text(out / "config.json", json.dumps(asdict(config), indent=2))
-        if config.resume and (out / "last.pt").is_file():
-            ckpt = torch.load(out / "last.pt", map_location=config.device, weights_only=False)
+        ckpt = None
+        if config.resume and main and (out / "last.pt").is_file():
+            ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+        # rank 0's file reaches every rank, also on machines that do not share out_dir
+        ckpt = distributed.broadcast_object(ckpt)
+        if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             if optimizer is not None:
                 optimizer.load_state_dict(ckpt["optimizer"])
@@ -371,10 +375,12 @@ def _fit(
                 out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"])
             )
 
-    distributed.barrier()
-    if out is not None and (out / "best.pt").is_file():
-        best = torch.load(out / "best.pt", map_location=config.device, weights_only=False)
-        model.load_state_dict(best["model"])
+    best = None
+    if out is not None and main and (out / "best.pt").is_file():
+        best = torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"]
+    best = distributed.broadcast_object(best)  # every rank ends with rank 0's best weights
+    if best is not None:
+        model.load_state_dict(best)
     elif best_weights is not None:
         model.load_state_dict(best_weights)
     return FitResult(

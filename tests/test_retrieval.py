@@ -352,6 +352,14 @@ def test_history_on_paper_is_the_window_history(paper_data):
     assert torch.equal(hist[ptr[3] : ptr[4]], dataset[3].x)
 
 
+def test_export_restores_training_mode_and_checks_the_split(loo_data):
+    model = build_model("mdgr", loo_data, dim=8, k=2, m=1).train()
+    retrieval.export_interests(model, loo_data, "valid", progress=False)
+    assert model.training
+    with pytest.raises(ValueError, match="unknown split 'tset'"):
+        retrieval.history_items(loo_data, "tset")
+
+
 def test_export_refuses_models_without_interests(loo_data):
     with pytest.raises(TypeError, match="has no interest_queries"):
         retrieval.export_interests(build_model("sasrec", loo_data), loo_data, progress=False)
@@ -418,6 +426,9 @@ def test_retrieve_example_help_and_errors(tiny_run, tmp_path, capsys):
     assert "faiss-approx" in text and "--keep-history" in text and "--titles" in text
     with pytest.raises(SystemExit):
         example.parse_args([str(tiny_run), "--out", "top.txt"])
+    for option in ("--n", "--batch-size", "--nprobe", "--nlist"):
+        with pytest.raises(SystemExit):
+            example.parse_args([str(tiny_run), option, "0"])
     assert example.main([str(tiny_run), "--n", "201", "--no-progress"]) == 2
     assert "exceeds the 200 items" in capsys.readouterr().err
     assert example.main([str(tmp_path), "--no-progress"]) == 2

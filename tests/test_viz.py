@@ -195,6 +195,9 @@ def test_explain_user_end_to_end(tmp_path, capsys):
     assert all(item.startswith("Movie ") for i in summary["interests"] for item in i["items"])
     assert sum(len(i["items"]) for i in summary["interests"]) == summary["items_seen"]
 
+    for option in ("--step", "--dpi"):
+        with pytest.raises(SystemExit):
+            explain_user.parse_args(["--run", str(run), option, "0"])
     capsys.readouterr()
     assert explain_user.main(["--run", str(run), "--user", "no-such-user"]) == 2
     assert "unknown user 'no-such-user'" in capsys.readouterr().err
