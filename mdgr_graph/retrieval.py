@@ -565,7 +565,7 @@ def history_items(prepared, split: str) -> tuple[Tensor, Tensor]:
     Rows follow :class:`~mdgr_graph.data.dataset.SequenceDataset` order, so the pair can be
     passed to :func:`retrieve` as ``exclude``.
     """
-    from mdgr_graph.data.protocols import SPLIT_NAMES
+    from mdgr_graph.data.protocols import SPLIT_NAMES, ragged_ranges
 
     if split not in SPLIT_NAMES:
         raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLIT_NAMES)}")
@@ -577,8 +577,6 @@ def history_items(prepared, split: str) -> tuple[Tensor, Tensor]:
         return torch.from_numpy(ptr).long(), torch.from_numpy(hist.reshape(-1)).long()
     start = a["seq_ptr"][:-1]
     end = prepared.loo_example(split)["prefix_end"]
-    lengths = end - start
-    offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    items = a["seq_items"][np.repeat(start, lengths) + offsets]
-    ptr = np.concatenate([[0], np.cumsum(lengths)])
+    items = a["seq_items"][ragged_ranges(start, end)[1]]
+    ptr = np.concatenate([[0], np.cumsum(end - start)])
     return torch.from_numpy(ptr).long(), torch.from_numpy(items).long()

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from mdgr_graph import distributed
 from mdgr_graph.data.dataset import SequenceDataset
 from mdgr_graph.data.prepare import PreparedDataset
+from mdgr_graph.data.protocols import ragged_ranges
 from mdgr_graph.metrics import (
     MetricAccumulator,
     full_ranking_per_row,
@@ -143,10 +144,8 @@ def _seen_mask(prepared: PreparedDataset, rows: Tensor, prefix_end: np.ndarray) 
     ptr = prepared.arrays["seq_ptr"]
     users = rows.cpu().numpy()
     start, end = ptr[users], prefix_end[users]
-    lengths = end - start
-    row_of = np.repeat(np.arange(len(users)), lengths)
-    offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    items = prepared.arrays["seq_items"][np.repeat(start, lengths) + offsets]
+    row_of, index = ragged_ranges(start, end)
+    items = prepared.arrays["seq_items"][index]
     mask = torch.zeros(len(users), prepared.num_items + 1, dtype=torch.bool)
     mask[torch.from_numpy(row_of), torch.from_numpy(items)] = True
     return mask

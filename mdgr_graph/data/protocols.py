@@ -157,3 +157,17 @@ def _repeated_in_row(values: np.ndarray) -> np.ndarray:
 def relative_days(timestamp: np.ndarray) -> np.ndarray:
     """Seconds to days since the first entry of each row: ``[R, n] -> [R, n]`` float32."""
     return ((timestamp - timestamp[:, :1]) / 86400.0).astype(np.float32)
+
+
+def ragged_ranges(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the ranges ``start[i]:end[i]``, concatenated, and the row of each.
+
+    Returns ``(row [M], index [M])`` with ``M = sum(end - start)``: ``values[index]`` is
+    ``values[start[0]:end[0]]``, then ``values[start[1]:end[1]]``, ... (one gather, no loop).
+    """
+    lengths = np.asarray(end) - np.asarray(start)
+    if (lengths < 0).any():
+        raise ValueError("every range needs start <= end")
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return row, np.repeat(start, lengths) + offsets

@@ -304,3 +304,14 @@ def test_strided_windows_of_chosen_users_only():
 def test_bad_stride_is_refused(stride):
     with pytest.raises(ValueError, match="stride"):
         paper_windows(sequences_of_lengths([200]), window=100, stride=stride)
+
+
+def test_ragged_ranges_concatenates_ranges_in_order():
+    from mdgr_graph.data.protocols import ragged_ranges
+
+    values = np.arange(100, 110)
+    row, index = ragged_ranges(np.array([2, 5, 5, 0]), np.array([4, 5, 8, 1]))
+    assert row.tolist() == [0, 0, 2, 2, 2, 3]
+    assert values[index].tolist() == [102, 103, 105, 106, 107, 100]
+    with pytest.raises(ValueError, match="start <= end"):
+        ragged_ranges(np.array([3]), np.array([2]))
