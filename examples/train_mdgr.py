@@ -48,8 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = parser.add_argument_group("model")
     g.add_argument("--model", choices=sorted(MODELS), default="mdgr",
                    help="mdgr, a Table 3 variant, a neural baseline (sasrec, gru4rec, "
-                        "tisasrec, bert4rec, comirec-sa, comirec-dr) or a closed-form one "
-                        "(pop, itemknn, ease)")
+                        "tisasrec, bert4rec, comirec-sa, comirec-dr, mip, surge, "
+                        "static-graph) or a closed-form one (pop, itemknn, ease)")
     g.add_argument("--dim", type=int, default=32, help="model width d")
     g.add_argument("--k", type=int, default=8, help="number of interests (MDGR, ComiRec)")
     g.add_argument("--m", "--iterations", dest="m", type=int, default=5,

@@ -65,7 +65,7 @@ def build_model(name: str, prepared: PreparedDataset, **kwargs: Any) -> Sequenti
     those of :class:`MDGR`,
     ``sasrec``, ``gru4rec``, ``comirec-sa``, ``comirec-dr``, ``tisasrec``, ``bert4rec``
     those of :class:`SASRec`, :class:`GRU4Rec`, :class:`ComiRecSA`, :class:`ComiRecDR`,
-    :class:`TiSASRec`, :class:`BERT4Rec`; ``itemknn``
+    :class:`TiSASRec`, :class:`BERT4Rec`; ``surge`` those of :class:`SURGE`; ``itemknn``
     ``neighbours`` and ``shrink``, ``ease`` ``l2``; ``pop`` takes none.
     Closed-form models are fitted on the training interactions here.
     """
