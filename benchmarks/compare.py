@@ -362,6 +362,8 @@ def summarize(folder: Path, args: argparse.Namespace,
     for path in sorted(runs_dir(args).glob("*.json")):
         run = json.loads(path.read_text())
         name = run["model"]
+        if getattr(args, "lr_grid", None) and name not in CLOSED_FORM and name not in tuning:
+            continue  # a neural model outside this grid: its runs are not grid-selected
         model_args = with_lr(args, tuning[name]["selected_lr"]) if name in tuning else args
         if run["config_hash"] != config_hash(run_config(name, model_args)):
             continue  # another configuration (e.g. another --train-stride)

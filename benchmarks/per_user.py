@@ -24,6 +24,7 @@ import gzip
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -96,6 +97,30 @@ def groupings(prepared: PreparedDataset, genres: np.ndarray | None) -> dict[str,
     return out
 
 
+def pooled_tables(result: dict[str, Any], models: list[str]) -> list[str]:
+    """Markdown tables of every grouping pooled over seeds: each tertile's metrics averaged
+    over all seeds' windows (weighted by the windows of each seed's tertile)."""
+    seeds = sorted(result)
+    if len(seeds) < 2:
+        return []
+    lines = []
+    for feature in result[seeds[0]]:
+        lines += [f"\n### all seeds ({', '.join(seeds)}) pooled: test windows by {feature} "
+                  "(each seed's tertiles)\n",
+                  "| group | windows | " + " | ".join(f"{m} AUC / R@50" for m in models) + " |",
+                  "|---|---|" + "---|" * len(models)]
+        for label in ("low", "mid", "high"):
+            entries = [result[s][feature][label] for s in seeds if label in result[s][feature]]
+            n = sum(e["windows"] for e in entries)
+            cells = []
+            for m in models:
+                auc = sum(e[m]["auc"] * e["windows"] for e in entries) / n
+                rec = sum(e[m]["recall@50"] * e["windows"] for e in entries) / n
+                cells.append(f"{auc:.4f} / {rec:.4f}")
+            lines.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     args = compare.parse_args(argv)
     if args.protocol != "paper":
@@ -128,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                     **{m: {k: float(v[sel].mean()) for k, v in scores[m].items()}
                        for m in args.models},
                 }
+    lines = pooled_tables(result, args.models) + lines
     text = "# Per-window test metrics by group\n" + "\n".join(lines) + "\n"
     base = compare.summary_path(args)
     atomic_write_text(base.with_name(base.name + "-per-user.md"), text)

@@ -156,3 +156,19 @@ def test_large_log_benchmark_on_a_small_generated_log(tmp_path):
     assert all(r["rows_per_s"] > 0 and r["peak_kib"] >= r["baseline_kib"]
                for r in data["results"])
     assert "| chunked |" in (tmp_path / "out" / "large_log.md").read_text()
+
+
+def test_per_user_pooled_tables_weight_each_seed_by_its_windows():
+    import per_user
+
+    def entry(windows, auc):
+        return {"windows": windows, "m": {"auc": auc, "recall@50": auc / 2}}
+
+    result = {"0": {"span": {"low": entry(1, 0.9), "mid": entry(2, 0.6), "high": entry(1, 0.3)}},
+              "1": {"span": {"low": entry(3, 0.5), "mid": entry(2, 0.8), "high": entry(1, 0.5)}}}
+    lines = per_user.pooled_tables(result, ["m"])
+    assert lines[0].strip() == ("### all seeds (0, 1) pooled: test windows by span "
+                                "(each seed's tertiles)")
+    assert lines[3] == "| low | 4 | 0.6000 / 0.3000 |"  # (0.9 * 1 + 0.5 * 3) / 4
+    assert lines[5] == "| high | 2 | 0.4000 / 0.2000 |"
+    assert per_user.pooled_tables({"0": result["0"]}, ["m"]) == []
