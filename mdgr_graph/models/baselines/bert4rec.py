@@ -19,7 +19,10 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 
 from mdgr_graph.models.base import SequentialRecommender
-from mdgr_graph.models.baselines.sasrec import CausalSequenceRecommender
+from mdgr_graph.models.baselines.sasrec import (
+    CausalSequenceRecommender,
+    check_transformer_options,
+)
 
 
 class BERT4Rec(SequentialRecommender):
@@ -99,12 +102,7 @@ class BERT4Rec(SequentialRecommender):
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
-        if num_blocks < 1:
-            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
-        if heads < 1 or dim % heads:
-            raise ValueError(f"heads must be >= 1 and divide dim={dim}, got {heads}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        check_transformer_options(dim, num_blocks, heads, dropout)
         if not 0.0 < mask_prob <= 1.0:
             raise ValueError(f"mask_prob must lie in (0, 1], got {mask_prob}")
         if cloze_weight < 0:

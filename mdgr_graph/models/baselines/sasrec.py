@@ -242,6 +242,16 @@ class SASRecBlock(nn.Module):
         return u + self.ffn(u)
 
 
+def check_transformer_options(dim: int, num_blocks: int, heads: int, dropout: float) -> None:
+    """Raise a ValueError naming the first invalid transformer option."""
+    if num_blocks < 1:
+        raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+    if heads < 1 or dim % heads:
+        raise ValueError(f"heads must be >= 1 and divide dim={dim}, got {heads}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+
+
 class SASRec(CausalSequenceRecommender):
     r"""SASRec (Kang & McAuley, ICDM 2018) on batches of sequence graphs.
 
@@ -277,12 +287,7 @@ class SASRec(CausalSequenceRecommender):
         history_targets: bool = False,
     ) -> None:
         super().__init__(num_items, max_len, dim, history_targets)
-        if num_blocks < 1:
-            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
-        if heads < 1 or dim % heads:
-            raise ValueError(f"heads must be >= 1 and divide dim={dim}, got {heads}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        check_transformer_options(dim, num_blocks, heads, dropout)
         self.num_blocks, self.heads, self.dropout_p = num_blocks, heads, dropout
         self.item_emb = nn.Embedding(num_items + 1, dim, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len, dim)

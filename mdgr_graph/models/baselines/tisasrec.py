@@ -23,7 +23,11 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from mdgr_graph.models.baselines.sasrec import CausalSequenceRecommender, dense_recent
+from mdgr_graph.models.baselines.sasrec import (
+    CausalSequenceRecommender,
+    check_transformer_options,
+    dense_recent,
+)
 
 
 def time_interval_matrix(times: Tensor, mask: Tensor, max_interval: int) -> Tensor:
@@ -200,12 +204,7 @@ class TiSASRec(CausalSequenceRecommender):
         history_targets: bool = False,
     ) -> None:
         super().__init__(num_items, max_len, dim, history_targets)
-        if num_blocks < 1:
-            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
-        if heads < 1 or dim % heads:
-            raise ValueError(f"heads must be >= 1 and divide dim={dim}, got {heads}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        check_transformer_options(dim, num_blocks, heads, dropout)
         if max_interval < 1:
             raise ValueError(f"max_interval must be >= 1, got {max_interval}")
         self.num_blocks, self.heads, self.dropout_p = num_blocks, heads, dropout
