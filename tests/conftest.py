@@ -18,6 +18,19 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a test module with one torch thread (small models; avoids oversubscription),
+    restoring the previous count after it. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 #: The tiny synthetic log shared by model and training tests.
 TINY = {"num_users": 120, "num_items": 80, "num_topics": 4, "length": (40, 60)}
 

@@ -24,12 +24,7 @@ needs_faiss = pytest.mark.skipif(not retrieval.WITH_FAISS, reason="faiss is not 
 EXACT_BACKENDS = ["torch", pytest.param("faiss-exact", marks=needs_faiss)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 MODELS = {
