@@ -62,15 +62,8 @@ def split_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                    help="comma-separated, from: " + ", ".join(name for name, _ in ABLATIONS))
     p.add_argument("--only-finished", action="store_true",
                    help="tabulate the finished runs only; train nothing")
-    p.add_argument("-h", "--help", action="store_true")
-    own, rest = p.parse_known_args(argv)
-    if own.help:
-        p.print_help()
-        print("\nEvery other option is passed to compare.py:\n")
-        compare.parse_args(["--help"])
-        return own, rest
-    if any(a.startswith("--models") for a in rest):
-        p.error("--models is set by ablation.py (use --variants)")
+    own, rest = compare.split_wrapper_args(p, argv, ("--models",),
+                                           "--models is set by ablation.py (use --variants)")
     own.variants = [v.strip() for v in own.variants.split(",") if v.strip()]
     known = dict(ABLATIONS)
     unknown = sorted(set(own.variants) - set(known))
@@ -147,8 +140,6 @@ def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     own, rest = split_args(list(sys.argv[1:] if argv is None else argv))
-    if own.help:
-        return 0
     argv_c = [*rest, "--models", ",".join(own.variants)]
     if not own.only_finished:
         status = compare.main(argv_c)

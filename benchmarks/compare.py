@@ -319,8 +319,28 @@ def summary_path(args: argparse.Namespace) -> Path:
 
 
 def _dotless(value: float) -> str:
-    """``0.005 -> '0p005'``: no dot, so ``Path.with_suffix`` keeps the whole name."""
+    """``0.005 -> '0p005'``: file names with one dot only, before their extension."""
     return f"{value:g}".replace(".", "p")
+
+
+def split_wrapper_args(parser: argparse.ArgumentParser, argv: list[str],
+                       reserved: tuple[str, ...], reserved_error: str
+                       ) -> tuple[argparse.Namespace, list[str]]:
+    """Options of a script that drives compare.py (``parser``, built with
+    ``add_help=False``) and the rest of ``argv``, which goes to compare.py.
+
+    ``-h`` prints both scripts' help and exits; an option of the rest starting with one of
+    ``reserved`` (set by the script itself) is refused with ``reserved_error``.
+    """
+    parser.add_argument("-h", "--help", action="store_true")
+    own, rest = parser.parse_known_args(argv)
+    if own.help:
+        parser.print_help()
+        print("\nEvery other option is passed to compare.py:\n")
+        parse_args(["--help"])  # exits
+    if any(a.startswith(reserved) for a in rest):
+        parser.error(reserved_error)
+    return own, rest
 
 
 def claim(lock: Path) -> Path | None:
@@ -394,8 +414,9 @@ def summarize(folder: Path, args: argparse.Namespace,
         })
     summary = {"dataset": args.dataset, "protocol": args.protocol,
                "environment": environment(args), "models": entries}
-    atomic_write_text(folder.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(folder.with_suffix(".md"), markdown_table(summary, keys))
+    atomic_write_text(folder.with_name(folder.name + ".json"),
+                      json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(folder.with_name(folder.name + ".md"), markdown_table(summary, keys))
     return summary
 
 

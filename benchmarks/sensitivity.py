@@ -44,15 +44,9 @@ def split_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--model", default="mdgr", help="an MDGR variant")
     p.add_argument("--only-finished", action="store_true",
                    help="plot the finished runs only; train nothing")
-    p.add_argument("-h", "--help", action="store_true")
-    own, rest = p.parse_known_args(argv)
-    if own.help:
-        p.print_help()
-        print("\nEvery other option is passed to compare.py:\n")
-        compare.parse_args(["--help"])
-    if any(a.startswith(("--models", "--mdgr-k", "--mdgr-m")) for a in rest):
-        p.error("--models, --mdgr-k and --mdgr-m are set by sensitivity.py")
-    return own, rest
+    return compare.split_wrapper_args(
+        p, argv, ("--models", "--mdgr-k", "--mdgr-m"),
+        "--models, --mdgr-k and --mdgr-m are set by sensitivity.py")
 
 
 def sweep_argv(rest: list[str], model: str, param: str, value: int) -> list[str]:
@@ -101,8 +95,6 @@ def plot(results: dict[int, dict[str, list[float]]], param: str, title: str, pat
 
 def main(argv: list[str] | None = None) -> int:
     own, rest = split_args(list(sys.argv[1:] if argv is None else argv))
-    if own.help:
-        return 0
     sweeps = {"k": [int(v) for v in own.ks.split(",") if v.strip()],
               "m": [int(v) for v in own.ms.split(",") if v.strip()]}
     summary: dict[str, dict[int, dict[str, list[float]]]] = {}

@@ -172,3 +172,16 @@ def test_per_user_pooled_tables_weight_each_seed_by_its_windows():
     assert lines[3] == "| low | 4 | 0.6000 / 0.3000 |"  # (0.9 * 1 + 0.5 * 3) / 4
     assert lines[5] == "| high | 2 | 0.4000 / 0.2000 |"
     assert per_user.pooled_tables({"0": result["0"]}, ["m"]) == []
+
+
+def test_wrapper_scripts_refuse_options_they_set(capsys):
+    import sensitivity
+
+    with pytest.raises(SystemExit):
+        sensitivity.main(["--mdgr-k", "3"])
+    assert "set by sensitivity.py" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        sensitivity.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--ks" in out and "Every other option is passed to compare.py" in out
