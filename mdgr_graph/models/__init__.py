@@ -67,7 +67,9 @@ def build_model(name: str, prepared: PreparedDataset, **kwargs: Any) -> Sequenti
     those of :class:`SASRec`, :class:`GRU4Rec`, :class:`ComiRecSA`, :class:`ComiRecDR`,
     :class:`TiSASRec`, :class:`BERT4Rec`; ``surge`` those of :class:`SURGE`; ``itemknn``
     ``neighbours`` and ``shrink``, ``ease`` ``l2``; ``pop`` takes none.
-    Closed-form models are fitted on the training interactions here.
+    Closed-form models are fitted on the training interactions here; a neural baseline
+    with a ``from_prepared(prepared, max_len, **kwargs)`` class method (one that builds a
+    global item graph or reads item labels) is built through it.
     """
     if name == "pop":
         if kwargs:
@@ -78,8 +80,10 @@ def build_model(name: str, prepared: PreparedDataset, **kwargs: Any) -> Sequenti
     if name == "ease":
         return EASE.from_prepared(prepared, **kwargs)
     if name in NEURAL_BASELINES:
-        return NEURAL_BASELINES[name](prepared.num_items, max_len=history_length(prepared),
-                                      **kwargs)
+        cls = NEURAL_BASELINES[name]
+        if hasattr(cls, "from_prepared"):  # models that read global training statistics
+            return cls.from_prepared(prepared, max_len=history_length(prepared), **kwargs)
+        return cls(prepared.num_items, max_len=history_length(prepared), **kwargs)
     if name == STATIC_GRAPH:
         return StaticGraphRec(prepared.num_items, max_len=history_length(prepared), **kwargs)
     if name in VARIANTS:
