@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from mdgr_graph.data.dataset import LOO_TRAIN_TARGETS  # noqa: E402
 from mdgr_graph.data.prepare import DataOptions, PreparedDataset, prepare_dataset  # noqa: E402
 from mdgr_graph.models import (  # noqa: E402
     CAUSAL_BASELINES,
@@ -129,6 +130,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--history-targets", action="store_true",
                    help="also train sasrec/gru4rec on next-item targets inside the history "
                         "(MDGR has no causal states, so it cannot use them)")
+    p.add_argument("--loo-train-targets", choices=list(LOO_TRAIN_TARGETS), default="random",
+                   help="loo protocol: each epoch's training target per user, a random item "
+                        "before the validation target (ComiRec's cut point) or always the "
+                        "third-last item")
     p.add_argument("--max-users", type=int, default=None,
                    help="restrict to a seeded subsample of users (for quick runs)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -196,6 +201,8 @@ def run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
     else:
         config.update(model_kwargs=neural_kwargs(name, args), epochs=args.epochs,
                       patience=args.patience, lr=args.lr, batch_size=args.batch_size)
+        if args.protocol == "loo":
+            config["loo_train_targets"] = args.loo_train_targets
     return config
 
 
@@ -286,7 +293,8 @@ def run_neural(name: str, prepared: PreparedDataset, seed: int, config: dict[str
     model = build_model(name, prepared, **config["model_kwargs"])
     train = TrainConfig(epochs=config["epochs"], patience=config["patience"], lr=config["lr"],
                         batch_size=config["batch_size"], seed=seed, out_dir=str(work_dir),
-                        resume=True, progress=progress)
+                        resume=True, progress=progress,
+                        loo_train_targets=config.get("loo_train_targets", "random"))
     result = fit(model, prepared, train, log=None)
     return {
         "valid": result.best_valid, "test": evaluate(model, prepared, "test"),

@@ -27,6 +27,7 @@ import torch
 
 from mdgr_graph import distributed
 from mdgr_graph.data.cli import add_data_arguments, cache_dir_from_args, options_from_args
+from mdgr_graph.data.dataset import LOO_TRAIN_TARGETS
 from mdgr_graph.data.prepare import PreparedDataset, prepare_dataset
 from mdgr_graph.models import CAUSAL_BASELINES, MODELS, NEURAL_BASELINES, build_model
 from mdgr_graph.models.base import SequentialRecommender
@@ -90,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--batch-size", type=int, default=128, help="training batch size")
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     t.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay")
+    t.add_argument("--loo-train-targets", choices=list(LOO_TRAIN_TARGETS), default="random",
+                   help="loo: each epoch's training target per user, a random item before "
+                        "the validation target (ComiRec's cut point) or always the third-last")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--max-users", type=int, default=None,
                    help="train and evaluate on a seeded subsample of this many users")
@@ -212,7 +216,7 @@ def _run(args: argparse.Namespace) -> int:
         epochs=args.epochs, patience=args.patience, lr=args.lr,
         weight_decay=args.weight_decay, batch_size=args.batch_size, device=device,
         seed=args.seed, out_dir=str(args.out) if args.out else None, resume=args.resume,
-        progress=not args.no_progress,
+        progress=not args.no_progress, loo_train_targets=args.loo_train_targets,
     )
     if args.out is not None and main_rank:
         atomic_write_text(args.out / "args.json", json.dumps(

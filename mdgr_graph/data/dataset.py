@@ -65,6 +65,10 @@ def make_sequence_graph(
     )
 
 
+#: How leave-one-out training picks its targets (see :class:`SequenceDataset`).
+LOO_TRAIN_TARGETS: tuple[str, ...] = ("random", "last")
+
+
 class SequenceDataset(Dataset):
     """The examples of one split as :class:`SequenceData` graphs.
 
@@ -74,17 +78,28 @@ class SequenceDataset(Dataset):
 
     Leave-one-out: one graph per user; ``target`` is the held-out item, and
     ``candidates`` = target followed by negatives (training: redrawn each epoch;
-    valid/test: the fixed sampled negatives).
+    valid/test: the fixed sampled negatives). Training targets follow
+    ``loo_train_targets``: ``"random"`` draws each user's target anew every epoch among
+    the items before the validation target
+    (:meth:`~mdgr_graph.data.prepare.PreparedDataset.draw_loo_train_targets`, ComiRec's
+    random cut point); ``"last"`` always takes the third-last item.
 
     Args:
         prepared: the prepared dataset.
         split: ``train``, ``valid`` or ``test``.
         transform: optional PyG transform applied to each graph.
+        loo_train_targets: ``"random"`` or ``"last"`` (leave-one-out training only).
     """
 
-    def __init__(self, prepared: PreparedDataset, split: str, transform=None) -> None:
+    def __init__(self, prepared: PreparedDataset, split: str, transform=None,
+                 loo_train_targets: str = "random") -> None:
         if split not in SPLIT_NAMES:
             raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLIT_NAMES)}")
+        if loo_train_targets not in LOO_TRAIN_TARGETS:
+            raise ValueError(f"unknown loo_train_targets {loo_train_targets!r}; choose from "
+                             f"{', '.join(LOO_TRAIN_TARGETS)}")
+        self.random_targets = (prepared.protocol == "loo" and split == "train"
+                               and loo_train_targets == "random")
         super().__init__(root=None, transform=transform)
         self.prepared = prepared
         self.split = split
@@ -114,10 +129,19 @@ class SequenceDataset(Dataset):
             self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        """Draw the training negatives of ``epoch`` (no-op for valid/test)."""
+        """Draw the training negatives (and random loo targets) of ``epoch`` (no-op for
+        valid/test)."""
         self.epoch = epoch
-        if self.split == "train":
-            self._negatives = torch.from_numpy(self.prepared.draw_train_negatives(epoch))
+        if self.split != "train":
+            return
+        self._negatives = torch.from_numpy(self.prepared.draw_train_negatives(epoch))
+        if self.random_targets:
+            ex = self.prepared.loo_rows(self.prepared.draw_loo_train_targets(epoch))
+            self._items = torch.from_numpy(ex["items"])
+            self._days = torch.from_numpy(ex["time"])
+            self._length = torch.from_numpy(ex["length"])
+            self._target = torch.from_numpy(ex["target"])
+            self._positives = self._target[:, None]
 
     def len(self) -> int:
         return self._items.shape[0]

@@ -260,12 +260,22 @@ class PreparedDataset:
             since the history's first item), ``length [U]``, ``target [U]``,
             ``prefix_end [U]`` (offset of the target in ``seq_items``).
         """
-        if self.protocol != "loo":
-            raise ValueError("loo_example needs a dataset prepared with protocol 'loo'")
+        self._require_loo("loo_example")
         offset = {"train": 3, "valid": 2, "test": 1}[split]
+        return self.loo_rows(self.arrays["seq_ptr"][1:] - offset)
+
+    def loo_rows(self, target_pos: np.ndarray) -> dict[str, np.ndarray]:
+        """Like :meth:`loo_example`, for user ``u`` the target at offset ``target_pos[u]``
+        of ``seq_items`` (inside the user's sequence, after its first item)."""
+        self._require_loo("loo_rows")
         max_len = self.meta["options"]["max_len"]
         ptr, seq_items, seq_time = (self.arrays[k] for k in ("seq_ptr", "seq_items", "seq_time"))
-        target_pos = ptr[1:] - offset
+        target_pos = np.asarray(target_pos, dtype=np.int64)
+        if target_pos.shape != (self.num_users,) or np.any(target_pos <= ptr[:-1]) or np.any(
+            target_pos >= ptr[1:]
+        ):
+            raise ValueError("target_pos must hold one offset per user, after the user's first "
+                             "item and inside the user's sequence")
         length = np.minimum(target_pos - ptr[:-1], max_len)
         start = target_pos - length
         cols = np.arange(max_len)
@@ -282,6 +292,25 @@ class PreparedDataset:
             "target": seq_items[target_pos],
             "prefix_end": target_pos,
         }
+
+    def draw_loo_train_targets(self, epoch: int) -> np.ndarray:
+        """Training target offsets of ``epoch`` under ``loo``: per user, a position drawn
+        uniformly from the second to the third-last item of its sequence (never the valid
+        or test target), from a generator seeded by (seed, epoch).
+
+        This is the random cut point of ComiRec's and MIND's training data: over the epochs
+        every item of the training part becomes a target once in a while, at the cost of one
+        example per user per epoch. Returns ``[U]`` offsets into ``seq_items``.
+        """
+        self._require_loo("draw_loo_train_targets")
+        rng = np.random.default_rng([self.meta["options"]["seed"], 5, epoch])
+        ptr = self.arrays["seq_ptr"]
+        choices = ptr[1:] - 3 - ptr[:-1]  # positions 1 .. n-3 of each sequence
+        return ptr[:-1] + 1 + (rng.random(self.num_users) * choices).astype(np.int64)
+
+    def _require_loo(self, what: str) -> None:
+        if self.protocol != "loo":
+            raise ValueError(f"{what} needs a dataset prepared with protocol 'loo'")
 
     # ------------------------------------------------------------------ subsets
     def subsample_users(self, num_users: int, seed: int = 0) -> PreparedDataset:

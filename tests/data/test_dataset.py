@@ -125,7 +125,7 @@ def test_set_epoch_redraws_training_negatives_only(paper):
 # ---------------------------------------------------------------------- leave-one-out
 @pytest.mark.parametrize("split", ["train", "valid", "test"])
 def test_loo_graphs(loo, split):
-    ds = SequenceDataset(loo, split)
+    ds = SequenceDataset(loo, split, loo_train_targets="last")
     ex = loo.loo_example(split)
     assert len(ds) == loo.num_users
     for u in (0, 7, loo.num_users - 1):
@@ -140,6 +140,49 @@ def test_loo_graphs(loo, split):
         if split != "train":
             code = 1 if split == "valid" else 2
             assert g.candidates[1:].tolist() == loo.arrays["loo_negatives"][code - 1, u].tolist()
+
+
+def test_loo_random_training_targets(loo):
+    ptr, items = loo.arrays["seq_ptr"], loo.arrays["seq_items"]
+    max_len = loo.meta["options"]["max_len"]
+    ds = SequenceDataset(loo, "train")  # "random" is the default
+    seen_positions = set()
+    firsts = []
+    for epoch in range(40):
+        ds.set_epoch(epoch)
+        pos = loo.draw_loo_train_targets(epoch)
+        assert np.all(pos >= ptr[:-1] + 1) and np.all(pos <= ptr[1:] - 3)
+        seen_positions.update(pos.tolist())
+        for u in (0, 5, loo.num_users - 1):
+            g = ds[u]
+            start = max(ptr[u], pos[u] - max_len)
+            assert int(g.target) == items[pos[u]] and g.candidates[0] == g.target
+            assert g.x.tolist() == items[start:pos[u]].tolist()
+            assert float(g.t[0]) == 0.0
+        firsts.append(int(ds[0].target))
+    every = {p for u in range(loo.num_users) for p in range(ptr[u] + 1, ptr[u + 1] - 2)}
+    assert seen_positions <= every and len(set(firsts)) > 1
+    again = SequenceDataset(loo, "train")
+    again.set_epoch(7)
+    ds.set_epoch(7)
+    assert torch.equal(again[3].x, ds[3].x) and torch.equal(again[3].candidates, ds[3].candidates)
+
+
+def test_loo_train_targets_checked(loo, paper):
+    with pytest.raises(ValueError, match="loo_train_targets"):
+        SequenceDataset(loo, "train", loo_train_targets="first")
+    ptr = loo.arrays["seq_ptr"]
+    with pytest.raises(ValueError, match="after the user's first item"):
+        loo.loo_rows(ptr[:-1])
+    with pytest.raises(ValueError, match="one offset per user"):
+        loo.loo_rows(ptr[1:-1] - 1)
+    with pytest.raises(ValueError, match="protocol 'loo'"):
+        paper.draw_loo_train_targets(0)
+    # the option only concerns leave-one-out training
+    a, b = (SequenceDataset(paper, "train", loo_train_targets=t) for t in ("random", "last"))
+    assert torch.equal(a[0].x, b[0].x) and torch.equal(a[0].candidates, b[0].candidates)
+    c, d = (SequenceDataset(loo, "valid", loo_train_targets=t) for t in ("random", "last"))
+    assert torch.equal(c[0].x, d[0].x) and torch.equal(c[0].candidates, d[0].candidates)
 
 
 def test_loo_batches(loo):
@@ -162,9 +205,23 @@ def test_loo_batches_with_short_histories(write_csv):
         format="csv", path=str(write_csv(rows)), protocol="loo", min_item_count=1,
         min_user_len=4, max_len=4, negatives=2,
     )  # fmt: skip
-    ds = SequenceDataset(prepare_dataset(options, cache_dir=None), "train")
+    prepared = prepare_dataset(options, cache_dir=None)
+    ds = SequenceDataset(prepared, "train", loo_train_targets="last")
     sizes = [ds[u].num_nodes for u in range(6)]
     assert sizes == [1, 2, 3, 4, 4, 4]
+    # random targets: over 60 epochs every item before the validation target but the
+    # first is a target, with the history before it (at most max_len items)
+    rand = SequenceDataset(prepared, "train")
+    drawn = {u: set() for u in range(6)}
+    raw = prepared.arrays["item_ids"]
+    for epoch in range(60):
+        rand.set_epoch(epoch)
+        for u in range(6):
+            g = rand[u]
+            k = int(raw[int(g.target)]) - 10 * u  # the target's position in the sequence
+            drawn[u].add(k)
+            assert [int(raw[i]) for i in g.x] == [10 * u + j for j in range(max(0, k - 4), k)]
+    assert all(drawn[u] == set(range(1, 2 + u)) for u in range(6))
     batch = next(iter(DataLoader(ds, batch_size=6)))
     assert batch.x.shape == (sum(sizes),)
     assert batch.ptr.tolist() == np.concatenate([[0], np.cumsum(sizes)]).tolist()
