@@ -281,7 +281,8 @@ def all_positive_pairs(batch):
 def contrastive_reference(model, rep, rows, items):
     tau = model.temperature
     loss = info_nce(rep.user_z, rep.user_z, tau) + info_nce(rep.user_sigma, rep.user_sigma, tau)
-    distinct = sorted(set(items))
+    rows, items = torch.as_tensor(rows), torch.as_tensor(items)
+    distinct = torch.tensor(sorted(set(items.tolist())))
     loss = loss + info_nce(rep.item_z[distinct], rep.item_z[distinct], tau)
     loss = loss + info_nce(rep.item_sigma[distinct], rep.item_sigma[distinct], tau)
     return loss + info_nce(rep.user_z[rows], rep.item_z[items], tau)
