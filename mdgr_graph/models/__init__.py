@@ -7,6 +7,7 @@ from typing import Any
 from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.models.base import SequentialRecommender
 from mdgr_graph.models.baselines import (
+    BIGCF,
     EASE,
     SURGE,
     BERT4Rec,
@@ -14,6 +15,7 @@ from mdgr_graph.models.baselines import (
     ComiRecSA,
     GRU4Rec,
     ItemKNN,
+    PinText2,
     Popularity,
     SASRec,
     StaticGraphRec,
@@ -33,6 +35,8 @@ NEURAL_BASELINES: dict[str, type] = {
     "surge": SURGE,
     "tisasrec": TiSASRec,
     "bert4rec": BERT4Rec,
+    "pintext": PinText2,
+    "bigcf": BIGCF,
 }
 
 #: Neural baselines with causal states, which can also learn next-item targets inside the
@@ -65,8 +69,10 @@ def build_model(name: str, prepared: PreparedDataset, **kwargs: Any) -> Sequenti
     those of :class:`MDGR`,
     ``sasrec``, ``gru4rec``, ``comirec-sa``, ``comirec-dr``, ``tisasrec``, ``bert4rec``
     those of :class:`SASRec`, :class:`GRU4Rec`, :class:`ComiRecSA`, :class:`ComiRecDR`,
-    :class:`TiSASRec`, :class:`BERT4Rec`; ``surge`` those of :class:`SURGE`; ``itemknn``
-    ``neighbours`` and ``shrink``, ``ease`` ``l2``; ``pop`` takes none.
+    :class:`TiSASRec`, :class:`BERT4Rec`; ``surge`` those of :class:`SURGE`; ``pintext``
+    those of :meth:`PinText2.from_prepared`; ``bigcf`` those of
+    :meth:`BIGCF.from_prepared`; ``itemknn`` ``neighbours`` and ``shrink``, ``ease``
+    ``l2``; ``pop`` takes none.
     Closed-form models are fitted on the training interactions here; a neural baseline
     with a ``from_prepared(prepared, max_len, **kwargs)`` class method (one that builds a
     global item graph or reads item labels) is built through it.
@@ -97,6 +103,7 @@ def build_model(name: str, prepared: PreparedDataset, **kwargs: Any) -> Sequenti
 
 __all__ = [
     "BERT4Rec",
+    "BIGCF",
     "CAUSAL_BASELINES",
     "CLOSED_FORM",
     "EASE",
@@ -109,6 +116,7 @@ __all__ = [
     "ComiRecSA",
     "GRU4Rec",
     "ItemKNN",
+    "PinText2",
     "Popularity",
     "SASRec",
     "SequenceEncoder",

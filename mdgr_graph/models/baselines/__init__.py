@@ -1,6 +1,7 @@
 """Baselines on the shared model interface (see docs/baselines.md for their status)."""
 
 from mdgr_graph.models.baselines.bert4rec import BERT4Rec
+from mdgr_graph.models.baselines.bigcf import BIGCF
 from mdgr_graph.models.baselines.comirec import ComiRecDR, ComiRecSA, MultiInterestRecommender
 from mdgr_graph.models.baselines.gru4rec import GRU4Rec
 from mdgr_graph.models.baselines.item_similarity import (
@@ -9,6 +10,7 @@ from mdgr_graph.models.baselines.item_similarity import (
     ItemSimilarityRecommender,
     training_matrix,
 )
+from mdgr_graph.models.baselines.pintext import PinText2
 from mdgr_graph.models.baselines.pop import Popularity, training_item_counts
 from mdgr_graph.models.baselines.sasrec import CausalSequenceRecommender, SASRec
 from mdgr_graph.models.baselines.static_graph import StaticGraphRec, consecutive_edges
@@ -17,6 +19,7 @@ from mdgr_graph.models.baselines.tisasrec import TiSASRec, time_interval_matrix
 
 __all__ = [
     "BERT4Rec",
+    "BIGCF",
     "EASE",
     "CausalSequenceRecommender",
     "ComiRecDR",
@@ -25,6 +28,7 @@ __all__ = [
     "GRU4Rec",
     "ItemKNN",
     "ItemSimilarityRecommender",
+    "PinText2",
     "Popularity",
     "SASRec",
     "StaticGraphRec",
