@@ -11,6 +11,7 @@ from mdgr_graph.models import history_length
 from mdgr_graph.models.baselines.dcrec import (
     DCRec,
     ItemGraph,
+    ItemGraphConv,
     LightGraphEncoder,
     info_nce,
     similarity_graph,
@@ -156,6 +157,34 @@ def test_light_graph_encoder_matches_the_dense_propagation():
     dropped = values == 0
     assert 0.3 < dropped.float().mean() < 0.7
     assert torch.allclose(values[~dropped], graph.full_norm[~dropped])
+
+
+def test_item_graph_conv_sparse_and_edge_paths_agree_in_both_directions():
+    user, item = training_log()
+    graph = ItemGraph(*transition_graph(user, item, NUM_ITEMS), NUM_ITEMS + 1)
+    torch.manual_seed(0)
+    values = graph.full_norm * (torch.rand(graph.num_edges) > 0.3)  # no longer symmetric
+    conv = ItemGraphConv()
+    upstream = torch.randn(NUM_ITEMS + 1, D)
+    outs, grads = [], []
+    for mode in ("csr+adj", "csr", "edges", "dense"):
+        x = torch.randn(NUM_ITEMS + 1, D, generator=torch.Generator().manual_seed(1))
+        x.requires_grad_(True)
+        if mode == "csr+adj":
+            out = conv(x, graph.adj_t(values), adj=graph.adj(values))
+        elif mode == "csr":
+            out = conv(x, graph.adj_t(values))
+        elif mode == "edges":
+            out = conv(x, torch.stack([graph.source, graph.target]), values)
+        else:
+            out = graph.dense(values) @ x
+        (out * upstream).sum().backward()
+        outs.append(out.detach())
+        grads.append(x.grad)
+    for out, grad in zip(outs[1:], grads[1:], strict=True):
+        assert torch.allclose(outs[0], out, atol=1e-5)
+        assert torch.allclose(grads[0], grad, atol=1e-5)
+    assert repr(conv) == "ItemGraphConv()"
 
 
 def test_item_graph_rejects_bad_input():
