@@ -326,8 +326,7 @@ class LightGraphEncoder(nn.Module):
 
     :math:`H^0 = \mathrm{Drop}(E)`, :math:`H^{l+1} = \hat A H^l` (:class:`ItemGraphConv`
     on a sparse CSR :math:`\hat A` from :meth:`ItemGraph.normalised`), ``layers`` times,
-    then
-    :math:`\mathrm{LN}(\frac{1}{L+1}\sum_l H^l + H^0)`. In training, every stored entry
+    then :math:`\mathrm{LN}(\frac{1}{L+1}\sum_l H^l + H^0)`. In training, every stored entry
     of :math:`\hat A` is zeroed with probability ``edge_dropout`` (the degrees stay those
     of the undropped graph, as in the authors' ``graph_dropout``).
 
