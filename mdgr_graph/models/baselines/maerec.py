@@ -128,21 +128,36 @@ def transpose_order(edge_index: Tensor, num_nodes: int) -> Tensor:
     return torch.argsort(col * num_nodes + row)
 
 
-def subset_csr(edge_index: Tensor, keep: Tensor, value: Tensor, num_nodes: int,
+def _kept_csr(row: Tensor, col: Tensor, value: Tensor | None, keep: Tensor,
+              num_nodes: int) -> Tensor:
+    """CSR of the kept entries of a row-sorted list, without boolean gathers of ``row``:
+    the row pointer is the running count of kept entries at each row's start."""
+    counts = torch.bincount(row, minlength=num_nodes)
+    start = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    kept = torch.cat([counts.new_zeros(1), keep.long().cumsum(0)])
+    idx = keep.nonzero().view(-1)
+    val = torch.ones(idx.numel(), device=row.device) if value is None else value[idx]
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support.*")
+        return torch.sparse_csr_tensor(kept[start], col[idx], val, (num_nodes, num_nodes),
+                                       check_invariants=False)
+
+
+def subset_csr(edge_index: Tensor, keep: Tensor, value: Tensor | None, num_nodes: int,
                order_t: Tensor) -> tuple[Tensor, Tensor]:
     """The CSR matrix of the kept edges and its transpose, without sorting.
 
     Args:
         edge_index: ``[2, E]`` sorted by (row, column).
         keep: ``[E]`` bool, edges kept.
-        value: ``[E]`` entry of every edge.
+        value: ``[E]`` entry of every edge (``None``: ones).
         num_nodes: size of the matrix.
         order_t: :func:`transpose_order` of ``edge_index``.
     """
     row, col = edge_index
-    adj = csr(row[keep], col[keep], value[keep], num_nodes)
-    idx_t = order_t[keep[order_t]]
-    adj_t = csr(col[idx_t], row[idx_t], value[idx_t], num_nodes)
+    adj = _kept_csr(row, col, value, keep, num_nodes)
+    adj_t = _kept_csr(col[order_t], row[order_t], None if value is None else value[order_t],
+                      keep[order_t], num_nodes)
     return adj, adj_t
 
 
@@ -150,7 +165,7 @@ def gcn_norm_values(edge_index: Tensor, keep: Tensor, num_nodes: int) -> Tensor:
     r"""``[E]`` entries :math:`d_u^{-1/2} d_v^{-1/2}` of :math:`D^{-1/2} A D^{-1/2}` over
     the kept edges (0 at the others), degrees counted over the kept edges."""
     row, col = edge_index
-    deg = degree(row[keep], num_nodes, dtype=torch.float)
+    deg = torch.bincount(row, weights=keep.float(), minlength=num_nodes).float()
     inv = (deg + 1e-12).pow(-0.5)
     return inv[row] * inv[col] * keep.float()
 
@@ -181,19 +196,19 @@ def semantic_scores(edge_index: Tensor, order_t: Tensor, x: Tensor, depth: int,
     n = x.shape[0]
     row = edge_index[0]
     keep = torch.ones(row.numel(), dtype=torch.bool, device=x.device)
-    ones = torch.ones(row.numel(), dtype=x.dtype, device=x.device)
-    adj, adj_t = subset_csr(edge_index, keep, ones, n, order_t)
+    adj = _kept_csr(row, edge_index[1], None, keep, n)  # symmetric: its own transpose
     order = degree(row, n, dtype=x.dtype).unsqueeze(-1)
-    emb = [sparse_matmul(adj, x, adj_t) - x]
+    emb = [sparse_matmul(adj, x) - x]
     num = [order]
     for k in range(1, depth + 1):
         idx = keep.nonzero().view(-1)
         keep = keep.clone()
         keep[idx] = torch.rand(idx.numel(), device=x.device) >= path_prob ** k
-        adj, adj_t = subset_csr(edge_index, keep, ones, n, order_t)
+        adj, adj_t = subset_csr(edge_index, keep, None, n, order_t)
         emb.append(sparse_matmul(adj, emb[-1], adj_t) - emb[-1] - order * emb[-1])
         num.append(torch.sparse.mm(adj, num[-1]) - num[-1] - order)
-        order = degree(row[keep], n, dtype=x.dtype).unsqueeze(-1)
+        order = torch.bincount(row, weights=keep.to(x.dtype), minlength=n)
+        order = order.to(x.dtype).unsqueeze(-1)
     sub = torch.stack(emb).sum(0) / (torch.stack(num).sum(0) + 1e-8)
     return (F.normalize(sub, dim=-1) * F.normalize(x, dim=-1)).sum(-1)
 
@@ -227,7 +242,10 @@ def mask_paths(edge_index: Tensor, anchors: Tensor, depth: int,
         remaining = remaining & ~hit
         if k == depth - 1:
             break
-        ends = torch.unique(torch.cat([row[hit], col[hit]]))
+        ends = torch.zeros_like(seeds)
+        ends[row[hit]] = True
+        ends[col[hit]] = True
+        ends = ends.nonzero().view(-1)  # the distinct endpoints, ascending
         chosen = ends[torch.randperm(ends.numel(), device=row.device)]
         chosen = chosen[: int(ends.numel() * path_prob ** (k + 1))]
         seeds = torch.zeros_like(seeds)
@@ -574,7 +592,7 @@ class MAERec(CausalSequenceRecommender):
         if keep is None:
             return csr(row, col, self.norm_value, self.num_nodes)
         value = gcn_norm_values(self.edge_index, keep, self.num_nodes)
-        return csr(row[keep], col[keep], value[keep], self.num_nodes)
+        return _kept_csr(row, col, value, keep, self.num_nodes)
 
     def graph_layers(self, adj: Tensor | None = None) -> list[Tensor]:
         """``[H^0, ..., H^L]`` (each ``[num_items + 1, d]``) on ``adj`` (default: the
