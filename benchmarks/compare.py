@@ -130,10 +130,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--history-targets", action="store_true",
                    help="also train sasrec/gru4rec on next-item targets inside the history "
                         "(MDGR has no causal states, so it cannot use them)")
-    p.add_argument("--loo-train-targets", choices=list(LOO_TRAIN_TARGETS), default="random",
-                   help="loo protocol: each epoch's training target per user, a random item "
-                        "before the validation target (ComiRec's cut point) or always the "
-                        "third-last item")
+    p.add_argument("--loo-train-targets", choices=list(LOO_TRAIN_TARGETS), default="last",
+                   help="loo protocol: each user's training target, always the third-last "
+                        "item or, drawn anew every epoch, a random item before the validation "
+                        "target (ComiRec's cut point)")
+    p.add_argument("--loo-train-positives", type=int, default=1,
+                   help="loo protocol with random targets: positives per training example "
+                        "(the items following the cut point)")
     p.add_argument("--max-users", type=int, default=None,
                    help="restrict to a seeded subsample of users (for quick runs)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -153,6 +156,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    if args.loo_train_positives < 1 or (args.loo_train_targets == "last"
+                                        and args.loo_train_positives != 1):
+        p.error("--loo-train-positives must be >= 1, and 1 with --loo-train-targets last")
     if args.lr_grid is not None:
         try:
             args.lr_grid = sorted({float(v) for v in args.lr_grid.split(",") if v.strip()})
@@ -201,8 +207,9 @@ def run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
     else:
         config.update(model_kwargs=neural_kwargs(name, args), epochs=args.epochs,
                       patience=args.patience, lr=args.lr, batch_size=args.batch_size)
-        if args.protocol == "loo":
+        if args.protocol == "loo" and args.loo_train_targets != "last":
             config["loo_train_targets"] = args.loo_train_targets
+            config["loo_train_positives"] = args.loo_train_positives
     return config
 
 
@@ -294,7 +301,8 @@ def run_neural(name: str, prepared: PreparedDataset, seed: int, config: dict[str
     train = TrainConfig(epochs=config["epochs"], patience=config["patience"], lr=config["lr"],
                         batch_size=config["batch_size"], seed=seed, out_dir=str(work_dir),
                         resume=True, progress=progress,
-                        loo_train_targets=config.get("loo_train_targets", "random"))
+                        loo_train_targets=config.get("loo_train_targets", "last"),
+                        loo_train_positives=config.get("loo_train_positives", 1))
     result = fit(model, prepared, train, log=None)
     return {
         "valid": result.best_valid, "test": evaluate(model, prepared, "test"),

@@ -91,9 +91,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--batch-size", type=int, default=128, help="training batch size")
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     t.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay")
-    t.add_argument("--loo-train-targets", choices=list(LOO_TRAIN_TARGETS), default="random",
-                   help="loo: each epoch's training target per user, a random item before "
-                        "the validation target (ComiRec's cut point) or always the third-last")
+    t.add_argument("--loo-train-targets", choices=list(LOO_TRAIN_TARGETS), default="last",
+                   help="loo: each user's training target, always the third-last item or, "
+                        "drawn anew every epoch, a random item before the validation target "
+                        "(ComiRec's cut point)")
+    t.add_argument("--loo-train-positives", type=int, default=1,
+                   help="loo with random targets: positives per training example, the "
+                        "items following the cut point")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--max-users", type=int, default=None,
                    help="train and evaluate on a seeded subsample of this many users")
@@ -107,6 +111,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "when several runs share the cores")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
+    if args.loo_train_positives < 1 or (args.loo_train_targets == "last"
+                                        and args.loo_train_positives != 1):
+        parser.error("--loo-train-positives must be >= 1, and 1 with --loo-train-targets last")
     if args.resume and args.out is None:
         parser.error("--resume needs --out")
     if args.history_targets and args.model not in CAUSAL_BASELINES:
@@ -217,6 +224,7 @@ def _run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, batch_size=args.batch_size, device=device,
         seed=args.seed, out_dir=str(args.out) if args.out else None, resume=args.resume,
         progress=not args.no_progress, loo_train_targets=args.loo_train_targets,
+        loo_train_positives=args.loo_train_positives,
     )
     if args.out is not None and main_rank:
         atomic_write_text(args.out / "args.json", json.dumps(

@@ -71,9 +71,11 @@ class TrainConfig:
         deterministic: run with ``torch.use_deterministic_algorithms(True)`` (restored on
             return), so that a seed fixes every bit of the result on CPU even with
             several threads; without it, parallel reductions may differ in the last bit.
-        loo_train_targets: leave-one-out training targets, ``"random"`` (a new cut point
-            per user and epoch, as ComiRec) or ``"last"`` (always the third-last item); see
-            :class:`~mdgr_graph.data.dataset.SequenceDataset`.
+        loo_train_targets: leave-one-out training targets, ``"last"`` (always the
+            third-last item) or ``"random"`` (a new cut point per user and epoch, as
+            ComiRec); see :class:`~mdgr_graph.data.dataset.SequenceDataset`.
+        loo_train_positives: under ``"random"``, the items after the cut point that are
+            positives of a training example (1: the next item only).
         find_unused_parameters: passed to DistributedDataParallel in a process group; set
             it for a model whose loss leaves some parameters unused (the project's models
             use all of theirs).
@@ -93,7 +95,8 @@ class TrainConfig:
     progress: bool = True
     deterministic: bool = True
     find_unused_parameters: bool = False
-    loo_train_targets: str = "random"
+    loo_train_targets: str = "last"
+    loo_train_positives: int = 1
 
 
 @dataclass
@@ -341,7 +344,8 @@ def _fit(
         device_ids = [torch.device(config.device)] if config.device.startswith("cuda") else None
         step = DistributedDataParallel(distributed.LossModule(model), device_ids=device_ids,
                                        find_unused_parameters=config.find_unused_parameters)
-    dataset = SequenceDataset(prepared, "train", loo_train_targets=config.loo_train_targets)
+    dataset = SequenceDataset(prepared, "train", loo_train_targets=config.loo_train_targets,
+                              loo_train_positives=config.loo_train_positives)
     for epoch in range(state["epoch"] + 1, config.epochs):
         if state["bad_epochs"] >= config.patience:
             break

@@ -80,6 +80,25 @@ def test_compare_refuses_unknown_models(capsys):
     assert "unknown models" in capsys.readouterr().err
 
 
+def test_compare_loo_training_targets_in_the_run_hash(capsys):
+    base = ["--protocol", "loo", "--models", "sasrec"]
+    last = compare.run_tag("sasrec", 0, compare.parse_args(base))
+    assert last == compare.run_tag("sasrec", 0, compare.parse_args(
+        [*base, "--loo-train-targets", "last"]))
+    one = compare.run_tag("sasrec", 0, compare.parse_args(
+        [*base, "--loo-train-targets", "random"]))
+    ten = compare.run_tag("sasrec", 0, compare.parse_args(
+        [*base, "--loo-train-targets", "random", "--loo-train-positives", "10"]))
+    assert len({last, one, ten}) == 3
+    paper = compare.parse_args(["--models", "sasrec", "--loo-train-targets", "random"])
+    assert compare.run_tag("sasrec", 0, paper) == compare.run_tag(
+        "sasrec", 0, compare.parse_args(["--models", "sasrec"]))  # paper runs unaffected
+    for bad in (["--loo-train-positives", "0"], ["--loo-train-positives", "2"]):
+        with pytest.raises(SystemExit):
+            compare.parse_args(bad)
+    assert "--loo-train-positives" in capsys.readouterr().err
+
+
 def test_compare_reports_a_missing_data_file(tmp_path, capsys):
     argv = ["--quick", "--models", "pop", "--seeds", "0", "--data-dir", str(tmp_path),
             "--out", str(tmp_path / "r"), "--no-progress"]

@@ -66,7 +66,7 @@ def make_sequence_graph(
 
 
 #: How leave-one-out training picks its targets (see :class:`SequenceDataset`).
-LOO_TRAIN_TARGETS: tuple[str, ...] = ("random", "last")
+LOO_TRAIN_TARGETS: tuple[str, ...] = ("last", "random")
 
 
 class SequenceDataset(Dataset):
@@ -79,27 +79,34 @@ class SequenceDataset(Dataset):
     Leave-one-out: one graph per user; ``target`` is the held-out item, and
     ``candidates`` = target followed by negatives (training: redrawn each epoch;
     valid/test: the fixed sampled negatives). Training targets follow
-    ``loo_train_targets``: ``"random"`` draws each user's target anew every epoch among
-    the items before the validation target
-    (:meth:`~mdgr_graph.data.prepare.PreparedDataset.draw_loo_train_targets`, ComiRec's
-    random cut point); ``"last"`` always takes the third-last item.
+    ``loo_train_targets``: ``"last"`` (default) always takes the third-last item;
+    ``"random"`` draws each user's cut point anew every epoch and
+    takes the ``loo_train_positives`` items after it, before the validation target, as
+    positives (:meth:`~mdgr_graph.data.prepare.PreparedDataset.draw_loo_train_targets`;
+    with 1 positive, ComiRec's random cut point). ``target`` of a training graph is its
+    first positive.
 
     Args:
         prepared: the prepared dataset.
         split: ``train``, ``valid`` or ``test``.
         transform: optional PyG transform applied to each graph.
-        loo_train_targets: ``"random"`` or ``"last"`` (leave-one-out training only).
+        loo_train_targets: ``"last"`` or ``"random"`` (leave-one-out training only).
+        loo_train_positives: positives per training example under ``"random"``.
     """
 
     def __init__(self, prepared: PreparedDataset, split: str, transform=None,
-                 loo_train_targets: str = "random") -> None:
+                 loo_train_targets: str = "last", loo_train_positives: int = 1) -> None:
         if split not in SPLIT_NAMES:
             raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLIT_NAMES)}")
         if loo_train_targets not in LOO_TRAIN_TARGETS:
             raise ValueError(f"unknown loo_train_targets {loo_train_targets!r}; choose from "
                              f"{', '.join(LOO_TRAIN_TARGETS)}")
+        if loo_train_positives < 1 or (loo_train_targets == "last" and loo_train_positives > 1):
+            raise ValueError("loo_train_positives must be >= 1, and 1 with "
+                             f"loo_train_targets='last', got {loo_train_positives}")
         self.random_targets = (prepared.protocol == "loo" and split == "train"
                                and loo_train_targets == "random")
+        self.loo_train_positives = loo_train_positives
         super().__init__(root=None, transform=transform)
         self.prepared = prepared
         self.split = split
@@ -136,12 +143,13 @@ class SequenceDataset(Dataset):
             return
         self._negatives = torch.from_numpy(self.prepared.draw_train_negatives(epoch))
         if self.random_targets:
-            ex = self.prepared.loo_rows(self.prepared.draw_loo_train_targets(epoch))
+            targets = self.prepared.draw_loo_train_targets(epoch, self.loo_train_positives)
+            ex = self.prepared.loo_rows(targets[:, 0])
             self._items = torch.from_numpy(ex["items"])
             self._days = torch.from_numpy(ex["time"])
             self._length = torch.from_numpy(ex["length"])
             self._target = torch.from_numpy(ex["target"])
-            self._positives = self._target[:, None]
+            self._positives = torch.from_numpy(self.prepared.arrays["seq_items"][targets])
 
     def len(self) -> int:
         return self._items.shape[0]

@@ -293,20 +293,31 @@ class PreparedDataset:
             "prefix_end": target_pos,
         }
 
-    def draw_loo_train_targets(self, epoch: int) -> np.ndarray:
-        """Training target offsets of ``epoch`` under ``loo``: per user, a position drawn
-        uniformly from the second to the third-last item of its sequence (never the valid
-        or test target), from a generator seeded by (seed, epoch).
+    def draw_loo_train_targets(self, epoch: int, positives: int = 1) -> np.ndarray:
+        """Training targets of ``epoch`` under ``loo``: per user a random cut point and the
+        ``positives`` items that follow it, from a generator seeded by (seed, epoch).
 
-        This is the random cut point of ComiRec's and MIND's training data: over the epochs
-        every item of the training part becomes a target once in a while, at the cost of one
-        example per user per epoch. Returns ``[U]`` offsets into ``seq_items``.
+        The cut point ``c`` is drawn uniformly among the positions that leave ``positives``
+        items before the validation target (position 1 when the sequence is too short;
+        never position 0, so every history has an item). The targets are the items at
+        ``c, c + 1, ...`` up to the validation target, repeated in turn when fewer than
+        ``positives`` remain, so every user has the same number of positive slots. With
+        ``positives=1`` this is the random cut point of ComiRec's and MIND's training data:
+        over the epochs every item of the training part becomes a target, at the cost of one
+        example per user per epoch.
+
+        Returns ``[U, positives]`` offsets into ``seq_items``; column 0 is the cut point.
         """
         self._require_loo("draw_loo_train_targets")
+        if positives < 1:
+            raise ValueError(f"positives must be >= 1, got {positives}")
         rng = np.random.default_rng([self.meta["options"]["seed"], 5, epoch])
         ptr = self.arrays["seq_ptr"]
-        choices = ptr[1:] - 3 - ptr[:-1]  # positions 1 .. n-3 of each sequence
-        return ptr[:-1] + 1 + (rng.random(self.num_users) * choices).astype(np.int64)
+        first, end = ptr[:-1] + 1, ptr[1:] - 2  # end: the validation target's offset
+        choices = np.maximum(end - positives - first + 1, 1)
+        cut = first + (rng.random(self.num_users) * choices).astype(np.int64)
+        available = end - cut  # >= 1
+        return cut[:, None] + np.arange(positives)[None, :] % available[:, None]
 
     def _require_loo(self, what: str) -> None:
         if self.protocol != "loo":

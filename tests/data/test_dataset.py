@@ -145,12 +145,12 @@ def test_loo_graphs(loo, split):
 def test_loo_random_training_targets(loo):
     ptr, items = loo.arrays["seq_ptr"], loo.arrays["seq_items"]
     max_len = loo.meta["options"]["max_len"]
-    ds = SequenceDataset(loo, "train")  # "random" is the default
+    ds = SequenceDataset(loo, "train", loo_train_targets="random")
     seen_positions = set()
     firsts = []
     for epoch in range(40):
         ds.set_epoch(epoch)
-        pos = loo.draw_loo_train_targets(epoch)
+        pos = loo.draw_loo_train_targets(epoch)[:, 0]
         assert np.all(pos >= ptr[:-1] + 1) and np.all(pos <= ptr[1:] - 3)
         seen_positions.update(pos.tolist())
         for u in (0, 5, loo.num_users - 1):
@@ -162,13 +162,56 @@ def test_loo_random_training_targets(loo):
         firsts.append(int(ds[0].target))
     every = {p for u in range(loo.num_users) for p in range(ptr[u] + 1, ptr[u + 1] - 2)}
     assert seen_positions <= every and len(set(firsts)) > 1
-    again = SequenceDataset(loo, "train")
+    again = SequenceDataset(loo, "train", loo_train_targets="random")
     again.set_epoch(7)
     ds.set_epoch(7)
     assert torch.equal(again[3].x, ds[3].x) and torch.equal(again[3].candidates, ds[3].candidates)
 
 
+def test_loo_random_targets_with_several_positives(write_csv):
+    # users of 4..9 interactions: training parts (before the validation target) of 2..7
+    rows = [(u, 10 * u + k, 60 * k) for u in range(6) for k in range(4 + u)]
+    options = DataOptions(
+        format="csv", path=str(write_csv(rows)), protocol="loo", min_item_count=1,
+        min_user_len=4, max_len=4, negatives=2,
+    )  # fmt: skip
+    prepared = prepare_dataset(options, cache_dir=None)
+    raw = prepared.arrays["item_ids"]
+    ds = SequenceDataset(prepared, "train", loo_train_targets="random", loo_train_positives=3)
+    cuts = {u: set() for u in range(6)}
+    for epoch in range(60):
+        ds.set_epoch(epoch)
+        for u in range(6):
+            g = ds[u]
+            k = int(raw[int(g.x[-1])]) - 10 * u + 1  # the cut: first position after history
+            cuts[u].add(k)
+            n_train = 2 + u
+            future = [10 * u + j for j in range(k, min(k + 3, n_train))]
+            expected = [future[j % len(future)] for j in range(3)]
+            assert [int(raw[i]) for i in g.candidates[:3]] == expected
+            assert g.labels.tolist() == [1.0] * 3 + [0.0] * 2
+            assert int(g.target) == g.candidates[0]
+            assert [int(raw[i]) for i in g.x] == [10 * u + j for j in range(max(0, k - 4), k)]
+    # the cut leaves 3 positives when the training part allows it (never position 0)
+    assert [sorted(cuts[u]) for u in range(6)] == [[1], [1], [1], [1, 2], [1, 2, 3],
+                                                    [1, 2, 3, 4]]
+    batch = next(iter(DataLoader(ds, batch_size=6)))
+    assert batch.candidates.shape == (6, 5)
+
+
+def test_loo_train_targets_default_is_the_third_last_item(loo):
+    ds = SequenceDataset(loo, "train")
+    ds.set_epoch(3)
+    assert ds[2].target == loo.loo_example("train")["target"][2]
+
+
 def test_loo_train_targets_checked(loo, paper):
+    with pytest.raises(ValueError, match="loo_train_positives"):
+        SequenceDataset(loo, "train", loo_train_positives=0)
+    with pytest.raises(ValueError, match="loo_train_positives"):
+        SequenceDataset(loo, "train", loo_train_targets="last", loo_train_positives=2)
+    with pytest.raises(ValueError, match="positives must be"):
+        loo.draw_loo_train_targets(0, positives=0)
     with pytest.raises(ValueError, match="loo_train_targets"):
         SequenceDataset(loo, "train", loo_train_targets="first")
     ptr = loo.arrays["seq_ptr"]
@@ -211,7 +254,7 @@ def test_loo_batches_with_short_histories(write_csv):
     assert sizes == [1, 2, 3, 4, 4, 4]
     # random targets: over 60 epochs every item before the validation target but the
     # first is a target, with the history before it (at most max_len items)
-    rand = SequenceDataset(prepared, "train")
+    rand = SequenceDataset(prepared, "train", loo_train_targets="random")
     drawn = {u: set() for u in range(6)}
     raw = prepared.arrays["item_ids"]
     for epoch in range(60):
