@@ -49,8 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = parser.add_argument_group("model")
     g.add_argument("--model", choices=sorted(MODELS), default="mdgr",
                    help="mdgr, a Table 3 variant, a neural baseline (sasrec, gru4rec, "
-                        "tisasrec, bert4rec, comirec-sa, comirec-dr, mip, surge, "
-                        "static-graph) or a closed-form one (pop, itemknn, ease)")
+                        "tisasrec, bert4rec, dcrec, maerec, comirec-sa, comirec-dr, mip, "
+                        "pintext, surge, bigcf, static-graph; pintext, bigcf, dcrec and "
+                        "maerec take --dim and keep their own defaults otherwise) or a "
+                        "closed-form one (pop, itemknn, ease)")
     g.add_argument("--dim", type=int, default=32, help="model width d")
     g.add_argument("--k", type=int, default=8, help="number of interests (MDGR, ComiRec)")
     g.add_argument("--m", "--iterations", dest="m", type=int, default=5,
@@ -76,8 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--mask-prob", type=float, default=0.2,
                    help="bert4rec: proportion of history items masked for the cloze loss")
     g.add_argument("--history-targets", action="store_true",
-                   help="sasrec/gru4rec/tisasrec: also learn next-item targets inside the "
-                        "history")
+                   help="sasrec/gru4rec/tisasrec/maerec: also learn next-item targets inside "
+                        "the history")
     g.add_argument("--neighbours", type=int, default=100,
                    help="itemknn: neighbourhood size per item (0 keeps all)")
     g.add_argument("--shrink", type=float, default=10.0, help="itemknn: similarity shrinkage")
@@ -137,6 +139,10 @@ def model_options(args: argparse.Namespace) -> dict:
         return {"dim": args.dim, "interests": args.k}
     if args.model == "surge":
         return {"dim": args.dim}
+    if args.model in ("pintext", "bigcf", "dcrec"):  # their own defaults for the rest
+        return {"dim": args.dim}
+    if args.model == "maerec":
+        return {"dim": args.dim, "history_targets": args.history_targets}
     if args.model == "bert4rec":
         return {"dim": args.dim, "dropout": args.dropout, "num_blocks": args.blocks,
                 "mask_prob": args.mask_prob}

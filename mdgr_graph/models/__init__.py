@@ -13,8 +13,10 @@ from mdgr_graph.models.baselines import (
     BERT4Rec,
     ComiRecDR,
     ComiRecSA,
+    DCRec,
     GRU4Rec,
     ItemKNN,
+    MAERec,
     PinText2,
     Popularity,
     SASRec,
@@ -37,11 +39,13 @@ NEURAL_BASELINES: dict[str, type] = {
     "bert4rec": BERT4Rec,
     "pintext": PinText2,
     "bigcf": BIGCF,
+    "dcrec": DCRec,
+    "maerec": MAERec,
 }
 
 #: Neural baselines with causal states, which can also learn next-item targets inside the
 #: history (``history_targets=True``).
-CAUSAL_BASELINES: tuple[str, ...] = ("sasrec", "gru4rec", "tisasrec")
+CAUSAL_BASELINES: tuple[str, ...] = ("sasrec", "gru4rec", "tisasrec", "maerec")
 
 #: MDGR's pipeline with the graph layer on fixed consecutive-item edges (a control).
 STATIC_GRAPH = "static-graph"
@@ -71,7 +75,8 @@ def build_model(name: str, prepared: PreparedDataset, **kwargs: Any) -> Sequenti
     those of :class:`SASRec`, :class:`GRU4Rec`, :class:`ComiRecSA`, :class:`ComiRecDR`,
     :class:`TiSASRec`, :class:`BERT4Rec`; ``surge`` those of :class:`SURGE`; ``pintext``
     those of :meth:`PinText2.from_prepared`; ``bigcf`` those of
-    :meth:`BIGCF.from_prepared`; ``itemknn`` ``neighbours`` and ``shrink``, ``ease``
+    :meth:`BIGCF.from_prepared`; ``dcrec``, ``maerec`` those of :meth:`DCRec.from_prepared`,
+    :meth:`MAERec.from_prepared`; ``itemknn`` ``neighbours`` and ``shrink``, ``ease``
     ``l2``; ``pop`` takes none.
     Closed-form models are fitted on the training interactions here; a neural baseline
     with a ``from_prepared(prepared, max_len, **kwargs)`` class method (one that builds a
@@ -114,8 +119,10 @@ __all__ = [
     "VARIANTS",
     "ComiRecDR",
     "ComiRecSA",
+    "DCRec",
     "GRU4Rec",
     "ItemKNN",
+    "MAERec",
     "PinText2",
     "Popularity",
     "SASRec",

@@ -3,6 +3,7 @@
 from mdgr_graph.models.baselines.bert4rec import BERT4Rec
 from mdgr_graph.models.baselines.bigcf import BIGCF
 from mdgr_graph.models.baselines.comirec import ComiRecDR, ComiRecSA, MultiInterestRecommender
+from mdgr_graph.models.baselines.dcrec import DCRec
 from mdgr_graph.models.baselines.gru4rec import GRU4Rec
 from mdgr_graph.models.baselines.item_similarity import (
     EASE,
@@ -10,6 +11,7 @@ from mdgr_graph.models.baselines.item_similarity import (
     ItemSimilarityRecommender,
     training_matrix,
 )
+from mdgr_graph.models.baselines.maerec import MAERec
 from mdgr_graph.models.baselines.pintext import PinText2
 from mdgr_graph.models.baselines.pop import Popularity, training_item_counts
 from mdgr_graph.models.baselines.sasrec import CausalSequenceRecommender, SASRec
@@ -24,10 +26,12 @@ __all__ = [
     "CausalSequenceRecommender",
     "ComiRecDR",
     "ComiRecSA",
+    "DCRec",
     "MultiInterestRecommender",
     "GRU4Rec",
     "ItemKNN",
     "ItemSimilarityRecommender",
+    "MAERec",
     "PinText2",
     "Popularity",
     "SASRec",
