@@ -148,8 +148,6 @@ class BERT4Rec(SequentialRecommender):
 
     # the input helpers of the causal models do not depend on causality
     dense_items = CausalSequenceRecommender.dense_items
-    _check_batch = CausalSequenceRecommender._check_batch
-    _check_candidates = CausalSequenceRecommender._check_candidates
 
     # ------------------------------------------------------------------ encoder
     def encode(self, items: Tensor, mask: Tensor, masked: Tensor) -> Tensor:

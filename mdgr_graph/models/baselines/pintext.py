@@ -50,7 +50,7 @@ from torch_geometric.utils import scatter, softmax, to_dense_batch
 
 from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.models.base import SequentialRecommender
-from mdgr_graph.models.baselines.sasrec import CausalSequenceRecommender, dense_recent
+from mdgr_graph.models.baselines.sasrec import dense_recent
 from mdgr_graph.nn.cluster import batched_kmeans
 
 #: How a group of history items becomes one interest vector.
@@ -567,13 +567,6 @@ class PinText2(SequentialRecommender):
         """Right-padded kept history ``items [B, L]`` and ``mask [B, L]`` (checked)."""
         self._check_batch(batch)
         return dense_recent(batch.x, batch.batch, batch.num_graphs, self.max_len)
-
-    def _check_batch(self, batch: Batch) -> None:
-        CausalSequenceRecommender._check_batch(self, batch)
-        if int(batch.x.min()) < 1:
-            raise ValueError(f"history item ids must lie in 1..{self.num_items}, got padding 0")
-
-    _check_candidates = CausalSequenceRecommender._check_candidates
 
     def __repr__(self) -> str:
         return (

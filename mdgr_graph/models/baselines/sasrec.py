@@ -175,43 +175,6 @@ class CausalSequenceRecommender(SequentialRecommender):
         return per_position.mean()
 
     # ------------------------------------------------------------------ checks
-    def _check_batch(self, batch: Batch) -> None:
-        name = type(self).__name__
-        for key in ("x", "batch"):
-            if getattr(batch, key, None) is None:
-                raise ValueError(f"{name} needs a Batch of SequenceData with field '{key}'")
-        if not hasattr(batch, "num_graphs"):
-            raise ValueError(f"{name} needs a torch_geometric Batch, got {type(batch).__name__}")
-        x = batch.x
-        if x.dim() != 1 or x.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"batch.x must be 1-D integer item ids, got {x.dtype} "
-                             f"{tuple(x.shape)}")
-        if x.numel() == 0:
-            raise ValueError("the batch holds no interactions")
-        if int(x.min()) < 0 or int(x.max()) > self.num_items:
-            raise ValueError(
-                f"item ids must lie in 0..{self.num_items} (num_items={self.num_items}), got "
-                f"{int(x.min())}..{int(x.max())}"
-            )
-        counts = torch.bincount(batch.batch, minlength=batch.num_graphs)
-        if counts.numel() != batch.num_graphs or int(counts.min()) < 1:
-            raise ValueError("every sequence of the batch needs at least one interaction")
-
-    def _check_candidates(self, batch: Batch) -> None:
-        cand = getattr(batch, "candidates", None)
-        if cand is None:
-            raise ValueError(f"{type(self).__name__} needs batch.candidates [B, C]")
-        if cand.dim() != 2 or cand.shape[0] != batch.num_graphs:
-            raise ValueError(
-                f"batch.candidates must be [B={batch.num_graphs}, C], got {tuple(cand.shape)}"
-            )
-        if cand.numel() and (int(cand.min()) < 0 or int(cand.max()) > self.num_items):
-            raise ValueError(
-                f"candidate ids must lie in 0..{self.num_items}, got "
-                f"{int(cand.min())}..{int(cand.max())}"
-            )
-
-
 class SASRecBlock(nn.Module):
     r"""One SASRec block, arranged as in the authors' code (pre-LN queries).
 

@@ -616,32 +616,6 @@ class SURGE(SequentialRecommender):
                 loss = loss + weight * reg
         return loss
 
-    # ------------------------------------------------------------------ checks
-    def _check_batch(self, batch: Batch) -> None:
-        for key in ("x", "batch"):
-            if getattr(batch, key, None) is None:
-                raise ValueError(f"SURGE needs a Batch of SequenceData with field '{key}'")
-        x = batch.x
-        if x.dim() != 1 or x.dtype not in (torch.int32, torch.int64) or x.numel() == 0:
-            raise ValueError(f"batch.x must be non-empty 1-D integer item ids, got {x.dtype} "
-                             f"{tuple(x.shape)}")
-        if int(x.min()) < 1 or int(x.max()) > self.num_items:
-            raise ValueError(f"history item ids must lie in 1..{self.num_items}, got "
-                             f"{int(x.min())}..{int(x.max())}")
-        counts = torch.bincount(batch.batch, minlength=batch.num_graphs)
-        if counts.numel() != batch.num_graphs or int(counts.min()) < 1:
-            raise ValueError("every sequence of the batch needs at least one interaction")
-
-    def _check_candidates(self, batch: Batch) -> None:
-        cand = getattr(batch, "candidates", None)
-        if cand is None or cand.dim() != 2 or cand.shape[0] != batch.num_graphs:
-            shape = None if cand is None else tuple(cand.shape)
-            raise ValueError(f"SURGE needs batch.candidates [B={batch.num_graphs}, C], "
-                             f"got {shape}")
-        if cand.numel() and (int(cand.min()) < 0 or int(cand.max()) > self.num_items):
-            raise ValueError(f"candidate ids must lie in 0..{self.num_items}, got "
-                             f"{int(cand.min())}..{int(cand.max())}")
-
     def __repr__(self) -> str:
         return (
             f"{self.__class__.__name__}(num_items={self.num_items}, dim={self.dim}, "
