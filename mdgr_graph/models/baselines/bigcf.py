@@ -168,7 +168,9 @@ class BIGCF(SequentialRecommender):
         intents: collective intents :math:`K` per side (released: 64). (default: :obj:`64`)
         temperature: InfoNCE temperature :math:`\tau` (released: 0.2). (default: :obj:`0.2`)
         ssl_reg: weight of the contrastive regulariser (released: 0.4 on Gowalla and
-            Amazon-Book, 0.2 on Tmall). (default: :obj:`0.4`)
+            Amazon-Book, 0.2 on Tmall, with BPR). Chosen on validation under the candidate
+            BCE (ml-1m-subset, seed 0, lr 5e-3, valid AUC after 4 epochs: 0.4 -> 0.672,
+            0.1 -> 0.684, 0.01 -> 0.863, 0 -> 0.855). (default: :obj:`0.01`)
         emb_reg: weight of the ego-embedding penalty (released: 1e-5). (default: :obj:`1e-5`)
         cen_reg: weight of the intent-prototype penalty (released: 1e-5).
             (default: :obj:`1e-5`)
@@ -190,7 +192,7 @@ class BIGCF(SequentialRecommender):
         layers: int = 2,
         intents: int = 64,
         temperature: float = 0.2,
-        ssl_reg: float = 0.4,
+        ssl_reg: float = 0.01,
         emb_reg: float = 1e-5,
         cen_reg: float = 1e-5,
         user_transform: bool = True,
