@@ -505,7 +505,13 @@ class InterestExport:
 
 
 def item_table(model: torch.nn.Module) -> Tensor:
-    """The model's item embeddings without padding row 0: ``[num_items, d]``."""
+    """The model's item embeddings without padding row 0: ``[num_items, d]``: its
+    ``item_table()`` when it computes them (PinText2: ids plus title words), else its
+    ``item_emb`` table."""
+    computed = getattr(model, "item_table", None)
+    if callable(computed):
+        with torch.no_grad():
+            return computed()[1:].detach()
     emb = getattr(model, "item_emb", None)
     if not isinstance(emb, torch.nn.Embedding):
         raise TypeError(f"{type(model).__name__} has no item_emb table to retrieve from")
@@ -525,7 +531,8 @@ def export_interests(
     :meth:`interest_queries` of every example and the item table, on the CPU.
 
     The model must provide ``interest_queries(batch)`` (MDGR and its variants, the
-    static-graph control, MIP, ComiRec-SA/DR) and an ``item_emb`` table.
+    static-graph control, MIP, ComiRec-SA/DR, PinText2) and an item table (see
+    :func:`item_table`).
     """
     from torch_geometric.loader import DataLoader
     from tqdm.auto import tqdm
@@ -535,7 +542,7 @@ def export_interests(
     if not callable(getattr(model, "interest_queries", None)):
         raise TypeError(
             f"{type(model).__name__} has no interest_queries(batch); retrieval supports "
-            "MDGR (and its variants, static-graph, mip) and ComiRec-SA/DR"
+            "MDGR (and its variants, static-graph, mip), ComiRec-SA/DR and PinText2"
         )
     items = item_table(model).float().cpu()
     was_training = model.training

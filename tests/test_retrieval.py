@@ -14,7 +14,7 @@ from torch_geometric.loader import DataLoader
 
 from mdgr_graph import retrieval
 from mdgr_graph.data.dataset import SequenceDataset, make_sequence_graph
-from mdgr_graph.models import MDGR, ComiRecDR, ComiRecSA, build_model
+from mdgr_graph.models import MDGR, ComiRecDR, ComiRecSA, PinText2, build_model
 from mdgr_graph.retrieval import FaissIndex, TorchIndex, build_index, retrieve, topk_of_scores
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -32,7 +32,17 @@ MODELS = {
     "mdgr-log": lambda: MDGR(NUM_ITEMS, dim=DIM, k=K, m=1, max_len=20, weighting="log"),
     "comirec-sa": lambda: ComiRecSA(NUM_ITEMS, 20, dim=DIM, interests=K),
     "comirec-dr": lambda: ComiRecDR(NUM_ITEMS, 20, dim=DIM, interests=K),
+    # categories: item i in i % 3 and, for even i, also in 3; the last items unlabelled
+    "pintext": lambda: PinText2(NUM_ITEMS, 20, dim=DIM, item_categories=pintext_labels()),
 }
+
+
+def pintext_labels() -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR labels: item i in category i % 3 and, if even, also in 3; the last 5 unlabelled."""
+    lists = [[] if i == 0 or i > NUM_ITEMS - 5 else [i % 3] + ([3] if i % 2 == 0 else [])
+             for i in range(NUM_ITEMS + 1)]
+    ptr = torch.tensor([0, *torch.tensor([len(x) for x in lists]).cumsum(0).tolist()])
+    return ptr, torch.tensor([c for x in lists for c in x])
 
 
 def make_batch(lengths=(2, 7, 12, 3, 20, 1), seed=0) -> Batch:
@@ -88,14 +98,15 @@ def test_interest_queries_reproduce_score_all(model_and_batch):
     with torch.no_grad():
         out = model.interest_queries(batch)
         full = model.score_all(batch)
-    assert out.queries.shape == (6, K, DIM) and out.offsets.shape == (6, K)
-    assert out.mask.dtype == torch.bool and out.interests.shape == (6, K, DIM)
-    if isinstance(model, MDGR):
+    groups = K if not isinstance(model, PinText2) else out.queries.shape[1]
+    assert out.queries.shape == (6, groups, DIM) and out.offsets.shape == (6, groups)
+    assert out.mask.dtype == torch.bool and out.interests.shape == (6, groups, DIM)
+    if isinstance(model, (MDGR, PinText2)):
         assert not bool(out.mask.all())  # the 1- and 2-item sequences leave groups empty
-    table = model.item_emb.weight
+    table = retrieval.item_table(model)
     scores = torch.einsum("bkd,id->bki", out.queries, table) + out.offsets.unsqueeze(-1)
     scores = scores.masked_fill(~out.mask.unsqueeze(-1), float("-inf")).amax(dim=1)
-    torch.testing.assert_close(scores, full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(scores, full[:, 1:], rtol=1e-5, atol=1e-6)
 
 
 def test_interest_score_queries_formula_per_weighting():

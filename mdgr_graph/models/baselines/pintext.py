@@ -52,6 +52,7 @@ from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.models.base import SequentialRecommender
 from mdgr_graph.models.baselines.sasrec import dense_recent
 from mdgr_graph.nn.cluster import batched_kmeans
+from mdgr_graph.nn.interest import InterestQueries
 
 #: How a group of history items becomes one interest vector.
 POOLINGS = ("attention", "mean")
@@ -508,6 +509,14 @@ class PinText2(SequentialRecommender):
             alpha = softmax(self.pool_att(h).squeeze(-1), group, num_nodes=num_groups)
             v = scatter(alpha.unsqueeze(-1) * h, group, 0, dim_size=num_groups, reduce="sum")
         return to_dense_batch(v, group_seq, batch_size=batch.num_graphs)
+
+    def interest_queries(self, batch: Batch) -> InterestQueries:
+        r"""The score as inner products for retrieval: one query per (sequence, category)
+        group, :math:`q_g = v_g`, offsets 0, ``mask`` marking the groups a sequence has
+        (:math:`r(i) = \max_g q_g^\top e_i` over :meth:`item_table`); weights are ones."""
+        v, mask = self.interests(batch)
+        return InterestQueries(v, torch.zeros(mask.shape, dtype=v.dtype, device=v.device),
+                               mask, v, mask.to(v.dtype))
 
     # ------------------------------------------------------------------ scores
     @staticmethod
