@@ -47,6 +47,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mdgr_graph.data.protocols import ragged_ranges
+
 try:
     import faiss
 
@@ -335,7 +337,8 @@ def retrieve(
     q_j^\top p + c_j`, by searching each interest and merging (exact with an exact index).
 
     Every interest :math:`j` of a user with ``mask[u, j]`` is searched for its top
-    ``n + e_u`` items (:math:`e_u`: the most items excluded for a user of the batch); the
+    ``n + e_u`` items (:math:`e_u`: the most items excluded for a user of the same batch
+    of ``batch_size`` users; users are batched in order of their exclusion counts); the
     candidates get :math:`q_j^\top p + c_j`, excluded items are dropped, each item keeps
     its best score across interests, and the top ``n`` remain.
 
@@ -385,6 +388,13 @@ def retrieve(
             or bool((used_offsets == float("inf")).any())):
         raise ValueError("queries or offsets contain NaN or infinite values (a diverged model?)")
     csr = _exclusion_csr(exclude, num_users, index.num_items)
+    order = None
+    if csr is not None and num_users > batch_size:
+        # batches of users with similar exclusion counts: every search of a batch is
+        # widened by its largest count only
+        order = torch.argsort(csr[0].diff(), stable=True)
+        queries, offsets, mask = queries[order], offsets[order], mask[order]
+        csr = _reorder_csr(*csr, order)
 
     items, scores = [], []
     for start in range(0, num_users, batch_size):
@@ -399,7 +409,18 @@ def retrieve(
         scores.append(out.scores)
     if not items:
         return Retrieved(torch.zeros(0, n, dtype=torch.long), torch.zeros(0, n))
-    return Retrieved(torch.cat(items), torch.cat(scores))
+    items, scores = torch.cat(items), torch.cat(scores)
+    if order is not None:  # back to the callers' user order
+        items[order], scores[order] = items.clone(), scores.clone()
+    return Retrieved(items, scores)
+
+
+def _reorder_csr(ptr: Tensor, items: Tensor, order: Tensor) -> tuple[Tensor, Tensor]:
+    """The rows ``order`` of the CSR lists ``(ptr, items)``, as a new CSR pair."""
+    start, end = ptr[:-1][order], ptr[1:][order]
+    _, index = ragged_ranges(start.numpy(), end.numpy())
+    counts = end - start
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)]), items[torch.from_numpy(index)]
 
 
 def _retrieve_batch(queries: Tensor, offsets: Tensor, mask: Tensor, index: Index, n: int,

@@ -181,6 +181,21 @@ def test_merge_keeps_each_item_once_with_its_best_score():
     torch.testing.assert_close(got.scores[0], torch.tensor([2.0, 1.5, 1.0, 1.0]))
 
 
+def test_exclusion_batches_by_history_length_keep_the_user_order():
+    gen = torch.Generator().manual_seed(3)
+    queries, offsets, mask, items = random_problem(num_users=23, num_items=60)
+    counts = torch.randint(0, 40, (23,), generator=gen)
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    hist = torch.randint(1, 61, (int(ptr[-1]),), generator=gen)
+    index = TorchIndex(items)
+    ref = brute_force(queries, offsets, mask, items, 7, dense_exclude(ptr, hist, 23, 60))
+    for batch_size in (1, 4, 23, 100):
+        got = retrieve(queries, offsets, mask, index, 7, exclude=(ptr, hist),
+                       batch_size=batch_size)
+        assert torch.equal(got.items, ref.items)
+        torch.testing.assert_close(got.scores, ref.scores)
+
+
 def test_history_exclusion_dense_and_pairs_agree_and_can_run_out():
     queries, offsets, mask, items = random_problem(num_users=4, num_items=10)
     ptr = torch.tensor([0, 0, 3, 11, 13])
