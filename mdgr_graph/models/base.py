@@ -116,3 +116,23 @@ class SequentialRecommender(nn.Module):
         emb = getattr(self, "item_emb", None)
         table = emb.weight.numel() if isinstance(emb, nn.Embedding) else 0
         return {"params": total, "params_without_item_table": total - table}
+
+
+def check_interactions(user: Tensor, item: Tensor, num_items: int) -> tuple[Tensor, Tensor]:
+    """``(user, item)`` as 1-D ``long`` tensors, checked: integer ids, items in
+    ``1..num_items``, each user's interactions contiguous (as
+    :meth:`~mdgr_graph.data.prepare.PreparedDataset.training_interactions` returns them)."""
+    user, item = torch.as_tensor(user), torch.as_tensor(item)
+    if user.is_floating_point() or item.is_floating_point():
+        raise ValueError(f"user and item must be integer ids, got {user.dtype} and {item.dtype}")
+    user, item = user.long(), item.long()
+    if user.dim() != 1 or user.shape != item.shape:
+        raise ValueError(f"user and item must be 1-D of one length, got {tuple(user.shape)} "
+                         f"and {tuple(item.shape)}")
+    if num_items < 1:
+        raise ValueError(f"num_items must be >= 1, got {num_items}")
+    if item.numel() and (int(item.min()) < 1 or int(item.max()) > num_items):
+        raise ValueError(f"item ids must lie in 1..{num_items}")
+    if user.numel() and 1 + int((user[1:] != user[:-1]).sum()) != int(user.unique().numel()):
+        raise ValueError("each user's interactions must be contiguous, in sequence order")
+    return user, item

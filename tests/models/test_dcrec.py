@@ -200,13 +200,18 @@ def test_item_graph_rejects_bad_input():
     with pytest.raises(ValueError, match="symmetric"):
         DCRec(2, 5, (torch.tensor([[1], [2]]), torch.ones(1)),
               (torch.zeros(2, 0, dtype=torch.long), torch.zeros(0)))
+    z = lambda n: torch.zeros(n, dtype=torch.long)  # noqa: E731
     with pytest.raises(ValueError, match="1-D"):
-        transition_graph(torch.zeros(3), torch.ones(2), 4)
+        transition_graph(z(3), torch.ones(2, dtype=torch.long), 4)
     with pytest.raises(ValueError, match="item ids"):
-        transition_graph(torch.zeros(2), torch.tensor([0, 1]), 4)
+        transition_graph(z(2), torch.tensor([0, 1]), 4)
+    with pytest.raises(ValueError, match="integer ids"):
+        transition_graph(torch.zeros(2), torch.ones(2), 4)
+    with pytest.raises(ValueError, match="contiguous"):
+        transition_graph(torch.tensor([0, 1, 0]), torch.tensor([1, 2, 3]), 4)
     with pytest.raises(ValueError, match="neighbours"):
-        similarity_graph(torch.zeros(2), torch.ones(2), 4, neighbours=0)
-    assert ItemGraph(*transition_graph(torch.zeros(0), torch.zeros(0), 3), 4).num_edges == 4
+        similarity_graph(z(2), torch.ones(2, dtype=torch.long), 4, neighbours=0)
+    assert ItemGraph(*transition_graph(z(0), z(0), 3), 4).num_edges == 4
 
 
 # ---------------------------------------------------------------- the parts of the loss

@@ -5,12 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch_geometric.loader import DataLoader
 
 from mdgr_graph.data.dataset import SequenceDataset
-from mdgr_graph.models import CAUSAL_BASELINES, MODELS, build_model
+from mdgr_graph.data.prepare import PreparedDataset
+from mdgr_graph.models import CAUSAL_BASELINES, MODELS, NEURAL_BASELINES, build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 import train_mdgr  # noqa: E402
@@ -37,3 +39,71 @@ def test_every_model_builds_from_the_command_line_options(name, protocol, paper_
 def test_history_targets_reach_the_causal_models(name):
     args = train_mdgr.parse_args(["--model", name, "--history-targets"])
     assert train_mdgr.model_options(args)["history_targets"] is True
+
+
+#: Neural baselines built from global statistics of the training data.
+GRAPH_MODELS = [name for name, cls in NEURAL_BASELINES.items() if hasattr(cls, "from_prepared")]
+
+
+def _outside_training(prepared) -> np.ndarray:
+    """Offsets of ``seq_items`` that no training example may read: under ``paper`` those
+    outside every training window, under ``loo`` each user's last two items."""
+    a = prepared.arrays
+    inside = np.zeros(len(a["seq_items"]), dtype=bool)
+    if prepared.protocol == "paper":
+        window = prepared.meta["options"]["window"]
+        for start in a["window_start"][a["window_split"] == 0]:
+            inside[start : start + window] = True
+    else:
+        inside[:] = True
+        inside[a["seq_ptr"][1:] - 1] = inside[a["seq_ptr"][1:] - 2] = False
+    return np.flatnonzero(~inside)
+
+
+def _data_buffers(name, prepared) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return dict(build_model(name, prepared, dim=8).named_buffers())
+
+
+def _changed(prepared, positions) -> PreparedDataset:
+    arrays = {k: v.copy() for k, v in prepared.arrays.items()}
+    items = arrays["seq_items"]
+    items[positions] = 1 + (items[positions] + 6) % prepared.num_items
+    return PreparedDataset(arrays, prepared.meta)
+
+
+@pytest.mark.parametrize("protocol", ["paper", "loo"])
+@pytest.mark.parametrize("name", GRAPH_MODELS)
+def test_global_statistics_never_read_validation_or_test_items(name, protocol, paper_data,
+                                                               loo_data):
+    prepared = paper_data if protocol == "paper" else loo_data
+    hidden = _outside_training(prepared)
+    assert hidden.size
+    before = _data_buffers(name, prepared)
+    after = _data_buffers(name, _changed(prepared, hidden))
+    assert before.keys() == after.keys()
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0, equal_nan=True,
+                                   msg=f"{name}: buffer {key} read held-out items")
+    # the same change on the training items does change them (the test can fail)
+    everything = np.arange(len(prepared.arrays["seq_items"]))
+    moved = _data_buffers(name, _changed(prepared, everything))
+    assert any(moved[k].shape != before[k].shape or not torch.equal(moved[k], before[k])
+               for k in before if before[k].is_floating_point() or before[k].numel() > 1)
+
+
+@pytest.mark.parametrize("name", GRAPH_MODELS)
+def test_checkpoints_hold_no_data_tables(name, paper_data):
+    torch.manual_seed(0)
+    model = build_model(name, paper_data, dim=8)
+    saved = set(model.state_dict())
+    for key, buffer in model.named_buffers():
+        if buffer.dtype == torch.long and buffer.numel() > 8:  # an index table of the data
+            assert key not in saved, f"{name}: {key} is in the state dict"
+    # checkpoints of earlier versions, which saved some tables, still load
+    legacy = {"maerec": ["edge_index"],
+              "pintext": ["category_ptr", "category_index", "word_ptr", "word_index"]}
+    buffers = dict(model.named_buffers())
+    state = dict(model.state_dict())
+    state.update({k: buffers[k] for k in legacy.get(name, []) if k in buffers})
+    model.load_state_dict(state)

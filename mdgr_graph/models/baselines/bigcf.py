@@ -40,8 +40,9 @@ users of the global training graph (:math:`N(u)`: their training items) and for 
 sequence of a batch (:math:`N(u)`: the distinct items of its history); the batch's user
 then takes LightGCN's user-side steps from the propagated item layers of the training
 graph, :math:`e^{(l+1)}_u = \sum_{i \in N(u)} e^{(l)}_i / \sqrt{|N(u)|\,|N(i)|}`, i.e.
-exactly what propagation would give it as a node of the graph, without adding it to the
-graph. Everything is vectorised over the batch; the global graph is a sparse CSR
+exactly what propagation gives an existing node of the graph with the same items (a new
+node would also add 1 to its items' degrees), without adding it to the graph.
+Everything is vectorised over the batch; the global graph is a sparse CSR
 adjacency propagated with PyG's :class:`~torch_geometric.nn.conv.LGConv`.
 """
 

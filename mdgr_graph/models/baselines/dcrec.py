@@ -20,8 +20,10 @@ Three views of a user's most recent item :math:`v` (the last item of the history
 **Conformity weighting** (:meth:`DCRec.conformity_weights`, the authors'
 ``_subgraph_agreement``): the transition graph is re-encoded without the transitions of
 the batch's own histories (the *augmented* graph, :math:`\tilde g_v`); the neighbours of
-:math:`v` split into *civil* ones (linked to :math:`v` only by the batch's transitions) and
-*foreign* ones (linked by everybody else's); with :math:`c_v, f_v` the means of their
+:math:`v` split into *civil* ones (whose edge with :math:`v` is among the consecutive pairs
+of any history of the batch, even if other users' transitions also feed it) and *foreign*
+ones (the rest), so in training a sequence's weight depends on the other sequences of its
+batch, as in the authors' code; with :math:`c_v, f_v` the means of their
 transition-graph views, the agreement
 :math:`\sigma\big((\cos(g^{adj}_v, \tilde g_v) + \cos(g^{adj}_v, f_v) +
 \cos(c_v, f_v)) / 3\big)`, min-max scaled over the batch and rescaled to mean
@@ -54,7 +56,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter, spmm
 
 from mdgr_graph.data.prepare import PreparedDataset
-from mdgr_graph.models.base import SequentialRecommender
+from mdgr_graph.models.base import SequentialRecommender, check_interactions
 from mdgr_graph.models.baselines.sasrec import (
     CausalSequenceRecommender,
     check_transformer_options,
@@ -62,18 +64,6 @@ from mdgr_graph.models.baselines.sasrec import (
 
 
 # ---------------------------------------------------------------------- global graphs
-def _check_interactions(user: Tensor, item: Tensor, num_items: int) -> tuple[Tensor, Tensor]:
-    user, item = torch.as_tensor(user).long(), torch.as_tensor(item).long()
-    if user.dim() != 1 or user.shape != item.shape:
-        raise ValueError(f"user and item must be 1-D of one length, got {tuple(user.shape)} "
-                         f"and {tuple(item.shape)}")
-    if num_items < 1:
-        raise ValueError(f"num_items must be >= 1, got {num_items}")
-    if item.numel() and (int(item.min()) < 1 or int(item.max()) > num_items):
-        raise ValueError(f"item ids must lie in 1..{num_items}")
-    return user, item
-
-
 def transition_graph(user: Tensor, item: Tensor, num_items: int) -> tuple[Tensor, Tensor]:
     r"""The authors' item transition graph (``build_adj_graph``) of training interactions.
 
@@ -93,7 +83,7 @@ def transition_graph(user: Tensor, item: Tensor, num_items: int) -> tuple[Tensor
         ``edge_index [2, E]`` (row 0 source, row 1 target, sorted by target then source;
         symmetric) and ``edge_weight [E]`` (the entries of :math:`\hat A`).
     """
-    user, item = _check_interactions(user, item, num_items)
+    user, item = check_interactions(user, item, num_items)
     n = num_items + 1
     same = user[1:] == user[:-1]
     a, b = item[:-1][same], item[1:][same]
@@ -130,7 +120,7 @@ def similarity_graph(user: Tensor, item: Tensor, num_items: int, neighbours: int
         ``edge_index [2, E]`` (source, target; sorted by target then source) and
         ``edge_weight [E]``.
     """
-    user, item = _check_interactions(user, item, num_items)
+    user, item = check_interactions(user, item, num_items)
     if neighbours < 1:
         raise ValueError(f"neighbours must be >= 1, got {neighbours}")
     if chunk_size < 1:

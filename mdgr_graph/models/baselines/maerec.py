@@ -33,7 +33,7 @@ transformer that predicts the next items:
 Loss: recommendation + ``recon_weight`` x reconstruction + ``mask_weight`` x the task-adaptive
 regulariser :math:`-r \cdot \mathrm{mean}_i(\mathrm{score}_i)` (the learning-to-mask scores,
 reward :math:`r = 1` when the recommendation loss fell by more than its average fall over the
-last ``reward_window`` steps, else ``reward_eps``) + ``l2_weight`` x the squared norm of all
+``reward_window - 1`` steps before, else ``reward_eps``) + ``l2_weight`` x the squared norm of all
 parameters. At evaluation (``score_candidates``, ``score_all``) the unmasked graph is used.
 
 All randomness (edge dropout, Gumbel noise, seed subsampling, edge and negative sampling)
@@ -55,6 +55,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import coalesce, degree, is_sparse
 
 from mdgr_graph.data.prepare import PreparedDataset
+from mdgr_graph.models.base import check_interactions
 from mdgr_graph.models.baselines.sasrec import CausalSequenceRecommender, check_transformer_options
 
 
@@ -75,12 +76,7 @@ def transition_graph(user: Tensor, item: Tensor, num_items: int, distance: int) 
     """
     if distance < 1:
         raise ValueError(f"distance must be >= 1, got {distance}")
-    user, item = user.long().view(-1), item.long().view(-1)
-    if user.shape != item.shape:
-        raise ValueError(f"user and item must have the same length, got {user.numel()} "
-                         f"and {item.numel()}")
-    if item.numel() and (int(item.min()) < 1 or int(item.max()) > num_items):
-        raise ValueError(f"item ids must lie in 1..{num_items}")
+    user, item = check_interactions(user, item, num_items)
     rows, cols = [], []
     for dist in range(1, min(distance, max(item.numel() - 1, 0)) + 1):
         same = user[dist:] == user[:-dist]
@@ -440,9 +436,9 @@ class MAERec(CausalSequenceRecommender):
       ``mask_steps = 10`` only; here both happen on every step (the loop has no step
       counter a model could rely on for exact resumption), so ``mask_weight`` defaults to
       0.1 = 1/10 to keep the regulariser's total weight. The reward compares the latest
-      decrease of the recommendation loss with the mean decrease over the previous
-      ``reward_window`` steps (the authors': the steps since the last mask), and its history
-      is a buffer of the model, so a resumed run continues it exactly.
+      decrease of the recommendation loss with the mean decrease over the
+      ``reward_window - 1`` steps before it (the authors': the steps since the last mask),
+      and its history is a buffer of the model, so a resumed run continues it exactly.
     - *Next seeds of the path masking*: the authors' code computes them as
       ``nxtRows + nxtCols``, an element-wise *sum* of the masked edges' endpoint ids (a
       bug: most sums are not neighbours, and many are no item at all); here they are the
@@ -540,7 +536,7 @@ class MAERec(CausalSequenceRecommender):
         self.recon_weight, self.mask_weight, self.l2_weight = recon_weight, mask_weight, l2_weight
         self.reward_eps, self.reward_window, self.distance = reward_eps, reward_window, distance
 
-        self.register_buffer("edge_index", edge_index)
+        self.register_buffer("edge_index", edge_index, persistent=False)  # from the data
         self.register_buffer("edge_key", edge_index[0] * n + edge_index[1], persistent=False)
         self.register_buffer("order_t", transpose_order(edge_index, n), persistent=False)
         full = torch.ones(edge_index.shape[1], dtype=torch.bool)
@@ -569,6 +565,11 @@ class MAERec(CausalSequenceRecommender):
                                       torch.from_numpy(np.asarray(item)),
                                       prepared.num_items, distance)
         return cls(prepared.num_items, max_len, edge_index, distance=distance, **kwargs)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        for key in ("edge_index",):  # saved by earlier versions; rebuilt from the data now
+            state_dict.pop(prefix + key, None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.item_emb.weight)

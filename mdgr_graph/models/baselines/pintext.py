@@ -203,7 +203,7 @@ def cluster_items(
         return labels
     q = max(1, min(rank, x.shape[0], num_items + 1))
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)
         _, s, v = torch.svd_lowrank(x, q=q, niter=4)
     feats = F.normalize((v * s)[active].double(), dim=1)
     labels[active] = batched_kmeans(feats, None, num_categories, num_iters=num_iters)
@@ -368,8 +368,9 @@ class PinText2(SequentialRecommender):
         ptr, index = with_unknown(ptr, index, num_labels)
         self.num_labels = num_labels
         self.num_categories = num_labels + 1  # the last one is "unknown"
-        self.register_buffer("category_ptr", ptr)
-        self.register_buffer("category_index", index)
+        # tables from the data (from_prepared rebuilds them), not part of checkpoints
+        self.register_buffer("category_ptr", ptr, persistent=False)
+        self.register_buffer("category_index", index, persistent=False)
 
         self.item_emb = nn.Embedding(num_items + 1, dim, padding_idx=0)
         self.dropout = nn.Dropout(dropout)
@@ -388,12 +389,18 @@ class PinText2(SequentialRecommender):
                 raise ValueError(f"num_words={num_words} is smaller than the largest word id "
                                  f"+ 1 = {found}")
             self.num_words = words
-            self.register_buffer("word_ptr", wptr)
-            self.register_buffer("word_index", windex)
+            self.register_buffer("word_ptr", wptr, persistent=False)
+            self.register_buffer("word_index", windex, persistent=False)
             self.word_emb = nn.Embedding(words, dim)
             self.word_att = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(),
                                           nn.Linear(dim, 1, bias=False))
         self.reset_parameters()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        # saved by earlier versions; rebuilt from the data now
+        for key in ("category_ptr", "category_index", "word_ptr", "word_index"):
+            state_dict.pop(prefix + key, None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def reset_parameters(self) -> None:
         nn.init.xavier_normal_(self.item_emb.weight)
