@@ -539,6 +539,12 @@ def lr_choice(name: str, args: argparse.Namespace) -> dict[str, Any] | None:
             "valid": {f"{lr:g}": scores[lr] for lr in args.lr_grid}, "selected_lr": best}
 
 
+def finished_grids(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """:func:`lr_choice` of every neural model whose learning-rate grid has finished."""
+    return {name: choice for name in MODELS if name not in CLOSED_FORM
+            and (choice := lr_choice(name, args)) is not None}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -558,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
               else args) for seed in args.seeds for name in args.models]
     if not run_all(tasks, args, "runs"):
         return 2
+    if args.lr_grid:  # the table keeps every model whose grid finished, not only --models
+        tuning = {**finished_grids(args), **tuning}
     summary = summarize(summary_path(args), args, tuning)
     print(markdown_table(summary, REPORTED[args.protocol]), end="")
     return 0

@@ -70,6 +70,10 @@ def test_compare_lr_grid_tunes_each_neural_model_on_one_seed(shared_data, tmp_pa
     selected = compare.finished_run("sasrec", 1, compare.parse_args(argv))
     assert selected["config"]["lr"] == tuning["selected_lr"]
     assert curves["curves"]["sasrec"][1] == selected["valid_curve"]
+    # a later run of other models under the same grid keeps sasrec in the table
+    assert compare.main([*argv[:2], "pop", *argv[3:]]) == 0
+    again = json.loads(base.with_name(base.name + "-lrgrid-0p001-0p005.json").read_text())
+    assert [e["model"] for e in again["models"]] == [e["model"] for e in summary["models"]]
     with pytest.raises(SystemExit):
         compare.parse_args(["--lr-grid", "fast"])
 
