@@ -131,9 +131,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also train sasrec/gru4rec on next-item targets inside the history "
                         "(MDGR has no causal states, so it cannot use them)")
     p.add_argument("--loo-train-targets", choices=list(LOO_TRAIN_TARGETS), default="last",
-                   help="loo protocol: each user's training target, always the third-last "
-                        "item or, drawn anew every epoch, a random item before the validation "
-                        "target (ComiRec's cut point)")
+                   help="loo protocol: training examples per epoch: one per user with the "
+                        "third-last item as target, one per user with a random target drawn "
+                        "anew every epoch (ComiRec's cut point), or every item before the "
+                        "validation target (all prefixes, as RecBole)")
     p.add_argument("--loo-train-positives", type=int, default=1,
                    help="loo protocol with random targets: positives per training example "
                         "(the items following the cut point)")
@@ -156,9 +157,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
-    if args.loo_train_positives < 1 or (args.loo_train_targets == "last"
+    if args.loo_train_positives < 1 or (args.loo_train_targets != "random"
                                         and args.loo_train_positives != 1):
-        p.error("--loo-train-positives must be >= 1, and 1 with --loo-train-targets last")
+        p.error("--loo-train-positives must be >= 1, and 1 unless --loo-train-targets "
+                     "random")
     if args.lr_grid is not None:
         try:
             args.lr_grid = sorted({float(v) for v in args.lr_grid.split(",") if v.strip()})

@@ -94,9 +94,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     t.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay")
     t.add_argument("--loo-train-targets", choices=list(LOO_TRAIN_TARGETS), default="last",
-                   help="loo: each user's training target, always the third-last item or, "
-                        "drawn anew every epoch, a random item before the validation target "
-                        "(ComiRec's cut point)")
+                   help="loo: training examples per epoch: one per user with the "
+                        "third-last item as target, one per user with a random target drawn "
+                        "anew every epoch (ComiRec's cut point), or every item before the "
+                        "validation target (all prefixes, as RecBole)")
     t.add_argument("--loo-train-positives", type=int, default=1,
                    help="loo with random targets: positives per training example, the "
                         "items following the cut point")
@@ -113,9 +114,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "when several runs share the cores")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
-    if args.loo_train_positives < 1 or (args.loo_train_targets == "last"
+    if args.loo_train_positives < 1 or (args.loo_train_targets != "random"
                                         and args.loo_train_positives != 1):
-        parser.error("--loo-train-positives must be >= 1, and 1 with --loo-train-targets last")
+        parser.error("--loo-train-positives must be >= 1, and 1 unless --loo-train-targets "
+                     "random")
     if args.resume and args.out is None:
         parser.error("--resume needs --out")
     if args.history_targets and args.model not in CAUSAL_BASELINES:

@@ -63,6 +63,24 @@ def test_resume_continues_exactly(paper_data, tmp_path):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("targets", ["random", "all"])
+def test_loo_training_targets_resume_exactly(loo_data, tmp_path, targets):
+    loo_data = loo_data.subsample_users(8)  # "all": about 45 examples per user and epoch
+    cfg = dict(patience=99, loo_train_targets=targets)
+    straight = tiny_model(loo_data)
+    a = fit(straight, loo_data, config(tmp_path / "a", epochs=2, **cfg), log=None)
+    fit(tiny_model(loo_data), loo_data, config(tmp_path / "b", epochs=1, **cfg), log=None)
+    resumed = tiny_model(loo_data)
+    b = fit(resumed, loo_data, config(tmp_path / "b", epochs=2, resume=True, **cfg), log=None)
+    assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]
+    assert all(np.isfinite(r["loss"]) for r in a.history)
+    for (name, x), y in zip(straight.state_dict().items(), resumed.state_dict().values(),
+                            strict=True):
+        assert torch.equal(x, y), name
+    last = fit(tiny_model(loo_data), loo_data, config(epochs=2, patience=99), log=None)
+    assert [r["loss"] for r in last.history] != [r["loss"] for r in a.history]
+
+
 def test_same_seed_same_metrics(paper_data):
     a = tiny_model(paper_data)
     fit(a, paper_data, config(), log=None)

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch_geometric.data import Data, Dataset
 
 from mdgr_graph.data.prepare import PreparedDataset
-from mdgr_graph.data.protocols import SPLIT_NAMES
+from mdgr_graph.data.protocols import SPLIT_NAMES, relative_days
 
 #: Per-graph fields: stacked into ``[B, ...]`` by the loader, never concatenated.
 GRAPH_FIELDS = ("candidates", "labels", "target", "user", "sample")
@@ -66,7 +66,7 @@ def make_sequence_graph(
 
 
 #: How leave-one-out training picks its targets (see :class:`SequenceDataset`).
-LOO_TRAIN_TARGETS: tuple[str, ...] = ("last", "random")
+LOO_TRAIN_TARGETS: tuple[str, ...] = ("last", "random", "all")
 
 
 class SequenceDataset(Dataset):
@@ -83,8 +83,11 @@ class SequenceDataset(Dataset):
     ``"random"`` draws each user's cut point anew every epoch and
     takes the ``loo_train_positives`` items after it, before the validation target, as
     positives (:meth:`~mdgr_graph.data.prepare.PreparedDataset.draw_loo_train_targets`;
-    with 1 positive, ComiRec's random cut point). ``target`` of a training graph is its
-    first positive.
+    with 1 positive, ComiRec's random cut point); ``"all"`` makes every item but the first
+    before the validation target a training example each epoch, its history the items
+    before it (:meth:`~mdgr_graph.data.prepare.PreparedDataset.loo_train_prefixes`, the
+    prefix examples of RecBole and GRU4Rec; about ``mean length`` times more examples per
+    epoch). ``target`` of a training graph is its first positive.
 
     Args:
         prepared: the prepared dataset.
@@ -101,12 +104,15 @@ class SequenceDataset(Dataset):
         if loo_train_targets not in LOO_TRAIN_TARGETS:
             raise ValueError(f"unknown loo_train_targets {loo_train_targets!r}; choose from "
                              f"{', '.join(LOO_TRAIN_TARGETS)}")
-        if loo_train_positives < 1 or (loo_train_targets == "last" and loo_train_positives > 1):
-            raise ValueError("loo_train_positives must be >= 1, and 1 with "
-                             f"loo_train_targets='last', got {loo_train_positives}")
+        if loo_train_positives < 1 or (loo_train_targets != "random" and loo_train_positives > 1):
+            raise ValueError("loo_train_positives must be >= 1, and 1 unless "
+                             f"loo_train_targets='random', got {loo_train_positives}")
         self.random_targets = (prepared.protocol == "loo" and split == "train"
                                and loo_train_targets == "random")
         self.loo_train_positives = loo_train_positives
+        self._prefixes = None
+        if prepared.protocol == "loo" and split == "train" and loo_train_targets == "all":
+            self._prefixes = prepared.loo_train_prefixes()
         super().__init__(root=None, transform=transform)
         self.prepared = prepared
         self.split = split
@@ -141,6 +147,10 @@ class SequenceDataset(Dataset):
         self.epoch = epoch
         if self.split != "train":
             return
+        if self._prefixes is not None:
+            self._negatives = torch.from_numpy(
+                self.prepared.draw_prefix_negatives(self._prefixes[0], epoch))
+            return
         self._negatives = torch.from_numpy(self.prepared.draw_train_negatives(epoch))
         if self.random_targets:
             targets = self.prepared.draw_loo_train_targets(epoch, self.loo_train_positives)
@@ -152,9 +162,11 @@ class SequenceDataset(Dataset):
             self._positives = torch.from_numpy(self.prepared.arrays["seq_items"][targets])
 
     def len(self) -> int:
-        return self._items.shape[0]
+        return len(self._prefixes[0]) if self._prefixes is not None else self._items.shape[0]
 
     def get(self, idx: int) -> SequenceData:
+        if self._prefixes is not None:
+            return self._prefix_graph(idx)
         n = int(self._length[idx])
         pos, neg = self._positives[idx], self._negatives[idx]
         fields = {
@@ -166,3 +178,19 @@ class SequenceDataset(Dataset):
         if self._target is not None:
             fields["target"] = self._target[idx]
         return make_sequence_graph(self._items[idx, :n], self._days[idx, :n], **fields)
+
+    def _prefix_graph(self, idx: int) -> SequenceData:
+        """Training example ``idx`` of ``loo_train_targets="all"``, cut from the sequence."""
+        a = self.prepared.arrays
+        user, target = (int(v[idx]) for v in self._prefixes)
+        start = max(int(a["seq_ptr"][user]), target - self.prepared.meta["options"]["max_len"])
+        items = torch.from_numpy(a["seq_items"][start:target])
+        days = torch.from_numpy(relative_days(a["seq_time"][None, start:target])[0])
+        target_item = torch.tensor(int(a["seq_items"][target]))
+        neg = self._negatives[idx]
+        return make_sequence_graph(
+            items, days, candidates=torch.cat([target_item[None], neg.long()]),
+            labels=torch.cat([torch.ones(1), torch.zeros(len(neg))]),
+            user=torch.tensor(user), sample=torch.tensor(idx), target=target_item,
+        )
+

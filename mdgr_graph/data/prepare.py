@@ -28,6 +28,7 @@ from mdgr_graph.data.protocols import (
     VALID,
     SeenItems,
     paper_windows,
+    ragged_ranges,
     relative_days,
     sample_negatives,
     split_users,
@@ -318,6 +319,22 @@ class PreparedDataset:
         cut = first + (rng.random(self.num_users) * choices).astype(np.int64)
         available = end - cut  # >= 1
         return cut[:, None] + np.arange(positives)[None, :] % available[:, None]
+
+    def loo_train_prefixes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every training target under ``loo``: ``(user [R], offset [R])`` of the items at
+        positions 1 to n-3 of each user's sequence (all but the first item, the validation
+        and the test target), in sequence order; the history of each is every item before
+        it (RecBole's and GRU4Rec's prefix examples)."""
+        self._require_loo("loo_train_prefixes")
+        ptr = self.arrays["seq_ptr"]
+        user, offset = ragged_ranges(ptr[:-1] + 1, ptr[1:] - 2)
+        return user, offset
+
+    def draw_prefix_negatives(self, user: np.ndarray, epoch: int) -> np.ndarray:
+        """``[R, N]`` training negatives of ``epoch`` for rows owned by ``user [R]`` (never
+        seen by the row's user), from a generator seeded by (seed, epoch)."""
+        rng = np.random.default_rng([self.meta["options"]["seed"], 6, epoch])
+        return sample_negatives(user, self.meta["options"]["negatives"], self.seen, rng)
 
     def _require_loo(self, what: str) -> None:
         if self.protocol != "loo":

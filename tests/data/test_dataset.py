@@ -199,6 +199,40 @@ def test_loo_random_targets_with_several_positives(write_csv):
     assert batch.candidates.shape == (6, 5)
 
 
+def test_loo_all_prefixes(write_csv):
+    # users of 4..9 interactions: training targets at positions 1..n-3
+    rows = [(u, 10 * u + k, 60 * k) for u in range(6) for k in range(4 + u)]
+    options = DataOptions(
+        format="csv", path=str(write_csv(rows)), protocol="loo", min_item_count=1,
+        min_user_len=4, max_len=4, negatives=2,
+    )  # fmt: skip
+    prepared = prepare_dataset(options, cache_dir=None)
+    raw = prepared.arrays["item_ids"]
+    ds = SequenceDataset(prepared, "train", loo_train_targets="all")
+    assert len(ds) == sum(1 + u for u in range(6))
+    examples = []
+    for idx in range(len(ds)):
+        g = ds[idx]
+        u, k = int(g.user), int(raw[int(g.target)]) - 10 * int(g.user)
+        examples.append((u, k))
+        assert [int(raw[i]) for i in g.x] == [10 * u + j for j in range(max(0, k - 4), k)]
+        assert float(g.t[0]) == 0.0
+        assert float(g.t[-1]) == pytest.approx((min(k, 4) - 1) * 60 / 86400)
+        assert g.candidates[0] == g.target and g.labels.tolist() == [1.0, 0.0, 0.0]
+        seen = {10 * u + j for j in range(4 + u)}
+        assert not {int(raw[i]) for i in g.candidates[1:]} & seen
+    assert examples == [(u, k) for u in range(6) for k in range(1, 2 + u)]
+    first = ds[5].candidates.clone()
+    ds.set_epoch(1)
+    assert ds[5].target == first[0] and not torch.equal(ds[5].candidates, first)
+    ds.set_epoch(0)
+    assert torch.equal(ds[5].candidates, first)
+    batch = next(iter(DataLoader(ds, batch_size=8)))
+    assert batch.candidates.shape == (8, 3) and batch.target.shape == (8,)
+    with pytest.raises(ValueError, match="loo_train_positives"):
+        SequenceDataset(prepared, "train", loo_train_targets="all", loo_train_positives=2)
+
+
 def test_loo_train_targets_default_is_the_third_last_item(loo):
     ds = SequenceDataset(loo, "train")
     ds.set_epoch(3)
