@@ -114,7 +114,8 @@ def similarity_graph(user: Tensor, item: Tensor, num_items: int, neighbours: int
     are kept (the authors' top-k also keeps zero-weight pairs of items with few
     co-occurrences, which only change the edge-count normalisation of their GCN); padding
     and items without training interactions get no edges. Built ``chunk_size`` items at a
-    time, so no dense ``items x items`` matrix is held.
+    time (fewer when users or items number millions: each chunk's dense blocks stay under
+    about 256 MB), so no dense ``items x items`` matrix is held.
 
     Returns:
         ``edge_index [2, E]`` (source, target; sorted by target then source) and
@@ -137,6 +138,8 @@ def similarity_graph(user: Tensor, item: Tensor, num_items: int, neighbours: int
         0, counts.indices()[0], counts.values() ** 2).sqrt()
     inv = torch.where(norm > 0, 1.0 / norm.clamp_min(1e-300), torch.zeros_like(norm))
     k = min(neighbours + 1, n)
+    # a chunk holds [c, users] and [c, items] float64 blocks: at most ~2^25 entries each
+    chunk_size = max(1, min(chunk_size, 2**25 // max(num_users, n)))
     sources, targets, weights = [], [], []
     for start in range(0, n, chunk_size):
         rows = torch.arange(start, min(start + chunk_size, n))
