@@ -61,6 +61,7 @@ from torch_geometric.utils import coalesce, degree, scatter, to_torch_csr_tensor
 
 from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.models.base import SequentialRecommender
+from mdgr_graph.models.baselines.sasrec import recent_nodes
 
 #: Reconstruction losses of the candidates: the project's BCE or BIGCF's own BPR.
 MAIN_LOSSES = ("bce", "bpr")
@@ -327,13 +328,7 @@ class BIGCF(SequentialRecommender):
         """``(graph [M], item [M])``: each distinct item among the most recent ``max_len``
         of each sequence, once, sorted by graph."""
         self._check_batch(batch)
-        x, index = batch.x, batch.batch
-        counts = torch.bincount(index, minlength=batch.num_graphs)
-        if int(counts.max()) > self.max_len:
-            start = torch.cumsum(counts, 0) - counts
-            rank = torch.arange(x.numel(), device=x.device) - start[index]
-            keep = rank >= (counts - self.max_len)[index]
-            x, index = x[keep], index[keep]
+        x, index = recent_nodes(batch.x, batch.batch, batch.num_graphs, self.max_len)
         key = torch.unique(index * (self.num_items + 1) + x)
         return key // (self.num_items + 1), key % (self.num_items + 1)
 

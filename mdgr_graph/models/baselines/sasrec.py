@@ -22,6 +22,19 @@ from torch_geometric.utils import to_dense_batch
 from mdgr_graph.models.base import SequentialRecommender
 
 
+def recent_nodes(value: Tensor, index: Tensor, batch_size: int, max_len: int
+                 ) -> tuple[Tensor, Tensor]:
+    """``(value, index)`` of the nodes kept when each graph is cut to its ``max_len`` most
+    recent nodes (``index`` sorted, as ``batch.batch``)."""
+    counts = torch.bincount(index, minlength=batch_size)
+    if int(counts.max()) > max_len:
+        start = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(value.shape[0], device=value.device) - start[index]
+        keep = rank >= (counts - max_len)[index]
+        value, index = value[keep], index[keep]
+    return value, index
+
+
 def dense_recent(
     value: Tensor, index: Tensor, batch_size: int, max_len: int, fill_value: float = 0
 ) -> tuple[Tensor, Tensor]:
@@ -38,12 +51,7 @@ def dense_recent(
         ``dense [B, L, ...]`` and ``mask [B, L]`` (True at real nodes), with
         ``L = min(max_len, largest graph)``, as :func:`~torch_geometric.utils.to_dense_batch`.
     """
-    counts = torch.bincount(index, minlength=batch_size)
-    if int(counts.max()) > max_len:
-        start = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(value.shape[0], device=value.device) - start[index]
-        keep = rank >= (counts - max_len)[index]
-        value, index = value[keep], index[keep]
+    value, index = recent_nodes(value, index, batch_size, max_len)
     return to_dense_batch(value, index, fill_value=fill_value, batch_size=batch_size)
 
 

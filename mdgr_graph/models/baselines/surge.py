@@ -45,6 +45,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import softmax, to_dense_adj, to_dense_batch
 
 from mdgr_graph.models.base import SequentialRecommender
+from mdgr_graph.models.baselines.sasrec import dense_recent
 from mdgr_graph.nn.dynamic_cluster_conv import edge_budget
 
 #: Where the query of the fusion, extraction and AUGRU attention comes from.
@@ -497,14 +498,7 @@ class SURGE(SequentialRecommender):
     def dense_history(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Right-padded item ids ``[B, n]`` and mask ``[B, n]``, cut to the last ``max_len``."""
         self._check_batch(batch)
-        x, index = batch.x, batch.batch
-        counts = torch.bincount(index, minlength=batch.num_graphs)
-        if int(counts.max()) > self.max_len:
-            start = torch.cumsum(counts, 0) - counts
-            rank = torch.arange(x.numel(), device=x.device) - start[index]
-            keep = rank >= (counts - self.max_len)[index]
-            x, index = x[keep], index[keep]
-        return to_dense_batch(x, index, fill_value=0, batch_size=batch.num_graphs)
+        return dense_recent(batch.x, batch.batch, batch.num_graphs, self.max_len)
 
     # ------------------------------------------------------------------ the graph part
     def graph(self, items: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
