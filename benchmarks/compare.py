@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from mdgr_graph.data.dataset import LOO_TRAIN_TARGETS  # noqa: E402
+from mdgr_graph.data.cli import add_loo_training_arguments, loo_training_problem  # noqa: E402
 from mdgr_graph.data.prepare import DataOptions, PreparedDataset, prepare_dataset  # noqa: E402
 from mdgr_graph.models import (  # noqa: E402
     CAUSAL_BASELINES,
@@ -130,14 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--history-targets", action="store_true",
                    help="also train sasrec/gru4rec on next-item targets inside the history "
                         "(MDGR has no causal states, so it cannot use them)")
-    p.add_argument("--loo-train-targets", choices=list(LOO_TRAIN_TARGETS), default="last",
-                   help="loo protocol: training examples per epoch: one per user with the "
-                        "third-last item as target, one per user with a random target drawn "
-                        "anew every epoch (ComiRec's cut point), or every item before the "
-                        "validation target (all prefixes, as RecBole)")
-    p.add_argument("--loo-train-positives", type=int, default=1,
-                   help="loo protocol with random targets: positives per training example "
-                        "(the items following the cut point)")
+    add_loo_training_arguments(p)
     p.add_argument("--max-users", type=int, default=None,
                    help="restrict to a seeded subsample of users (for quick runs)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -157,10 +150,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
-    if args.loo_train_positives < 1 or (args.loo_train_targets != "random"
-                                        and args.loo_train_positives != 1):
-        p.error("--loo-train-positives must be >= 1, and 1 unless --loo-train-targets "
-                     "random")
+    if (problem := loo_training_problem(args)) is not None:
+        p.error(problem)
     if args.lr_grid is not None:
         try:
             args.lr_grid = sorted({float(v) for v in args.lr_grid.split(",") if v.strip()})

@@ -26,8 +26,13 @@ import numpy as np
 import torch
 
 from mdgr_graph import distributed
-from mdgr_graph.data.cli import add_data_arguments, cache_dir_from_args, options_from_args
-from mdgr_graph.data.dataset import LOO_TRAIN_TARGETS
+from mdgr_graph.data.cli import (
+    add_data_arguments,
+    add_loo_training_arguments,
+    cache_dir_from_args,
+    loo_training_problem,
+    options_from_args,
+)
 from mdgr_graph.data.prepare import PreparedDataset, prepare_dataset
 from mdgr_graph.models import CAUSAL_BASELINES, MODELS, NEURAL_BASELINES, build_model
 from mdgr_graph.models.base import SequentialRecommender
@@ -93,14 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--batch-size", type=int, default=128, help="training batch size")
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     t.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay")
-    t.add_argument("--loo-train-targets", choices=list(LOO_TRAIN_TARGETS), default="last",
-                   help="loo: training examples per epoch: one per user with the "
-                        "third-last item as target, one per user with a random target drawn "
-                        "anew every epoch (ComiRec's cut point), or every item before the "
-                        "validation target (all prefixes, as RecBole)")
-    t.add_argument("--loo-train-positives", type=int, default=1,
-                   help="loo with random targets: positives per training example, the "
-                        "items following the cut point")
+    add_loo_training_arguments(t)
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--max-users", type=int, default=None,
                    help="train and evaluate on a seeded subsample of this many users")
@@ -114,10 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "when several runs share the cores")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
-    if args.loo_train_positives < 1 or (args.loo_train_targets != "random"
-                                        and args.loo_train_positives != 1):
-        parser.error("--loo-train-positives must be >= 1, and 1 unless --loo-train-targets "
-                     "random")
+    if (problem := loo_training_problem(args)) is not None:
+        parser.error(problem)
     if args.resume and args.out is None:
         parser.error("--resume needs --out")
     if args.history_targets and args.model not in CAUSAL_BASELINES:

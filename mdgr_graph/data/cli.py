@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mdgr_graph.data.dataset import LOO_TRAIN_TARGETS
 from mdgr_graph.data.prepare import (
     DEFAULT_CACHE_DIR,
     FORMATS,
@@ -103,3 +104,26 @@ def options_from_args(args: argparse.Namespace) -> DataOptions:
 
 def cache_dir_from_args(args: argparse.Namespace) -> Path | None:
     return None if args.no_cache else args.cache_dir
+
+
+def add_loo_training_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup
+                               ) -> None:
+    """``--loo-train-targets`` and ``--loo-train-positives`` (leave-one-out training
+    examples, :class:`~mdgr_graph.data.dataset.SequenceDataset`); check them with
+    :func:`loo_training_problem`."""
+    parser.add_argument("--loo-train-targets", choices=list(LOO_TRAIN_TARGETS), default="last",
+                        help="loo: training examples per epoch: one per user with the "
+                             "third-last item as target, one per user with a random target "
+                             "drawn anew every epoch (ComiRec's cut point), or every item "
+                             "before the validation target (all prefixes, as RecBole)")
+    parser.add_argument("--loo-train-positives", type=int, default=1,
+                        help="loo with --loo-train-targets random: positives per training "
+                             "example (the items following the cut point)")
+
+
+def loo_training_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options of :func:`add_loo_training_arguments`, or None."""
+    if args.loo_train_positives < 1 or (args.loo_train_targets != "random"
+                                        and args.loo_train_positives != 1):
+        return "--loo-train-positives must be >= 1, and 1 unless --loo-train-targets random"
+    return None
