@@ -116,7 +116,7 @@ def sample_negatives(
     """Draw ``num`` distinct items per row that the row's user never interacted with.
 
     Rejection sampling, vectorised: every round redraws only the rejected entries (seen by
-    the user, or repeated within the row).
+    the user, or repeated within the row), and checks again only the rows that had one.
 
     Args:
         user: ``[R]`` user of each row.
@@ -135,11 +135,16 @@ def sample_negatives(
             f"user {bad} has only {int(unseen.min())} unseen items; cannot draw {num} negatives"
         )
     out = rng.integers(1, seen.num_items + 1, size=(len(user), num))
-    rows = np.repeat(user[:, None], num, axis=1)
-    bad = seen.contains(rows, out) | _repeated_in_row(out)
-    while bad.any():
-        out[bad] = rng.integers(1, seen.num_items + 1, size=int(bad.sum()))
-        bad = seen.contains(rows, out) | _repeated_in_row(out)
+    todo = np.arange(len(user))  # rows that may still hold a rejected entry
+    while len(todo):
+        sub = out[todo]
+        bad = seen.contains(np.repeat(user[todo, None], num, axis=1), sub) | _repeated_in_row(sub)
+        has_bad = bad.any(axis=1)
+        todo, sub, bad = todo[has_bad], sub[has_bad], bad[has_bad]
+        # Redrawn in row-major order of the rejected entries, as a redraw over all rows
+        # would be: the stream (and so every seeded split) does not depend on this cut.
+        sub[bad] = rng.integers(1, seen.num_items + 1, size=int(bad.sum()))
+        out[todo] = sub
     return out
 
 

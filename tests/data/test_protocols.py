@@ -195,6 +195,36 @@ def test_negatives_deterministic_under_a_seeded_generator():
     assert not np.array_equal(a, c)
 
 
+def reference_negatives(user, num, seen, rng):
+    """The obvious rejection loop: every round checks every row again."""
+    out = rng.integers(1, seen.num_items + 1, size=(len(user), num))
+    rows = np.repeat(user[:, None], num, axis=1)
+
+    def rejected():
+        dup = np.array([[v in r[:j] for j, v in enumerate(r)] for r in out.tolist()], bool)
+        return seen.contains(rows, out) | dup.reshape(out.shape)
+
+    bad = rejected()
+    while bad.any():
+        out[bad] = rng.integers(1, seen.num_items + 1, size=int(bad.sum()))
+        bad = rejected()
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_negatives_match_the_all_rows_reference_draw_for_draw(seed):
+    # dense histories (most items seen) force many rounds of redraws
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(5, 35, size=25).tolist()
+    seqs = sequences_of_lengths(lengths, num_items=45)
+    seqs.items = np.concatenate([rng.choice(45, n, replace=False) + 1 for n in lengths])
+    seen = seen_of(seqs)
+    users = np.repeat(np.arange(25), 2)
+    fast = sample_negatives(users, 8, seen, np.random.default_rng(seed))
+    slow = reference_negatives(users, 8, seen, np.random.default_rng(seed))
+    np.testing.assert_array_equal(fast, slow)
+
+
 def test_too_few_unseen_items_is_a_clear_error():
     seen = SeenItems(np.array([0, 0, 1, 1, 1]), np.array([1, 2, 1, 2, 3]), num_items=5)
     with pytest.raises(ValueError, match=r"user 1 has only 2 unseen items; cannot draw 3"):
