@@ -308,9 +308,10 @@ def run_neural(name: str, prepared: PreparedDataset, seed: int, config: dict[str
 
 def summary_path(args: argparse.Namespace) -> Path:
     """``<out>/<dataset>-<protocol>`` (``.json`` / ``.md``), with ``-stride<S>``, ``-k<K>``,
-    ``-m<M>``, ``-weighting-<W>`` and ``-lr<LR>`` (or ``-lrgrid-<LRs>``) appended when those
-    options are set (the learning rate when it is not the default), so each configuration
-    keeps its own table."""
+    ``-m<M>``, ``-weighting-<W>``, ``-targets-<T>[-p<P>]`` (loo training targets other than
+    ``last``) and ``-lr<LR>`` (or ``-lrgrid-<LRs>``) appended when those options are set
+    (the learning rate when it is not the default), so each configuration keeps its own
+    table."""
     name = f"{args.dataset}-{args.protocol}"
     if args.train_stride is not None:
         name += f"-stride{args.train_stride}"
@@ -320,6 +321,10 @@ def summary_path(args: argparse.Namespace) -> Path:
         name += f"-m{args.mdgr_m}"
     if args.mdgr_weighting is not None:
         name += f"-weighting-{args.mdgr_weighting}"
+    if args.protocol == "loo" and getattr(args, "loo_train_targets", "last") != "last":
+        name += f"-targets-{args.loo_train_targets}"
+        if args.loo_train_positives > 1:
+            name += f"-p{args.loo_train_positives}"
     if getattr(args, "lr_grid", None):
         name += "-lrgrid-" + "-".join(_dotless(lr) for lr in args.lr_grid)
     elif args.lr != DEFAULT_LR:

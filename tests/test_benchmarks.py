@@ -103,6 +103,18 @@ def test_compare_loo_training_targets_in_the_run_hash(capsys):
     assert "--loo-train-positives" in capsys.readouterr().err
 
 
+def test_compare_loo_training_targets_keep_their_own_table():
+    def name(*extra):
+        return compare.summary_path(compare.parse_args(["--protocol", "loo", *extra])).name
+
+    assert name() == name("--loo-train-targets", "last") == "ml-1m-subset-loo"
+    assert name("--loo-train-targets", "all") == "ml-1m-subset-loo-targets-all"
+    assert name("--loo-train-targets", "random", "--loo-train-positives", "4") == (
+        "ml-1m-subset-loo-targets-random-p4")
+    assert compare.summary_path(compare.parse_args(
+        ["--loo-train-targets", "all"])).name == "ml-1m-subset-paper"
+
+
 def test_compare_reports_a_missing_data_file(tmp_path, capsys):
     argv = ["--quick", "--models", "pop", "--seeds", "0", "--data-dir", str(tmp_path),
             "--out", str(tmp_path / "r"), "--no-progress"]
