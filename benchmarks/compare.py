@@ -30,6 +30,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -489,6 +490,8 @@ def run_all(tasks: list[tuple[str, int, argparse.Namespace]], args: argparse.Nam
             tqdm.write(f"{tag}: running in another process, skipped")
             continue
         bar.set_postfix_str(tag)
+        extended = None if name in CLOSED_FORM else extend_shorter_run(
+            name, seed, config, folder, checkpoint_dir(tag, task_args), task_args)
         try:
             prepared = load_data(task_args, seed)
         except (OSError, ValueError) as exc:
@@ -502,12 +505,50 @@ def run_all(tasks: list[tuple[str, int, argparse.Namespace]], args: argparse.Nam
                                 progress=not args.no_progress)
         run = {"model": name, "seed": seed, "config": config, "config_hash": config_hash(config),
                "environment": environment(args), **result}
+        if extended is not None:
+            run["extended_from"] = extended
         atomic_write_text(path, json.dumps(run, indent=2) + "\n")
         lock.unlink(missing_ok=True)
         metrics = " ".join(f"{col}={result['test'][key]:.4f}"
                            for col, key in REPORTED[args.protocol])
         tqdm.write(f"{tag}: {metrics} ({result['train_seconds']:.1f}s)")
     return True
+
+
+def extend_shorter_run(name: str, seed: int, config: dict[str, Any], folder: Path,
+                       work: Path, args: argparse.Namespace) -> str | None:
+    """Start a neural run from the checkpoint of a finished shorter one, if there is one.
+
+    A finished run of the same model, seed and configuration but a smaller ``epochs`` that
+    used all its epochs (no early stop) is the first part of this run: the loop has a
+    constant learning rate and resumes exactly, so continuing from its ``last.pt`` gives
+    what an uninterrupted run of ``config["epochs"]`` would. Its checkpoint files are
+    copied into ``work`` (only when ``work`` holds no checkpoint yet); returns its tag.
+    """
+    if (work / "last.pt").is_file():
+        return None
+    rest = {k: v for k, v in config.items() if k != "epochs"}
+    best = None
+    for path in folder.glob(f"{name}-seed{seed}-*.json"):
+        run = json.loads(path.read_text())
+        old = run["config"]
+        used_all_epochs = run["epochs"] == old["epochs"]
+        if ({k: v for k, v in old.items() if k != "epochs"} != rest or not used_all_epochs
+                or old["epochs"] >= config["epochs"]):
+            continue
+        source = checkpoint_dir(path.stem, args)
+        if (source / "last.pt").is_file() and (best is None or old["epochs"] > best[0]):
+            best = (old["epochs"], path.stem, source)
+    if best is None:
+        return None
+    work.mkdir(parents=True, exist_ok=True)
+    for file in ("best.pt", "log.jsonl", "last.pt"):  # last.pt last: it marks a resumable run
+        if (best[2] / file).is_file():
+            tmp = work / f".{file}.tmp"
+            shutil.copyfile(best[2] / file, tmp)
+            tmp.replace(work / file)
+    tqdm.write(f"{name}-seed{seed}: continuing the {best[0]}-epoch run {best[1]}")
+    return best[1]
 
 
 def tune_learning_rates(args: argparse.Namespace) -> dict[str, dict[str, Any]] | None:

@@ -78,6 +78,27 @@ def test_compare_lr_grid_tunes_each_neural_model_on_one_seed(shared_data, tmp_pa
         compare.parse_args(["--lr-grid", "fast"])
 
 
+def test_compare_continues_a_finished_shorter_run_exactly(shared_data, tmp_path):
+    def argv(epochs, where):
+        return ["--quick", "--models", "gru4rec", "--seeds", "0", "--epochs", str(epochs),
+                "--data-dir", str(shared_data), "--out", str(tmp_path / where),
+                "--work-dir", str(tmp_path / where / "work"), "--no-progress"]
+
+    def run_of(epochs, where):
+        args = compare.parse_args(argv(epochs, where))
+        return compare.finished_run("gru4rec", 0, args)
+
+    assert compare.main(argv(1, "a")) == 0
+    assert compare.main(argv(2, "a")) == 0  # continues the 1-epoch run
+    assert compare.main(argv(2, "b")) == 0  # uninterrupted 2 epochs
+    short, extended, fresh = run_of(1, "a"), run_of(2, "a"), run_of(2, "b")
+    assert extended["extended_from"] == f"gru4rec-seed0-{short['config_hash']}"
+    assert "extended_from" not in fresh and extended["epochs"] == fresh["epochs"] == 2
+    assert extended["valid_curve"][0] == short["valid_curve"][0]
+    assert extended["valid_curve"] == fresh["valid_curve"]
+    assert extended["test"] == fresh["test"]
+
+
 def test_compare_refuses_unknown_models(capsys):
     with pytest.raises(SystemExit):
         compare.parse_args(["--models", "mdgr,nope"])
