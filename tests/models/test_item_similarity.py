@@ -10,7 +10,7 @@ from torch_geometric.data import Batch
 import mdgr_graph.models.baselines.item_similarity as item_similarity
 from mdgr_graph.data.dataset import make_sequence_graph
 from mdgr_graph.models import EASE, ItemKNN, build_model
-from mdgr_graph.models.baselines import training_matrix
+from mdgr_graph.models.baselines import cooccurrence, training_matrix
 from mdgr_graph.train import TrainConfig, evaluate, fit
 
 
@@ -114,10 +114,25 @@ def test_training_matrix_holds_only_training_interactions(paper_data):
     assert torch.all(x[torch.from_numpy(held_out)] == 0)
 
 
+@pytest.mark.parametrize("data", ["paper_data", "loo_data"])
+def test_sparse_cooccurrence_equals_the_dense_product(data, request):
+    prepared = request.getfixturevalue(data)
+    x = training_matrix(prepared)
+    co = cooccurrence(prepared)
+    assert co.dtype == torch.float64
+    assert torch.equal(co, x.T @ x)  # exact integer counts
+    knn = ItemKNN.from_prepared(prepared, neighbours=5, shrink=2.0)
+    torch.testing.assert_close(knn.weights, ItemKNN.similarity(x, 5, 2.0).float())
+    ease = EASE.from_prepared(prepared, l2=50.0)
+    torch.testing.assert_close(ease.weights, EASE.solve(x, 50.0).float())
+
+
 def test_catalogue_too_large_for_the_dense_matrix(paper_data, monkeypatch):
     monkeypatch.setattr(item_similarity, "MAX_DENSE_ITEMS", 10)
     with pytest.raises(ValueError, match="dense item-item matrix"):
         training_matrix(paper_data)
+    with pytest.raises(ValueError, match="dense item-item matrix"):
+        cooccurrence(paper_data)
 
 
 # ---------------------------------------------------------------------- the shared loop

@@ -9,6 +9,7 @@ from mdgr_graph.models.baselines.item_similarity import (
     EASE,
     ItemKNN,
     ItemSimilarityRecommender,
+    cooccurrence,
     training_matrix,
 )
 from mdgr_graph.models.baselines.maerec import MAERec
@@ -41,5 +42,6 @@ __all__ = [
     "consecutive_edges",
     "training_item_counts",
     "time_interval_matrix",
+    "cooccurrence",
     "training_matrix",
 ]
