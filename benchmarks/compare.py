@@ -92,6 +92,13 @@ SEED_NOTE = {
            "seed.",
 }
 
+#: How each ``--loo-train-targets`` choice reads in a table's header.
+LOO_TARGET_NOTE = {
+    "last": "one example per user, the third-last item",
+    "random": "one example per user and epoch, at a random cut point",
+    "all": "every prefix of every training sequence, each epoch",
+}
+
 DEFAULT_MODELS = ("pop", "itemknn", "ease", "gru4rec", "sasrec", "mdgr")
 DEFAULT_LR = 2e-3
 
@@ -438,7 +445,7 @@ def summarize(folder: Path, args: argparse.Namespace,
 def markdown_table(summary: dict[str, Any], keys: list[tuple[str, str]]) -> str:
     env = summary["environment"]
     head = ["model", *[f"test {col}" for col, _ in keys], "seeds", "params",
-            "params w/o item table", "train s (mean)"]
+            "params w/o item table", "epochs run", "train s (mean)"]
     lines = [
         f"# {summary['dataset']}, {summary['protocol']} protocol",
         "",
@@ -451,6 +458,15 @@ def markdown_table(summary: dict[str, Any], keys: list[tuple[str, str]]) -> str:
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
+    neural = [e["config"] for e in summary["models"] if e["model"] not in CLOSED_FORM]
+    if neural:
+        config = neural[0]
+        lines[2] += (f" Neural models: at most {config['epochs']} epochs (early stopping "
+                     f"patience {config['patience']}), batch {config['batch_size']}")
+        if summary["protocol"] == "loo":
+            targets = config.get("loo_train_targets", "last")
+            lines[2] += f", training targets `{targets}` ({LOO_TARGET_NOTE[targets]})"
+        lines[2] += "."
     tuned = [e for e in summary["models"] if e.get("lr_tuning")]
     if tuned:
         first = tuned[0]["lr_tuning"]
@@ -462,7 +478,9 @@ def markdown_table(summary: dict[str, Any], keys: list[tuple[str, str]]) -> str:
                                if e.get("lr_tuning") else "")]
         cells += [f"{e['mean'][col]:.4f} ± {e['std'][col]:.4f}" for col, _ in keys]
         cells += [",".join(map(str, e["seeds"])), f"{e['params']:,}",
-                  f"{e['params_without_item_table']:,}", f"{e['train_seconds']:.1f}"]
+                  f"{e['params_without_item_table']:,}",
+                  "-" if e["model"] in CLOSED_FORM else ",".join(map(str, e["epochs"])),
+                  f"{e['train_seconds']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -99,6 +99,23 @@ def test_compare_continues_a_finished_shorter_run_exactly(shared_data, tmp_path)
     assert extended["test"] == fresh["test"]
 
 
+def test_markdown_table_states_the_neural_budget_and_epochs_run():
+    def entry(model, epochs, config):
+        return {"model": model, "mean": {"HR@10": 0.2}, "std": {"HR@10": 0.0}, "seeds": [0],
+                "params": 10, "params_without_item_table": 5, "epochs": epochs,
+                "train_seconds": 1.0, "config": config}
+
+    neural = {"epochs": 3, "patience": 1, "batch_size": 128, "loo_train_targets": "all"}
+    summary = {"dataset": "d", "protocol": "loo",
+               "environment": {"platform": "p", "cpu_count": 2, "threads": 1, "torch": "t"},
+               "models": [entry("sasrec", [3], neural), entry("ease", [0], {"grid": {}})]}
+    table = compare.markdown_table(summary, [("HR@10", "hr@10/full")])
+    assert "at most 3 epochs (early stopping patience 1), batch 128" in table
+    assert "training targets `all`" in table and "epochs run" in table
+    assert "| sasrec | 0.2000 ± 0.0000 | 0 | 10 | 5 | 3 | 1.0 |" in table
+    assert "| ease | 0.2000 ± 0.0000 | 0 | 10 | 5 | - | 1.0 |" in table
+
+
 def test_compare_refuses_unknown_models(capsys):
     with pytest.raises(SystemExit):
         compare.parse_args(["--models", "mdgr,nope"])
