@@ -19,6 +19,14 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 
 
+def check_positive(**sizes: int) -> None:
+    """Raise a ``ValueError`` naming the first of ``sizes`` (e.g. ``max_len=..., dim=...``)
+    below 1."""
+    for name, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
 class SequentialRecommender(nn.Module):
     """Base class: binary cross-entropy over the candidates and chunked full scoring.
 
@@ -28,8 +36,7 @@ class SequentialRecommender(nn.Module):
 
     def __init__(self, num_items: int) -> None:
         super().__init__()
-        if num_items < 1:
-            raise ValueError(f"num_items must be >= 1, got {num_items}")
+        check_positive(num_items=num_items)
         self.num_items = num_items
 
     def score_candidates(self, batch: Batch) -> Tensor:  # pragma: no cover - abstract
@@ -129,8 +136,7 @@ def check_interactions(user: Tensor, item: Tensor, num_items: int) -> tuple[Tens
     if user.dim() != 1 or user.shape != item.shape:
         raise ValueError(f"user and item must be 1-D of one length, got {tuple(user.shape)} "
                          f"and {tuple(item.shape)}")
-    if num_items < 1:
-        raise ValueError(f"num_items must be >= 1, got {num_items}")
+    check_positive(num_items=num_items)
     if item.numel() and (int(item.min()) < 1 or int(item.max()) > num_items):
         raise ValueError(f"item ids must lie in 1..{num_items}")
     if user.numel() and 1 + int((user[1:] != user[:-1]).sum()) != int(user.unique().numel()):

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from mdgr_graph.models.base import SequentialRecommender
+from mdgr_graph.models.base import SequentialRecommender, check_positive
 from mdgr_graph.models.baselines.sasrec import (
     CausalSequenceRecommender,
     check_transformer_options,
@@ -98,10 +98,7 @@ class BERT4Rec(SequentialRecommender):
         cloze_weight: float = 1.0,
     ) -> None:
         super().__init__(num_items)
-        if max_len < 1:
-            raise ValueError(f"max_len must be >= 1, got {max_len}")
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
+        check_positive(max_len=max_len, dim=dim)
         check_transformer_options(dim, num_blocks, heads, dropout)
         if not 0.0 < mask_prob <= 1.0:
             raise ValueError(f"mask_prob must lie in (0, 1], got {mask_prob}")

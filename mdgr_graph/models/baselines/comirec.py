@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from mdgr_graph.models.base import SequentialRecommender
+from mdgr_graph.models.base import SequentialRecommender, check_positive
 from mdgr_graph.models.baselines.sasrec import CausalSequenceRecommender
 from mdgr_graph.nn.interest import InterestQueries
 
@@ -65,12 +65,7 @@ class MultiInterestRecommender(SequentialRecommender):
 
     def __init__(self, num_items: int, max_len: int, dim: int, interests: int) -> None:
         super().__init__(num_items)
-        if max_len < 1:
-            raise ValueError(f"max_len must be >= 1, got {max_len}")
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
-        if interests < 1:
-            raise ValueError(f"interests must be >= 1, got {interests}")
+        check_positive(max_len=max_len, dim=dim, interests=interests)
         self.max_len, self.dim, self.num_interests = max_len, dim, interests
 
     # the input helpers of the causal models do not depend on causality

@@ -56,7 +56,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter, spmm
 
 from mdgr_graph.data.prepare import PreparedDataset
-from mdgr_graph.models.base import SequentialRecommender, check_interactions
+from mdgr_graph.models.base import SequentialRecommender, check_interactions, check_positive
 from mdgr_graph.models.baselines.sasrec import (
     CausalSequenceRecommender,
     check_transformer_options,
@@ -482,10 +482,7 @@ class DCRec(SequentialRecommender):
         causal: bool = False,
     ) -> None:
         super().__init__(num_items)
-        if max_len < 1:
-            raise ValueError(f"max_len must be >= 1, got {max_len}")
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
+        check_positive(max_len=max_len, dim=dim)
         check_transformer_options(dim, num_blocks, heads, dropout)
         if cl_weight < 0 or kl_weight < 0:
             raise ValueError(f"cl_weight and kl_weight must be >= 0, got {cl_weight} and "

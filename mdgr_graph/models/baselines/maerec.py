@@ -55,7 +55,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import coalesce, degree, is_sparse
 
 from mdgr_graph.data.prepare import PreparedDataset
-from mdgr_graph.models.base import check_interactions
+from mdgr_graph.models.base import check_interactions, check_positive
 from mdgr_graph.models.baselines.sasrec import CausalSequenceRecommender, check_transformer_options
 
 
@@ -503,11 +503,8 @@ class MAERec(CausalSequenceRecommender):
     ) -> None:
         super().__init__(num_items, max_len, dim, history_targets)
         check_transformer_options(dim, num_blocks, heads, dropout)
-        for name, value in (("gcn_layers", gcn_layers), ("num_anchors", num_anchors),
-                            ("mask_depth", mask_depth), ("recon_edges", recon_edges),
-                            ("reward_window", reward_window)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+        check_positive(gcn_layers=gcn_layers, num_anchors=num_anchors, mask_depth=mask_depth,
+                       recon_edges=recon_edges, reward_window=reward_window)
         if recon_negatives < 2:
             raise ValueError(f"recon_negatives must be >= 2, got {recon_negatives}")
         if not 0.0 <= path_prob <= 1.0:

@@ -49,7 +49,7 @@ from torch_geometric.data import Batch
 from torch_geometric.utils import scatter, softmax, to_dense_batch
 
 from mdgr_graph.data.prepare import PreparedDataset
-from mdgr_graph.models.base import SequentialRecommender
+from mdgr_graph.models.base import SequentialRecommender, check_positive
 from mdgr_graph.models.baselines.sasrec import dense_recent
 from mdgr_graph.nn.cluster import batched_kmeans
 from mdgr_graph.nn.interest import InterestQueries
@@ -349,10 +349,7 @@ class PinText2(SequentialRecommender):
         margin: float = 0.1,
     ) -> None:
         super().__init__(num_items)
-        if max_len < 1:
-            raise ValueError(f"max_len must be >= 1, got {max_len}")
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
+        check_positive(max_len=max_len, dim=dim)
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose from {', '.join(POOLINGS)}")
         if not 0.0 <= dropout < 1.0:

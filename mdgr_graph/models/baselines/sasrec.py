@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 from torch_geometric.utils import to_dense_batch
 
-from mdgr_graph.models.base import SequentialRecommender
+from mdgr_graph.models.base import SequentialRecommender, check_positive
 
 
 def recent_nodes(value: Tensor, index: Tensor, batch_size: int, max_len: int
@@ -85,10 +85,7 @@ class CausalSequenceRecommender(SequentialRecommender):
 
     def __init__(self, num_items: int, max_len: int, dim: int, history_targets: bool) -> None:
         super().__init__(num_items)
-        if max_len < 1:
-            raise ValueError(f"max_len must be >= 1, got {max_len}")
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
+        check_positive(max_len=max_len, dim=dim)
         self.max_len, self.dim = max_len, dim
         self.history_targets = history_targets
 
