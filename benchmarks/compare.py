@@ -46,7 +46,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from mdgr_graph.data.cli import add_loo_training_arguments, loo_training_problem  # noqa: E402
+from mdgr_graph.data.cli import (  # noqa: E402
+    LOO_TRAIN_TARGET_HELP,
+    add_loo_training_arguments,
+    loo_training_problem,
+)
 from mdgr_graph.data.prepare import DataOptions, PreparedDataset, prepare_dataset  # noqa: E402
 from mdgr_graph.models import (  # noqa: E402
     CAUSAL_BASELINES,
@@ -90,13 +94,6 @@ SEED_NOTE = {
     "loo": "The leave-one-out split is the same for every seed (the seed changes the sampled "
            "negatives and the initialisation), so closed-form models score the same on every "
            "seed.",
-}
-
-#: How each ``--loo-train-targets`` choice reads in a table's header.
-LOO_TARGET_NOTE = {
-    "last": "one example per user, the third-last item",
-    "random": "one example per user and epoch, at a random cut point",
-    "all": "every prefix of every training sequence, each epoch",
 }
 
 DEFAULT_MODELS = ("pop", "itemknn", "ease", "gru4rec", "sasrec", "mdgr")
@@ -465,7 +462,7 @@ def markdown_table(summary: dict[str, Any], keys: list[tuple[str, str]]) -> str:
                      f"patience {config['patience']}), batch {config['batch_size']}")
         if summary["protocol"] == "loo":
             targets = config.get("loo_train_targets", "last")
-            lines[2] += f", training targets `{targets}` ({LOO_TARGET_NOTE[targets]})"
+            lines[2] += f", training targets `{targets}` ({LOO_TRAIN_TARGET_HELP[targets]})"
         lines[2] += "."
     tuned = [e for e in summary["models"] if e.get("lr_tuning")]
     if tuned:

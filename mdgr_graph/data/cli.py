@@ -106,16 +106,22 @@ def cache_dir_from_args(args: argparse.Namespace) -> Path | None:
     return None if args.no_cache else args.cache_dir
 
 
+#: What each ``--loo-train-targets`` choice makes a training example (help text and tables).
+LOO_TRAIN_TARGET_HELP: dict[str, str] = {
+    "last": "one example per user, the third-last item",
+    "random": "one example per user and epoch, at a random cut point (ComiRec's)",
+    "all": "every prefix of every training sequence, each epoch (as RecBole)",
+}
+
+
 def add_loo_training_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup
                                ) -> None:
     """``--loo-train-targets`` and ``--loo-train-positives`` (leave-one-out training
     examples, :class:`~mdgr_graph.data.dataset.SequenceDataset`); check them with
     :func:`loo_training_problem`."""
     parser.add_argument("--loo-train-targets", choices=list(LOO_TRAIN_TARGETS), default="last",
-                        help="loo: training examples per epoch: one per user with the "
-                             "third-last item as target, one per user with a random target "
-                             "drawn anew every epoch (ComiRec's cut point), or every item "
-                             "before the validation target (all prefixes, as RecBole)")
+                        help="loo: training examples: " + "; ".join(
+                            f"{k}: {v}" for k, v in LOO_TRAIN_TARGET_HELP.items()))
     parser.add_argument("--loo-train-positives", type=int, default=1,
                         help="loo with --loo-train-targets random: positives per training "
                              "example (the items following the cut point)")
