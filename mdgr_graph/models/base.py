@@ -18,6 +18,45 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
+#: Losses over ``batch.candidates`` a model can train with (see :func:`candidate_loss`).
+CANDIDATE_LOSSES: tuple[str, ...] = ("bce", "sampled_softmax")
+
+
+def sampled_softmax_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    r"""Sampled softmax over the candidates of each row, one term per positive.
+
+    For a row with positives :math:`P` and negatives :math:`N`, each :math:`p \in P` is
+    classified against the negatives only,
+    :math:`-\log \frac{e^{s_p}}{e^{s_p} + \sum_{n \in N} e^{s_n}}
+    = \mathrm{softplus}(\mathrm{logsumexp}_{n \in N} s_n - s_p)`, and the terms are
+    averaged over every positive of the batch. Unlike the binary cross-entropy it is
+    unchanged by adding a constant to a row's logits.
+
+    Args:
+        logits: ``[B, C]`` candidate scores.
+        labels: ``[B, C]``, 1 (or True) at positives, 0 at negatives.
+    """
+    if logits.shape != labels.shape or logits.dim() != 2:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} "
+                         "must both be [B, C]")
+    positive = labels.bool()
+    negative_lse = torch.logsumexp(logits.masked_fill(positive, float("-inf")), dim=1)
+    per_candidate = nn.functional.softplus(negative_lse.unsqueeze(1) - logits)
+    if not bool(positive.any()):
+        return logits.sum() * 0.0
+    return per_candidate[positive].mean()
+
+
+def candidate_loss(logits: Tensor, labels: Tensor, kind: str = "bce") -> Tensor:
+    """The loss ``kind`` (one of :data:`CANDIDATE_LOSSES`) of candidate ``logits [B, C]``:
+    ``"bce"`` is Eq. 17 (mean binary cross-entropy against ``labels``), ``"sampled_softmax"``
+    is :func:`sampled_softmax_loss`."""
+    if kind == "bce":
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+    if kind == "sampled_softmax":
+        return sampled_softmax_loss(logits, labels)
+    raise ValueError(f"unknown candidate loss {kind!r}; choose from {', '.join(CANDIDATE_LOSSES)}")
+
 
 def check_positive(**sizes: int) -> None:
     """Raise a ``ValueError`` naming the first of ``sizes`` (e.g. ``max_len=..., dim=...``)
@@ -28,11 +67,17 @@ def check_positive(**sizes: int) -> None:
 
 
 class SequentialRecommender(nn.Module):
-    """Base class: binary cross-entropy over the candidates and chunked full scoring.
+    """Base class: a loss over the candidates and chunked full scoring.
+
+    The loss is :attr:`candidate_loss_kind` of :func:`candidate_loss`: Eq. 17's binary
+    cross-entropy unless a subclass sets another (ComiRec trains with its paper's
+    sampled softmax).
 
     Args:
         num_items: number of real items (ids ``1..num_items``; 0 is padding).
     """
+
+    candidate_loss_kind: str = "bce"
 
     def __init__(self, num_items: int) -> None:
         super().__init__()
@@ -46,10 +91,10 @@ class SequentialRecommender(nn.Module):
         raise NotImplementedError
 
     def loss(self, batch: Batch) -> Tensor | None:
-        """Eq. 17: mean binary cross-entropy of the candidate logits against the labels."""
+        """:func:`candidate_loss` of the candidate logits against the labels (by default
+        Eq. 17, the mean binary cross-entropy)."""
         labels = self.candidate_labels(batch)
-        logits = self.score_candidates(batch)
-        return nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+        return candidate_loss(self.score_candidates(batch), labels, self.candidate_loss_kind)
 
     def candidate_labels(self, batch: Batch) -> Tensor:
         """``batch.labels [B, C]``, checked to exist and to match ``batch.candidates``."""

@@ -7,6 +7,7 @@ import torch
 from torch_geometric.data import Batch
 
 from mdgr_graph.data.dataset import make_sequence_graph
+from mdgr_graph.models.base import candidate_loss
 from mdgr_graph.models.baselines.comirec import ComiRecDR, ComiRecSA, squash
 from mdgr_graph.train import TrainConfig, evaluate, fit
 
@@ -136,14 +137,14 @@ def test_padding_does_not_leak(build):
                                   atol=1e-6), i
 
 
-def test_sequences_of_length_one(build):
-    model = build().eval()
+@pytest.mark.parametrize("loss", ["sampled_softmax", "bce"])
+def test_sequences_of_length_one(build, loss):
+    model = build(loss=loss).eval()
     batch = make_batch([1, 1, 1])
     with torch.no_grad():
         assert torch.isfinite(model.score_all(batch)).all()
         logits = model.score_candidates(batch)
-        expect = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
-        assert torch.allclose(model.loss(batch), expect)
+        assert torch.allclose(model.loss(batch), candidate_loss(logits, batch.labels, loss))
     model.train().loss(batch).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
@@ -193,6 +194,21 @@ def test_bad_batches_and_arguments(build):
         cls(NUM_ITEMS, MAX_LEN, dim=0)
     with pytest.raises(ValueError, match="interests"):
         cls(NUM_ITEMS, MAX_LEN, interests=0)
+    with pytest.raises(ValueError, match="unknown loss 'softmax'"):
+        cls(NUM_ITEMS, MAX_LEN, loss="softmax")
+
+
+def test_default_loss_is_the_papers_sampled_softmax(build):
+    model = build()
+    assert model.candidate_loss_kind == "sampled_softmax"
+    assert "loss='sampled_softmax'" in repr(model)
+    batch = make_batch([4, 2, 6], num_candidates=7)
+    model.eval()
+    with torch.no_grad():
+        logits = model.score_candidates(batch)
+        expect = candidate_loss(logits, batch.labels, "sampled_softmax")
+        assert torch.allclose(model.loss(batch), expect)
+        assert not torch.allclose(expect, candidate_loss(logits, batch.labels, "bce"))
 
 
 def test_specific_arguments():

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from mdgr_graph.models.base import SequentialRecommender, check_positive
+from mdgr_graph.models.base import CANDIDATE_LOSSES, SequentialRecommender, check_positive
 from mdgr_graph.models.baselines.sasrec import CausalSequenceRecommender
 from mdgr_graph.nn.interest import InterestQueries
 
@@ -52,21 +52,30 @@ class MultiInterestRecommender(SequentialRecommender):
     right-padded items cut to the most recent ``max_len``), reused without its causal
     state interface, which does not apply here.
 
-    Loss: the base class's binary cross-entropy over ``batch.candidates`` (Eq. 17 of the
-    MDGR paper), the loss every model of the project uses, on the max-over-interests
-    logits.
+    Loss: ComiRec's sampled softmax (default), each positive of ``batch.candidates``
+    against the row's sampled negatives
+    (:func:`~mdgr_graph.models.base.sampled_softmax_loss`), on the max-over-interests
+    logits; ``loss="bce"`` gives Eq. 17 of the MDGR paper instead. The score has no bias
+    and an interest is a mix of the history's own embeddings, so no interest can push
+    every item's logit down: with 50 negatives per positive the binary cross-entropy
+    fights that and trains poorly, while the softmax is unchanged by a shift of the logits.
 
     Args:
         num_items: number of real items (ids ``1..num_items``; 0 is padding).
         max_len: longest history the model reads (longer ones are cut).
         dim: width :math:`d` of interests and item embeddings.
         interests: number of interests :math:`K`.
+        loss: ``"sampled_softmax"`` or ``"bce"``.
     """
 
-    def __init__(self, num_items: int, max_len: int, dim: int, interests: int) -> None:
+    def __init__(self, num_items: int, max_len: int, dim: int, interests: int,
+                 loss: str = "sampled_softmax") -> None:
         super().__init__(num_items)
         check_positive(max_len=max_len, dim=dim, interests=interests)
+        if loss not in CANDIDATE_LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; choose from {', '.join(CANDIDATE_LOSSES)}")
         self.max_len, self.dim, self.num_interests = max_len, dim, interests
+        self.candidate_loss_kind = loss
 
     # the input helpers of the causal models do not depend on causality
     dense_items = CausalSequenceRecommender.dense_items
@@ -128,8 +137,8 @@ class ComiRecSA(MultiInterestRecommender):
     Scoring: :math:`r(i) = \max_k \langle v_k, M_i \rangle` for every candidate, which is
     how ComiRec serves. Training uses the same max; the paper trains with the interest
     :math:`\arg\max_k \langle v_k, M_{target} \rangle` (hard readout), which for the positive item
-    is the same interest. Loss: the project's candidate BCE instead of the paper's sampled
-    softmax over all items.
+    is the same interest. Loss: the paper's sampled softmax, with the row's sampled
+    negatives as the sample (the authors sample from the whole catalogue).
 
     Args:
         num_items: number of real items (ids ``1..num_items``, 0 is padding).
@@ -139,6 +148,8 @@ class ComiRecSA(MultiInterestRecommender):
         interests: number of interests :math:`K`. (default: :obj:`4`)
         hidden: attention width :math:`d_a` (None: :math:`4d`). (default: :obj:`None`)
         dropout: dropout of the history embeddings :math:`H`. (default: :obj:`0.1`)
+        loss: ``"sampled_softmax"`` (the paper's) or ``"bce"`` (Eq. 17 of MDGR).
+            (default: :obj:`"sampled_softmax"`)
 
     Shapes:
         - **interests:** ``[B, K, d]``
@@ -153,8 +164,9 @@ class ComiRecSA(MultiInterestRecommender):
         interests: int = 4,
         hidden: int | None = None,
         dropout: float = 0.1,
+        loss: str = "sampled_softmax",
     ) -> None:
-        super().__init__(num_items, max_len, dim, interests)
+        super().__init__(num_items, max_len, dim, interests, loss)
         hidden = 4 * dim if hidden is None else hidden
         if hidden < 1:
             raise ValueError(f"hidden must be >= 1, got {hidden}")
@@ -195,7 +207,7 @@ class ComiRecSA(MultiInterestRecommender):
         return (
             f"{self.__class__.__name__}(num_items={self.num_items}, max_len={self.max_len}, "
             f"dim={self.dim}, interests={self.num_interests}, hidden={self.hidden}, "
-            f"dropout={self.dropout_p})"
+            f"dropout={self.dropout_p}, loss={self.candidate_loss_kind!r})"
         )
 
 
@@ -224,8 +236,8 @@ class ComiRecDR(MultiInterestRecommender):
     here one map per interest shared by all positions, so the extractor ignores order.
     Scoring and loss as for :class:`ComiRecSA`: :math:`\max_k \langle v_k, M_i \rangle`
     for every candidate in training and evaluation (the paper's argmax-on-target readout
-    picks that interest for the positive item), and the project's candidate BCE instead
-    of the sampled softmax.
+    picks that interest for the positive item), and the paper's sampled softmax over the
+    row's sampled negatives.
 
     Args:
         num_items: number of real items (ids ``1..num_items``, 0 is padding).
@@ -234,6 +246,8 @@ class ComiRecDR(MultiInterestRecommender):
         dim: embedding and capsule width :math:`d`. (default: :obj:`32`)
         interests: number of interest capsules :math:`K`. (default: :obj:`4`)
         routing_iters: routing iterations. (default: :obj:`3`)
+        loss: ``"sampled_softmax"`` (the paper's) or ``"bce"``. (default:
+            :obj:`"sampled_softmax"`)
 
     Shapes:
         - **interests:** ``[B, K, d]``
@@ -247,8 +261,9 @@ class ComiRecDR(MultiInterestRecommender):
         dim: int = 32,
         interests: int = 4,
         routing_iters: int = 3,
+        loss: str = "sampled_softmax",
     ) -> None:
-        super().__init__(num_items, max_len, dim, interests)
+        super().__init__(num_items, max_len, dim, interests, loss)
         if routing_iters < 1:
             raise ValueError(f"routing_iters must be >= 1, got {routing_iters}")
         self.routing_iters = routing_iters
@@ -290,5 +305,5 @@ class ComiRecDR(MultiInterestRecommender):
         return (
             f"{self.__class__.__name__}(num_items={self.num_items}, max_len={self.max_len}, "
             f"dim={self.dim}, interests={self.num_interests}, "
-            f"routing_iters={self.routing_iters})"
+            f"routing_iters={self.routing_iters}, loss={self.candidate_loss_kind!r})"
         )
