@@ -7,12 +7,12 @@ the mean over seeds with the range as a band. Closed-form models have no epochs 
 drawn as horizontal lines at their validation score. Writes ``<summary>-convergence.png``
 and ``.json`` beside the compare.py summary.
 
-Default models: MDGR, the static-graph control, ComiRec-SA and ComiRec-DR (the paper's
-Figure 5 also has SURGE and MIP, which are not implemented yet) plus SASRec and EASE for
-reference::
+Default models (``--models`` replaces them; ``--help`` shows compare.py's own default):
+those of the paper's Figure 5, MDGR, MIP, SURGE, ComiRec-SA and ComiRec-DR, plus the
+static-graph control, SASRec and EASE for reference::
 
-    .venv/bin/python benchmarks/convergence.py --train-stride 25 --lr 2e-3 --epochs 40 \\
-        --patience 5
+    .venv/bin/python benchmarks/convergence.py --train-stride 25 --epochs 40 --patience 5 \\
+        --lr-grid 2e-3,5e-3
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 from mdgr_graph.models import CLOSED_FORM  # noqa: E402
 from mdgr_graph.train import SELECTION_METRIC, atomic_write_bytes, atomic_write_text  # noqa: E402
 
-DEFAULT = "mdgr,static-graph,comirec-sa,comirec-dr,sasrec,ease"
+DEFAULT = "mdgr,mip,surge,comirec-sa,comirec-dr,static-graph,sasrec,ease"
 CLOSED_FORM_STYLE = {
     "pop": {"color": "grey", "ls": ":"},
     "itemknn": {"color": "black", "ls": "-."},
