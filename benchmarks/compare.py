@@ -80,7 +80,7 @@ DATASETS = {
 GRIDS: dict[str, dict[str, list[Any]]] = {
     "pop": {},
     "itemknn": {"neighbours": [20, 50, 100, 200, 500, None], "shrink": [0.0, 10.0, 50.0, 100.0]},
-    "ease": {"l2": [100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0]},
+    "ease": {"l2": [10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0]},
 }
 
 #: Metrics reported per protocol: (column name, key in evaluate()'s output).
