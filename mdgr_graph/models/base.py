@@ -40,22 +40,28 @@ def sampled_softmax_loss(logits: Tensor, labels: Tensor) -> Tensor:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} "
                          "must both be [B, C]")
     positive = labels.bool()
-    negative_lse = torch.logsumexp(logits.masked_fill(positive, float("-inf")), dim=1)
-    per_candidate = nn.functional.softplus(negative_lse.unsqueeze(1) - logits)
     if not bool(positive.any()):
         return logits.sum() * 0.0
-    return per_candidate[positive].mean()
+    negative_lse = torch.logsumexp(logits.masked_fill(positive, float("-inf")), dim=1)
+    gap = negative_lse.unsqueeze(1) - logits  # [B, C]; only the positives' entries are used
+    return nn.functional.softplus(gap[positive]).mean()
+
+
+def check_candidate_loss(kind: str) -> None:
+    """Raise a ``ValueError`` unless ``kind`` is one of :data:`CANDIDATE_LOSSES`."""
+    if kind not in CANDIDATE_LOSSES:
+        raise ValueError(f"unknown candidate loss {kind!r}; choose from "
+                         f"{', '.join(CANDIDATE_LOSSES)}")
 
 
 def candidate_loss(logits: Tensor, labels: Tensor, kind: str = "bce") -> Tensor:
     """The loss ``kind`` (one of :data:`CANDIDATE_LOSSES`) of candidate ``logits [B, C]``:
     ``"bce"`` is Eq. 17 (mean binary cross-entropy against ``labels``), ``"sampled_softmax"``
     is :func:`sampled_softmax_loss`."""
+    check_candidate_loss(kind)
     if kind == "bce":
         return nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
-    if kind == "sampled_softmax":
-        return sampled_softmax_loss(logits, labels)
-    raise ValueError(f"unknown candidate loss {kind!r}; choose from {', '.join(CANDIDATE_LOSSES)}")
+    return sampled_softmax_loss(logits, labels)
 
 
 def check_positive(**sizes: int) -> None:

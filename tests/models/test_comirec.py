@@ -194,7 +194,7 @@ def test_bad_batches_and_arguments(build):
         cls(NUM_ITEMS, MAX_LEN, dim=0)
     with pytest.raises(ValueError, match="interests"):
         cls(NUM_ITEMS, MAX_LEN, interests=0)
-    with pytest.raises(ValueError, match="unknown loss 'softmax'"):
+    with pytest.raises(ValueError, match="unknown candidate loss 'softmax'"):
         cls(NUM_ITEMS, MAX_LEN, loss="softmax")
 
 
