@@ -20,6 +20,7 @@ from mdgr_graph.models.baselines.pintext import (
     training_incidence,
     with_unknown,
 )
+from mdgr_graph.models.base import candidate_loss
 from mdgr_graph.train import TrainConfig, evaluate, fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -205,8 +206,9 @@ def test_long_sequences_are_cut_to_the_most_recent_items():
 
 
 # ---------------------------------------------------------------- loss and training
-def test_pair_loss_matches_reference_and_enters_the_loss():
-    model = small_model(pair_weight=0.5, margin=0.3).eval()
+@pytest.mark.parametrize("loss", ["bce", "sampled_softmax"])
+def test_pair_loss_matches_reference_and_enters_the_loss(loss):
+    model = small_model(pair_weight=0.5, margin=0.3, loss=loss).eval()
     batch = make_batch([4, 1, 6])
     table = model.item_table()
     torch.manual_seed(3)
@@ -219,15 +221,32 @@ def test_pair_loss_matches_reference_and_enters_the_loss():
                               + F.cosine_similarity(table[a], table[n], dim=0))
                        for (a, p), n in zip(pairs, neg.tolist(), strict=True)]).mean()
     assert torch.allclose(fast, ref, atol=1e-6)
-    bce = F.binary_cross_entropy_with_logits(model.score_candidates(batch), batch.labels)
+    main = candidate_loss(model.score_candidates(batch), batch.labels, loss)
     torch.manual_seed(3)
-    assert torch.allclose(model.loss(batch), bce + 0.5 * ref, atol=1e-6)
-    plain = small_model(pair_weight=0.0).eval()
+    assert torch.allclose(model.loss(batch), main + 0.5 * ref, atol=1e-6)
+    plain = small_model(pair_weight=0.0, loss=loss).eval()
     assert torch.allclose(plain.loss(batch),
-                          F.binary_cross_entropy_with_logits(plain.score_candidates(batch),
-                                                             batch.labels))
+                          candidate_loss(plain.score_candidates(batch), batch.labels, loss))
     single = make_batch([1, 1])
     assert model.pair_loss(single) == 0 and model.pair_loss(single).requires_grad
+
+
+def test_candidate_losses():
+    batch = make_batch([4, 1, 6])
+    bce = small_model(pair_weight=0.0, loss="bce").eval()
+    logits = bce.score_candidates(batch)
+    assert torch.allclose(bce.loss(batch),
+                          F.binary_cross_entropy_with_logits(logits, batch.labels))
+    softmax = small_model(pair_weight=0.0, loss="sampled_softmax").eval()
+    assert torch.equal(softmax.score_candidates(batch), logits)  # same weights
+    # each positive against the negatives of its row: columns 0, 1 positive, 2.. negative
+    assert bool((batch.labels[:, :2] == 1).all() and (batch.labels[:, 2:] == 0).all())
+    ref = torch.stack([torch.logsumexp(torch.cat([row[p:p + 1], row[2:]]), 0) - row[p]
+                       for row in logits for p in (0, 1)]).mean()
+    assert torch.allclose(softmax.loss(batch), ref, atol=1e-6)
+    assert PinText2(NUM_ITEMS, 5).candidate_loss_kind == "sampled_softmax"
+    with pytest.raises(ValueError, match="unknown candidate loss 'hinge'"):
+        PinText2(NUM_ITEMS, 5, loss="hinge")
 
 
 @pytest.mark.parametrize("pooling", ["attention", "mean"])
@@ -295,7 +314,7 @@ def test_bad_arguments_and_batches():
 def test_repr():
     assert repr(small_model()) == (
         f"PinText2(num_items={NUM_ITEMS}, max_len=10, dim={D}, categories=6, words=12, "
-        "pooling='attention', dropout=0.1, pair_weight=0.1, margin=0.1)")
+        "pooling='attention', dropout=0.1, pair_weight=0.1, margin=0.1, loss='sampled_softmax')")
 
 
 # ---------------------------------------------------------------- global statistics

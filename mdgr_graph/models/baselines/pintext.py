@@ -23,9 +23,11 @@ What is implemented here (:class:`PinText2`):
    into one group per (sequence, category) pair present, an item going to each of its
    categories, and each group is pooled into one interest vector (attention or mean).
 3. **Score**: the best-matching interest, :math:`r(i) = \max_g \langle v_g, e_i \rangle`.
-4. **Objective**: the project's candidate BCE (the "home feed" task: user vs. item) plus
-   PinText's pair-ranking loss on the related-item task, consecutive history items as
-   positive pairs against uniformly sampled background items, weighted by ``pair_weight``.
+4. **Objective**: a ranking loss on the candidates (the "home feed" task: user vs. item),
+   by default the sampled softmax of each positive against its row's negatives (``loss=``;
+   ``"bce"`` gives the project's Eq. 17), plus PinText's pair-ranking loss on the
+   related-item task, consecutive history items as positive pairs against uniformly
+   sampled background items, weighted by ``pair_weight``.
 
 Everything is vectorised over the batch: the (node, category) pairs come from a CSR
 expansion, groups from one :func:`torch.unique`, pooling from
@@ -49,7 +51,12 @@ from torch_geometric.data import Batch
 from torch_geometric.utils import scatter, softmax, to_dense_batch
 
 from mdgr_graph.data.prepare import PreparedDataset
-from mdgr_graph.models.base import SequentialRecommender, check_positive
+from mdgr_graph.models.base import (
+    SequentialRecommender,
+    candidate_loss,
+    check_candidate_loss,
+    check_positive,
+)
 from mdgr_graph.models.baselines.sasrec import dense_recent
 from mdgr_graph.nn.cluster import batched_kmeans
 from mdgr_graph.nn.interest import InterestQueries
@@ -293,9 +300,11 @@ class PinText2(SequentialRecommender):
     interests would be a single user vector, :math:`\langle \sum_g w_g v_g, e_i\rangle`,
     i.e. not a multi-interest model.
 
-    **Loss.** The project's BCE over ``batch.candidates`` (the "home feed" user-item task;
-    PinText's own loss ranks engagement pairs over background pairs, which does not give
-    calibrated candidate logits under this protocol) plus ``pair_weight`` times PinText's
+    **Loss.** A ranking loss over ``batch.candidates`` (the "home feed" user-item task):
+    by default the sampled softmax of each positive against the negatives of its row, a
+    listwise form of PinText's "engagement pair above background pair" objective
+    (``loss="bce"``: the project's Eq. 17, which this score, with no bias and interests
+    made of history item vectors, fits poorly), plus ``pair_weight`` times PinText's
     pair-ranking hinge on the related-item task: every two consecutive history items
     :math:`(a, p)` form a positive pair, an item :math:`n` drawn uniformly from
     ``1..num_items`` (torch's global generator) the background pair, and
@@ -328,6 +337,10 @@ class PinText2(SequentialRecommender):
         pair_weight: weight of the pair-ranking loss (0 turns it off). (default:
             :obj:`0.1`)
         margin: hinge margin of the pair-ranking loss. (default: :obj:`0.1`)
+        loss: the candidate loss, ``"sampled_softmax"``
+            (:func:`~mdgr_graph.models.base.sampled_softmax_loss`, a ranking loss like
+            PinText's own) or ``"bce"`` (Eq. 17 of MDGR). (default:
+            :obj:`"sampled_softmax"`)
 
     Shapes:
         - **interests:** ``[B, G, d]`` and mask ``[B, G]`` (``G`` the largest number of
@@ -347,9 +360,12 @@ class PinText2(SequentialRecommender):
         dropout: float = 0.1,
         pair_weight: float = 0.1,
         margin: float = 0.1,
+        loss: str = "sampled_softmax",
     ) -> None:
         super().__init__(num_items)
         check_positive(max_len=max_len, dim=dim)
+        check_candidate_loss(loss)
+        self.candidate_loss_kind = loss
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose from {', '.join(POOLINGS)}")
         if not 0.0 <= dropout < 1.0:
@@ -546,13 +562,14 @@ class PinText2(SequentialRecommender):
 
     # ------------------------------------------------------------------ loss
     def loss(self, batch: Batch) -> Tensor:
-        """Candidate BCE plus ``pair_weight`` times the pair-ranking hinge."""
+        """Candidate loss (:attr:`candidate_loss_kind`) plus ``pair_weight`` times the
+        pair-ranking hinge."""
         self._check_candidates(batch)
         labels = self.candidate_labels(batch)
         table = self.item_table()
         v, mask = self.interests(batch, table)
         logits = self._best(torch.einsum("bgd,bcd->bgc", v, table[batch.candidates]), mask)
-        loss = F.binary_cross_entropy_with_logits(logits, labels.float())
+        loss = candidate_loss(logits, labels, self.candidate_loss_kind)
         if self.pair_weight > 0:
             loss = loss + self.pair_weight * self.pair_loss(batch, table)
         return loss
@@ -586,7 +603,8 @@ class PinText2(SequentialRecommender):
             f"{self.__class__.__name__}(num_items={self.num_items}, max_len={self.max_len}, "
             f"dim={self.dim}, categories={self.num_categories}, words={self.num_words}, "
             f"pooling={self.pooling!r}, dropout={self.dropout_p}, "
-            f"pair_weight={self.pair_weight}, margin={self.margin})"
+            f"pair_weight={self.pair_weight}, margin={self.margin}, "
+            f"loss={self.candidate_loss_kind!r})"
         )
 
 
