@@ -10,6 +10,7 @@ from torch_geometric.loader import DataLoader
 
 from mdgr_graph.data.dataset import SequenceDataset, make_sequence_graph
 from mdgr_graph.data.prepare import DataOptions, PreparedDataset, prepare_dataset
+from mdgr_graph.models.base import candidate_loss
 from mdgr_graph.models.baselines.pintext import (
     PinText2,
     cluster_items,
@@ -20,7 +21,6 @@ from mdgr_graph.models.baselines.pintext import (
     training_incidence,
     with_unknown,
 )
-from mdgr_graph.models.base import candidate_loss
 from mdgr_graph.train import TrainConfig, evaluate, fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
