@@ -8,6 +8,7 @@ from torch_geometric.data import Batch
 
 from mdgr_graph.data.dataset import make_sequence_graph
 from mdgr_graph.models import history_length
+from mdgr_graph.models.base import candidate_loss
 from mdgr_graph.models.baselines.dcrec import (
     DCRec,
     ItemGraph,
@@ -357,24 +358,44 @@ def test_all_equal_agreements_give_weight_mean():
     assert torch.allclose(weights, torch.tensor([model.weight_mean]))
 
 
-def test_loss_is_bce_plus_weighted_cl_and_kl():
-    model = small_model(dropout=0.0, graph_dropout=0.0)
+@pytest.mark.parametrize("loss", ["bce", "sampled_softmax"])
+def test_loss_is_the_candidate_loss_plus_weighted_cl_and_kl(loss):
+    model = small_model(dropout=0.0, graph_dropout=0.0, loss=loss)
     batch = make_batch([5, 3, 7, 2])
-    bce = F.binary_cross_entropy_with_logits(model.score_candidates(batch), batch.labels)
+    main = candidate_loss(model.score_candidates(batch), batch.labels, loss)
     torch.manual_seed(1)
     total = model.loss(batch)
     items, mask = model.dense_items(batch)
     adj_view, sim_view = model.graph_views()
     torch.manual_seed(1)
     cl, kl = model.auxiliary_losses(items, mask, adj_view, sim_view)
-    assert torch.isclose(total, bce + cl + kl, atol=1e-6)
+    assert torch.isclose(total, main + cl + kl, atol=1e-6)
     assert float(cl.detach()) > 0
-    off = small_model(dropout=0.0, graph_dropout=0.0, cl_weight=0.0, kl_weight=0.0)
-    assert torch.isclose(off.loss(batch), bce, atol=1e-6)
+    off = small_model(dropout=0.0, graph_dropout=0.0, cl_weight=0.0, kl_weight=0.0, loss=loss)
+    assert torch.isclose(off.loss(batch), main, atol=1e-6)
     double = small_model(dropout=0.0, graph_dropout=0.0, cl_weight=0.2, kl_weight=0.02)
     torch.manual_seed(1)
     cl2, kl2 = double.auxiliary_losses(items, mask, adj_view, sim_view)
     assert torch.isclose(cl2, 2 * cl, atol=1e-6) and torch.isclose(kl2, 2 * kl, atol=1e-6)
+
+
+def test_candidate_loss_kinds():
+    batch = make_batch([5, 3, 7, 2])
+    logits = small_model(dropout=0.0, graph_dropout=0.0).score_candidates(batch)
+    bce = small_model(dropout=0.0, graph_dropout=0.0, cl_weight=0.0, kl_weight=0.0)
+    assert bce.candidate_loss_kind == "bce"
+    assert torch.isclose(bce.loss(batch),
+                         F.binary_cross_entropy_with_logits(logits, batch.labels), atol=1e-6)
+    softmax = small_model(dropout=0.0, graph_dropout=0.0, cl_weight=0.0, kl_weight=0.0,
+                          loss="sampled_softmax")
+    positives, negatives = batch.labels > 0, batch.labels == 0
+    ref = torch.stack([torch.logsumexp(torch.cat([row[p:p + 1], row[neg]]), 0) - row[p]
+                       for row, pos, neg in zip(logits, positives, negatives, strict=True)
+                       for p in pos.nonzero().view(-1).tolist()]).mean()
+    assert torch.isclose(softmax.loss(batch), ref, atol=1e-6)
+    assert "loss='sampled_softmax'" in repr(softmax)
+    with pytest.raises(ValueError, match="unknown candidate loss"):
+        small_model(loss="softmax")
 
 
 # ---------------------------------------------------------------- the model

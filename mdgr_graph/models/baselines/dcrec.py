@@ -56,7 +56,13 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter, spmm
 
 from mdgr_graph.data.prepare import PreparedDataset
-from mdgr_graph.models.base import SequentialRecommender, check_interactions, check_positive
+from mdgr_graph.models.base import (
+    SequentialRecommender,
+    candidate_loss,
+    check_candidate_loss,
+    check_interactions,
+    check_positive,
+)
 from mdgr_graph.models.baselines.sasrec import (
     CausalSequenceRecommender,
     check_transformer_options,
@@ -459,6 +465,10 @@ class DCRec(SequentialRecommender):
             scores with the sequence view alone. (default: :obj:`True`)
         causal: causal attention instead of the authors' bidirectional one.
             (default: :obj:`False`)
+        loss: the next-item part, ``"bce"`` (the project's Eq. 17) or
+            ``"sampled_softmax"`` (:func:`~mdgr_graph.models.base.sampled_softmax_loss`,
+            the candidates' share of the authors' softmax over all items).
+            (default: :obj:`"bce"`)
     """
 
     def __init__(
@@ -480,10 +490,13 @@ class DCRec(SequentialRecommender):
         neighbour_sample: int | None = 10,
         fusion: bool = True,
         causal: bool = False,
+        loss: str = "bce",
     ) -> None:
         super().__init__(num_items)
         check_positive(max_len=max_len, dim=dim)
         check_transformer_options(dim, num_blocks, heads, dropout)
+        check_candidate_loss(loss)
+        self.candidate_loss_kind = loss
         if cl_weight < 0 or kl_weight < 0:
             raise ValueError(f"cl_weight and kl_weight must be >= 0, got {cl_weight} and "
                              f"{kl_weight}")
@@ -721,14 +734,15 @@ class DCRec(SequentialRecommender):
         return cl, kl
 
     def loss(self, batch: Batch) -> Tensor:
-        """Candidate BCE + ``cl_weight`` x contrastive + ``kl_weight`` x KL."""
+        """Candidate loss (:attr:`candidate_loss_kind`) + ``cl_weight`` x contrastive +
+        ``kl_weight`` x KL."""
         self._check_candidates(batch)
         labels = self.candidate_labels(batch)
         items, mask = self.dense_items(batch)
         adj_view, sim_view = self.graph_views()
         user = self._user(items, mask, adj_view, sim_view)
         logits = torch.einsum("bd,bcd->bc", user, self.item_emb(batch.candidates))
-        loss = F.binary_cross_entropy_with_logits(logits, labels.float())
+        loss = candidate_loss(logits, labels, self.candidate_loss_kind)
         if self.cl_weight or self.kl_weight:
             cl, kl = self.auxiliary_losses(items, mask, adj_view, sim_view)
             loss = loss + cl + kl
@@ -742,7 +756,7 @@ class DCRec(SequentialRecommender):
             f"graph_dropout={self.graph_encoder.edge_dropout}, cl_weight={self.cl_weight}, "
             f"kl_weight={self.kl_weight}, weight_mean={self.weight_mean}, "
             f"temperature={self.temperature}, neighbour_sample={self.neighbour_sample}, "
-            f"fusion={self.fusion}, causal={self.causal}, "
+            f"fusion={self.fusion}, causal={self.causal}, loss={self.candidate_loss_kind!r}, "
             f"transition_entries={self.transition.num_edges}, "
             f"similarity_entries={self.similarity.num_edges})"
         )
