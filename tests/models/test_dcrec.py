@@ -382,8 +382,8 @@ def test_loss_is_the_candidate_loss_plus_weighted_cl_and_kl(loss):
 def test_candidate_loss_kinds():
     batch = make_batch([5, 3, 7, 2])
     logits = small_model(dropout=0.0, graph_dropout=0.0).score_candidates(batch)
-    bce = small_model(dropout=0.0, graph_dropout=0.0, cl_weight=0.0, kl_weight=0.0)
-    assert bce.candidate_loss_kind == "bce"
+    bce = small_model(dropout=0.0, graph_dropout=0.0, cl_weight=0.0, kl_weight=0.0, loss="bce")
+    assert small_model().candidate_loss_kind == "sampled_softmax"
     assert torch.isclose(bce.loss(batch),
                          F.binary_cross_entropy_with_logits(logits, batch.labels), atol=1e-6)
     softmax = small_model(dropout=0.0, graph_dropout=0.0, cl_weight=0.0, kl_weight=0.0,
