@@ -65,7 +65,8 @@ class TrainConfig:
         device: ``cpu`` or ``cuda``.
         seed: seed of shuffling, dropout and negatives.
         out_dir: where checkpoints and the log go (None: keep nothing on disk).
-        resume: continue from ``out_dir/last.pt`` if it exists.
+        resume: continue from ``out_dir/last.pt`` if it exists (a ``ValueError`` if it
+            was written by a model whose ``repr`` differs from the one given).
         grad_clip: clip the gradient norm (None: no clipping).
         progress: show tqdm bars.
         deterministic: run with ``torch.use_deterministic_algorithms(True)`` (restored on
@@ -328,6 +329,12 @@ def _fit(
         # rank 0's file reaches every rank, also on machines that do not share out_dir
         ckpt = distributed.broadcast_object(ckpt)
         if ckpt is not None:
+            saved = ckpt.get("model_repr")  # absent in checkpoints of earlier versions
+            if saved is not None and saved != repr(model):
+                raise ValueError(
+                    f"{out / 'last.pt'} was written by {saved}, not by the model given "
+                    f"({model!r}); resume it with that configuration, or use another "
+                    "out_dir or resume=False")
             model.load_state_dict(ckpt["model"])
             if optimizer is not None:
                 optimizer.load_state_dict(ckpt["optimizer"])
@@ -375,7 +382,7 @@ def _fit(
                 atomic_torch_save({"model": model.state_dict(), "epoch": epoch}, out / "best.pt")
             atomic_torch_save(
                 {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "state": state},
+                 "state": state, "model_repr": repr(model)},
                 out / "last.pt",
             )
             atomic_write_text(

@@ -63,6 +63,25 @@ def test_resume_continues_exactly(paper_data, tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_resume_refuses_a_checkpoint_of_another_configuration(paper_data, tmp_path):
+    fit(tiny_model(paper_data), paper_data, config(tmp_path, epochs=1), log=None)
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["model_repr"] == repr(
+        tiny_model(paper_data))
+    torch.manual_seed(0)
+    other = build_model("mdgr", paper_data, **{**SMALL_MODEL, "m": 2})
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError, match="last.pt was written by MDGR"):
+        fit(other, paper_data, config(tmp_path, epochs=2, resume=True), log=None)
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in before.items())
+    # a checkpoint of an earlier version, without the record, still resumes
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
+    del ckpt["model_repr"]
+    torch.save(ckpt, tmp_path / "last.pt")
+    res = fit(tiny_model(paper_data), paper_data, config(tmp_path, epochs=2, resume=True),
+              log=None)
+    assert res.epochs == 2
+
+
 @pytest.mark.parametrize("targets", ["random", "all"])
 def test_loo_training_targets_resume_exactly(loo_data, tmp_path, targets):
     loo_data = loo_data.subsample_users(8)  # "all": about 45 examples per user and epoch
