@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch_geometric.data import Batch
 
 from mdgr_graph.data.dataset import make_sequence_graph
+from mdgr_graph.models.base import candidate_loss
 from mdgr_graph.models.baselines.maerec import (
     EdgeDecoder,
     MAERec,
@@ -333,6 +334,23 @@ def test_eval_is_deterministic_and_uses_the_unmasked_graph():
     assert torch.equal(a, b)
     loss = model.loss(batch)  # eval mode: BCE on the unmasked graph, no auxiliary terms
     assert torch.allclose(loss, F.binary_cross_entropy_with_logits(a, batch.labels))
+
+
+@pytest.mark.parametrize("loss", ["bce", "sampled_softmax"])
+def test_eval_loss_is_the_candidate_loss(loss):
+    model = small_model(loss=loss).eval()
+    batch = make_batch([3, 5, 2])
+    logits = model.score_candidates(batch)
+    assert torch.allclose(model.loss(batch), candidate_loss(logits, batch.labels, loss))
+    assert f"loss={loss!r}" in repr(model)
+    if loss == "sampled_softmax":
+        pos, neg = batch.labels > 0, batch.labels == 0
+        ref = torch.stack([torch.logsumexp(torch.cat([row[p:p + 1], row[n]]), 0) - row[p]
+                           for row, ps, n in zip(logits, pos, neg, strict=True)
+                           for p in ps.nonzero().view(-1).tolist()]).mean()
+        assert torch.allclose(model.loss(batch), ref, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown candidate loss"):
+        small_model(loss="hinge")
 
 
 def test_gradients_reach_every_parameter():

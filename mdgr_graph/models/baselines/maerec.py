@@ -55,7 +55,12 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import coalesce, degree, is_sparse
 
 from mdgr_graph.data.prepare import PreparedDataset
-from mdgr_graph.models.base import check_interactions, check_positive
+from mdgr_graph.models.base import (
+    candidate_loss,
+    check_candidate_loss,
+    check_interactions,
+    check_positive,
+)
 from mdgr_graph.models.baselines.sasrec import CausalSequenceRecommender, check_transformer_options
 
 
@@ -476,6 +481,9 @@ class MAERec(CausalSequenceRecommender):
         l2_weight: weight of the squared norm of the parameters. (default: :obj:`1e-6`)
         history_targets: add the next-item loss inside the history. (default: :obj:`False`)
         distance: the transition distance the graph was built with (recorded only).
+        loss: the recommendation term over the candidates, ``"bce"`` (the project's
+            Eq. 17) or ``"sampled_softmax"``
+            (:func:`~mdgr_graph.models.base.sampled_softmax_loss`). (default: :obj:`"bce"`)
     """
 
     def __init__(
@@ -500,9 +508,12 @@ class MAERec(CausalSequenceRecommender):
         l2_weight: float = 1e-6,
         history_targets: bool = False,
         distance: int | None = None,
+        loss: str = "bce",
     ) -> None:
         super().__init__(num_items, max_len, dim, history_targets)
         check_transformer_options(dim, num_blocks, heads, dropout)
+        check_candidate_loss(loss)
+        self.candidate_loss_kind = loss
         check_positive(gcn_layers=gcn_layers, num_anchors=num_anchors, mask_depth=mask_depth,
                        recon_edges=recon_edges, reward_window=reward_window)
         if recon_negatives < 2:
@@ -692,12 +703,13 @@ class MAERec(CausalSequenceRecommender):
         return (F.softplus(-pos_logit) + F.softplus(neg_logit)).mean()
 
     def recommendation_loss(self, batch: Batch, table: Tensor) -> Tensor:
-        """Candidate BCE with item ``table`` (+ the history next-item loss if enabled)."""
+        """Candidate loss (:attr:`candidate_loss_kind`) with item ``table`` (+ the history
+        next-item loss if enabled)."""
         self._check_candidates(batch)
         labels = self.candidate_labels(batch)
         user, _, states, mask, items = self._user_and_table(batch, table)
         logits = torch.einsum("bd,bcd->bc", user, table[batch.candidates])
-        loss = F.binary_cross_entropy_with_logits(logits, labels.float())
+        loss = candidate_loss(logits, labels, self.candidate_loss_kind)
         if self.history_targets:
             loss = loss + self._history_loss(states, mask, items, table)
         return loss
@@ -734,5 +746,6 @@ class MAERec(CausalSequenceRecommender):
             f"recon_edges={self.recon_edges}, recon_negatives={self.recon_negatives}, "
             f"recon_weight={self.recon_weight}, mask_weight={self.mask_weight}, "
             f"reward_eps={self.reward_eps}, reward_window={self.reward_window}, "
-            f"l2_weight={self.l2_weight}, history_targets={self.history_targets})"
+            f"l2_weight={self.l2_weight}, history_targets={self.history_targets}, "
+            f"loss={self.candidate_loss_kind!r})"
         )
