@@ -21,6 +21,8 @@ from mdgr_graph.models.baselines.dcrec import (
 )
 from mdgr_graph.train import TrainConfig, evaluate, fit
 
+from .test_losses import reference_sampled_softmax
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 NUM_ITEMS = 30
@@ -388,10 +390,7 @@ def test_candidate_loss_kinds():
                          F.binary_cross_entropy_with_logits(logits, batch.labels), atol=1e-6)
     softmax = small_model(dropout=0.0, graph_dropout=0.0, cl_weight=0.0, kl_weight=0.0,
                           loss="sampled_softmax")
-    positives, negatives = batch.labels > 0, batch.labels == 0
-    ref = torch.stack([torch.logsumexp(torch.cat([row[p:p + 1], row[neg]]), 0) - row[p]
-                       for row, pos, neg in zip(logits, positives, negatives, strict=True)
-                       for p in pos.nonzero().view(-1).tolist()]).mean()
+    ref = reference_sampled_softmax(logits, batch.labels)
     assert torch.isclose(softmax.loss(batch), ref, atol=1e-6)
     assert "loss='sampled_softmax'" in repr(softmax)
     with pytest.raises(ValueError, match="unknown candidate loss"):

@@ -26,6 +26,8 @@ from mdgr_graph.models.baselines.maerec import (
 )
 from mdgr_graph.train import TrainConfig, evaluate, fit
 
+from .test_losses import reference_sampled_softmax
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 NUM_ITEMS = 30
@@ -344,10 +346,7 @@ def test_eval_loss_is_the_candidate_loss(loss):
     assert torch.allclose(model.loss(batch), candidate_loss(logits, batch.labels, loss))
     assert f"loss={loss!r}" in repr(model)
     if loss == "sampled_softmax":
-        pos, neg = batch.labels > 0, batch.labels == 0
-        ref = torch.stack([torch.logsumexp(torch.cat([row[p:p + 1], row[n]]), 0) - row[p]
-                           for row, ps, n in zip(logits, pos, neg, strict=True)
-                           for p in ps.nonzero().view(-1).tolist()]).mean()
+        ref = reference_sampled_softmax(logits, batch.labels)
         assert torch.allclose(model.loss(batch), ref, atol=1e-6)
     with pytest.raises(ValueError, match="unknown candidate loss"):
         small_model(loss="hinge")
