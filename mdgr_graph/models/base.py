@@ -83,12 +83,22 @@ class SequentialRecommender(nn.Module):
         num_items: number of real items (ids ``1..num_items``; 0 is padding).
     """
 
-    candidate_loss_kind: str = "bce"
+    _candidate_loss_kind: str = "bce"
 
     def __init__(self, num_items: int) -> None:
         super().__init__()
         check_positive(num_items=num_items)
         self.num_items = num_items
+
+    @property
+    def candidate_loss_kind(self) -> str:
+        """The loss over the candidates, one of :data:`CANDIDATE_LOSSES` (checked when set)."""
+        return self._candidate_loss_kind
+
+    @candidate_loss_kind.setter
+    def candidate_loss_kind(self, kind: str) -> None:
+        check_candidate_loss(kind)
+        self._candidate_loss_kind = kind
 
     def score_candidates(self, batch: Batch) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mdgr_graph.models.base import CANDIDATE_LOSSES, candidate_loss, sampled_softmax_loss
+from mdgr_graph.models.base import (
+    CANDIDATE_LOSSES,
+    SequentialRecommender,
+    candidate_loss,
+    sampled_softmax_loss,
+)
 
 
 def reference_sampled_softmax(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -57,3 +62,14 @@ def test_edge_cases_and_errors():
     labels = torch.tensor([[1.0, 0, 0], [0, 1, 0]])
     assert torch.allclose(candidate_loss(logits, labels),
                           torch.nn.functional.binary_cross_entropy_with_logits(logits, labels))
+
+
+def test_candidate_loss_kind_is_checked_when_set():
+    model = SequentialRecommender(5)
+    assert model.candidate_loss_kind == "bce"
+    model.candidate_loss_kind = "sampled_softmax"
+    assert model.candidate_loss_kind == "sampled_softmax"
+    with pytest.raises(ValueError, match="unknown candidate loss 'hinge'"):
+        model.candidate_loss_kind = "hinge"
+    assert model.candidate_loss_kind == "sampled_softmax"
+    assert SequentialRecommender(5).candidate_loss_kind == "bce"  # per instance

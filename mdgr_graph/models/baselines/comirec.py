@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from mdgr_graph.models.base import SequentialRecommender, check_candidate_loss, check_positive
+from mdgr_graph.models.base import SequentialRecommender, check_positive
 from mdgr_graph.models.baselines.sasrec import CausalSequenceRecommender
 from mdgr_graph.nn.interest import InterestQueries
 
@@ -72,7 +72,6 @@ class MultiInterestRecommender(SequentialRecommender):
                  loss: str = "sampled_softmax") -> None:
         super().__init__(num_items)
         check_positive(max_len=max_len, dim=dim, interests=interests)
-        check_candidate_loss(loss)
         self.max_len, self.dim, self.num_interests = max_len, dim, interests
         self.candidate_loss_kind = loss
 

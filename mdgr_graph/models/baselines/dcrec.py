@@ -59,7 +59,6 @@ from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.models.base import (
     SequentialRecommender,
     candidate_loss,
-    check_candidate_loss,
     check_interactions,
     check_positive,
 )
@@ -499,7 +498,6 @@ class DCRec(SequentialRecommender):
         super().__init__(num_items)
         check_positive(max_len=max_len, dim=dim)
         check_transformer_options(dim, num_blocks, heads, dropout)
-        check_candidate_loss(loss)
         self.candidate_loss_kind = loss
         if cl_weight < 0 or kl_weight < 0:
             raise ValueError(f"cl_weight and kl_weight must be >= 0, got {cl_weight} and "

@@ -57,7 +57,6 @@ from torch_geometric.utils import coalesce, degree, is_sparse
 from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.models.base import (
     candidate_loss,
-    check_candidate_loss,
     check_interactions,
     check_positive,
 )
@@ -512,7 +511,6 @@ class MAERec(CausalSequenceRecommender):
     ) -> None:
         super().__init__(num_items, max_len, dim, history_targets)
         check_transformer_options(dim, num_blocks, heads, dropout)
-        check_candidate_loss(loss)
         self.candidate_loss_kind = loss
         check_positive(gcn_layers=gcn_layers, num_anchors=num_anchors, mask_depth=mask_depth,
                        recon_edges=recon_edges, reward_window=reward_window)

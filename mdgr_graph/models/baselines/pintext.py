@@ -54,7 +54,6 @@ from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.models.base import (
     SequentialRecommender,
     candidate_loss,
-    check_candidate_loss,
     check_positive,
 )
 from mdgr_graph.models.baselines.sasrec import dense_recent
@@ -364,7 +363,6 @@ class PinText2(SequentialRecommender):
     ) -> None:
         super().__init__(num_items)
         check_positive(max_len=max_len, dim=dim)
-        check_candidate_loss(loss)
         self.candidate_loss_kind = loss
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose from {', '.join(POOLINGS)}")
