@@ -26,6 +26,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -58,6 +59,7 @@ from mdgr_graph.models import (  # noqa: E402
     MODELS,
     NEURAL_BASELINES,
     build_model,
+    model_defaults,
 )
 from mdgr_graph.train import (  # noqa: E402
     SELECTION_METRIC,
@@ -217,6 +219,51 @@ def quick_grid(name: str) -> dict[str, list[Any]]:
 
 def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+
+
+#: TrainConfig fields that do not change a run's result, left out of its recorded defaults.
+NOT_RESULT_FIELDS = ("out_dir", "resume", "progress", "eval_batch_size",
+                     "find_unused_parameters")
+
+
+def code_defaults(name: str) -> dict[str, str]:
+    """Defaults of the code that decide a run of ``name`` but are not in its options hash:
+    the model's (:func:`~mdgr_graph.models.model_defaults`) and the field defaults of
+    ``TrainConfig`` and ``DataOptions`` (``train.<field>``, ``data.<field>``), as reprs.
+
+    Saved in every run file, so that a finished run is not reused after such a default
+    changed (:func:`stale_runs`).
+    """
+    defaults = dict(model_defaults(name))
+    for prefix, options in (("train.", TrainConfig), ("data.", DataOptions)):
+        for field in dataclasses.fields(options):
+            if field.default is not dataclasses.MISSING and field.name not in NOT_RESULT_FIELDS:
+                defaults[prefix + field.name] = repr(field.default)
+    return defaults
+
+
+def changed_defaults(run: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """The defaults recorded in finished ``run`` that the code has changed since, as
+    ``{name: (then, now)}``. Defaults added or removed since are not compared (an added
+    argument's default keeps the old behaviour); a run file written before defaults were
+    recorded gives ``{}``."""
+    recorded = run.get("code_defaults")
+    if recorded is None:
+        return {}
+    now = code_defaults(run["model"])
+    return {key: (recorded[key], now[key]) for key in sorted(recorded.keys() & now.keys())
+            if recorded[key] != now[key]}
+
+
+def stale_runs(folder: Path) -> list[str]:
+    """One line per run file in ``folder`` whose recorded code defaults changed since."""
+    lines = []
+    for path in sorted(folder.glob("*.json")):
+        changed = changed_defaults(json.loads(path.read_text()))
+        if changed:
+            lines.append(f"{path}: " + ", ".join(f"{key} {then} -> {now}"
+                                               for key, (then, now) in changed.items()))
+    return lines
 
 
 def runs_dir(args: argparse.Namespace) -> Path:
@@ -519,7 +566,8 @@ def run_all(tasks: list[tuple[str, int, argparse.Namespace]], args: argparse.Nam
             result = run_neural(name, prepared, seed, config, checkpoint_dir(tag, task_args),
                                 progress=not args.no_progress)
         run = {"model": name, "seed": seed, "config": config, "config_hash": config_hash(config),
-               "environment": environment(args), **result}
+               "code_defaults": code_defaults(name), "environment": environment(args),
+               **result}
         if extended is not None:
             run["extended_from"] = extended
         atomic_write_text(path, json.dumps(run, indent=2) + "\n")
@@ -603,6 +651,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     runs_dir(args).mkdir(parents=True, exist_ok=True)
+    stale = stale_runs(runs_dir(args))
+    if stale:
+        print("error: these finished runs were made with code defaults that have changed "
+              "since, so their results are not those of the current code; delete each file "
+              "(and its checkpoint folder under --work-dir) to rerun it:\n  "
+              + "\n  ".join(stale), file=sys.stderr)
+        return 2
     tuning = None
     if args.lr_grid:
         tuning = tune_learning_rates(args)

@@ -160,6 +160,47 @@ def test_compare_reports_a_missing_data_file(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
+def test_compare_records_code_defaults_and_refuses_runs_whose_defaults_changed(
+        shared_data, tmp_path, capsys):
+    argv = ["--quick", "--models", "pop,itemknn", "--seeds", "0", "--data-dir",
+            str(shared_data), "--out", str(tmp_path / "r"), "--work-dir", str(tmp_path / "w"),
+            "--no-progress"]
+    assert compare.main(argv) == 0
+    runs = tmp_path / "r" / "quick" / "ml-1m-subset-paper" / "runs"
+    knn_path = next(runs.glob("itemknn-*.json"))
+    run = json.loads(knn_path.read_text())
+    assert run["code_defaults"] == compare.code_defaults("itemknn")
+    assert run["code_defaults"]["from_prepared.shrink"] == "10.0"
+    assert "train.weight_decay" in run["code_defaults"]
+    assert "train.progress" not in run["code_defaults"]
+
+    # the code's default shrink was 5.0 when this run was made: its result is stale
+    run["code_defaults"]["from_prepared.shrink"] = "5.0"
+    knn_path.write_text(json.dumps(run))
+    summary = tmp_path / "r" / "quick" / "ml-1m-subset-paper.json"
+    before = summary.read_text()
+    capsys.readouterr()
+    assert compare.main(argv) == 2
+    err = capsys.readouterr().err
+    assert str(knn_path) in err and "from_prepared.shrink 5.0 -> 10.0" in err
+    assert "pop-" not in err
+    assert summary.read_text() == before and json.loads(knn_path.read_text()) == run
+
+    knn_path.unlink()  # as the message says: delete it to rerun under the current code
+    assert compare.main(argv) == 0
+    assert json.loads(knn_path.read_text())["code_defaults"] == compare.code_defaults("itemknn")
+
+
+def test_changed_defaults_ignores_old_run_files_and_added_or_removed_defaults():
+    now = compare.code_defaults("comirec-sa")
+    assert now["loss"] == "'sampled_softmax'"
+    assert compare.changed_defaults({"model": "comirec-sa"}) == {}  # recorded before them
+    then = {**now, "loss": "'bce'", "removed_since": "1"}
+    del then["dropout"]  # added since
+    assert compare.changed_defaults({"model": "comirec-sa", "code_defaults": then}) == {
+        "loss": ("'bce'", "'sampled_softmax'")}
+
+
 def test_claim_skips_live_locks_and_takes_over_stale_ones(tmp_path):
     import os
     import subprocess

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from mdgr_graph.data.prepare import PreparedDataset
@@ -106,6 +107,42 @@ def build_model(name: str, prepared: PreparedDataset, **kwargs: Any) -> Sequenti
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
+def model_class(name: str) -> type:
+    """The class :func:`build_model` builds for model ``name``."""
+    classes: dict[str, type] = {"pop": Popularity, "itemknn": ItemKNN, "ease": EASE,
+                                STATIC_GRAPH: StaticGraphRec, MIP: MDGR,
+                                **NEURAL_BASELINES, **dict.fromkeys(VARIANTS, MDGR)}
+    if name not in classes:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    return classes[name]
+
+
+def model_defaults(name: str) -> dict[str, str]:
+    """What the code decides for model ``name`` beyond the options given to it: the keyword
+    defaults of the constructor and ``from_prepared`` that :func:`build_model` calls (as
+    reprs, ``"from_prepared.<arg>"`` for the latter) and a variant's or MIP's fixed settings
+    (``"variant.<arg>"``).
+
+    Two runs whose records differ here were built by different code even if given the same
+    options (e.g. a changed default loss).
+    """
+    cls = model_class(name)
+    defaults: dict[str, str] = {}
+    for prefix, method in [("", "__init__"), ("from_prepared.", "from_prepared")]:
+        for owner in cls.__mro__:  # into a parent while the method forwards **kwargs
+            if method not in vars(owner):
+                continue
+            params = inspect.signature(getattr(owner, method)).parameters.values()
+            for param in params:
+                if param.default is not inspect.Parameter.empty:
+                    defaults.setdefault(prefix + param.name, repr(param.default))
+            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+                break
+    fixed = VARIANTS.get("mdgr-dgc" if name == MIP else name, {})
+    defaults.update({f"variant.{key}": repr(value) for key, value in fixed.items()})
+    return defaults
+
+
 __all__ = [
     "BERT4Rec",
     "BIGCF",
@@ -134,4 +171,6 @@ __all__ = [
     "TiSASRec",
     "build_model",
     "history_length",
+    "model_class",
+    "model_defaults",
 ]

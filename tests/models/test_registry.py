@@ -12,7 +12,15 @@ from torch_geometric.loader import DataLoader
 
 from mdgr_graph.data.dataset import SequenceDataset
 from mdgr_graph.data.prepare import PreparedDataset
-from mdgr_graph.models import CAUSAL_BASELINES, MODELS, NEURAL_BASELINES, build_model
+from mdgr_graph.models import (
+    CAUSAL_BASELINES,
+    CLOSED_FORM,
+    MODELS,
+    NEURAL_BASELINES,
+    build_model,
+    model_class,
+    model_defaults,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 import train_mdgr  # noqa: E402
@@ -33,6 +41,25 @@ def test_every_model_builds_from_the_command_line_options(name, protocol, paper_
         full = model.score_all(batch)
     assert cand.shape == batch.candidates.shape and torch.isfinite(cand).all()
     assert full.shape == (4, prepared.num_items + 1) and torch.isfinite(full[:, 1:]).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_class_is_what_build_model_builds(name, paper_data):
+    options = {} if name in CLOSED_FORM else {"dim": 8}
+    assert type(build_model(name, paper_data, **options)) is model_class(name)
+
+
+def test_model_defaults_follow_forwarded_kwargs_and_variants():
+    mdgr = model_defaults("mdgr")
+    assert mdgr["k"] == "8" and mdgr["weighting"] == "'paper'"
+    assert model_defaults("mdgr-w") == {**mdgr, "variant.use_weights": "False"}
+    assert model_defaults("mip")["variant.dynamic"] == "False"
+    assert model_defaults("static-graph") == mdgr  # its __init__ forwards **kwargs to MDGR
+    dcrec = model_defaults("dcrec")
+    assert dcrec["loss"] == "'sampled_softmax'" and dcrec["from_prepared.sim_neighbours"] == "4"
+    assert model_defaults("pop") == {}
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        model_class("nope")
 
 
 @pytest.mark.parametrize("name", CAUSAL_BASELINES)
