@@ -334,8 +334,11 @@ def test_eval_is_deterministic_and_uses_the_unmasked_graph():
     torch.manual_seed(2)
     b = model.score_candidates(batch)
     assert torch.equal(a, b)
-    loss = model.loss(batch)  # eval mode: BCE on the unmasked graph, no auxiliary terms
-    assert torch.allclose(loss, F.binary_cross_entropy_with_logits(a, batch.labels))
+    loss = model.loss(batch)  # eval mode: the candidate loss, no auxiliary terms
+    assert torch.allclose(loss, reference_sampled_softmax(a, batch.labels), atol=1e-6)
+    bce = small_model(loss="bce").eval()
+    assert torch.allclose(bce.loss(batch), F.binary_cross_entropy_with_logits(
+        bce.score_candidates(batch), batch.labels))
 
 
 @pytest.mark.parametrize("loss", ["bce", "sampled_softmax"])
@@ -350,6 +353,10 @@ def test_eval_loss_is_the_candidate_loss(loss):
         assert torch.allclose(model.loss(batch), ref, atol=1e-6)
     with pytest.raises(ValueError, match="unknown candidate loss"):
         small_model(loss="hinge")
+
+
+def test_default_loss_is_the_sampled_softmax():
+    assert small_model().candidate_loss_kind == "sampled_softmax"
 
 
 def test_gradients_reach_every_parameter():
