@@ -83,28 +83,22 @@ def build_model(name: str, prepared: PreparedDataset, **kwargs: Any) -> Sequenti
     with a ``from_prepared(prepared, max_len, **kwargs)`` class method (one that builds a
     global item graph or reads item labels) is built through it.
     """
-    if name == "pop":
-        if kwargs:
-            raise TypeError(f"pop takes no options, got {sorted(kwargs)}")
-        return Popularity.from_prepared(prepared)
-    if name == "itemknn":
-        return ItemKNN.from_prepared(prepared, **kwargs)
-    if name == "ease":
-        return EASE.from_prepared(prepared, **kwargs)
-    if name in NEURAL_BASELINES:
-        cls = NEURAL_BASELINES[name]
-        if hasattr(cls, "from_prepared"):  # models that read global training statistics
-            return cls.from_prepared(prepared, max_len=history_length(prepared), **kwargs)
-        return cls(prepared.num_items, max_len=history_length(prepared), **kwargs)
-    if name == STATIC_GRAPH:
-        return StaticGraphRec(prepared.num_items, max_len=history_length(prepared), **kwargs)
-    if name in VARIANTS:
-        return MDGR.from_variant(name, prepared.num_items, max_len=history_length(prepared),
-                                 **kwargs)
-    if name == MIP:
-        return MDGR.from_variant("mdgr-dgc", prepared.num_items,
-                                 max_len=history_length(prepared), **kwargs)
-    raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    cls = model_class(name)
+    if name == "pop" and kwargs:
+        raise TypeError(f"pop takes no options, got {sorted(kwargs)}")
+    if name in CLOSED_FORM:
+        return cls.from_prepared(prepared, **kwargs)
+    max_len = history_length(prepared)
+    if name in VARIANTS or name == MIP:
+        return MDGR.from_variant(variant_of(name), prepared.num_items, max_len=max_len, **kwargs)
+    if hasattr(cls, "from_prepared"):  # models that read global training statistics
+        return cls.from_prepared(prepared, max_len=max_len, **kwargs)
+    return cls(prepared.num_items, max_len=max_len, **kwargs)
+
+
+def variant_of(name: str) -> str:
+    """The Table 3 variant that model ``name`` (a variant, or MIP) is built as."""
+    return "mdgr-dgc" if name == MIP else name
 
 
 def model_class(name: str) -> type:
@@ -138,7 +132,7 @@ def model_defaults(name: str) -> dict[str, str]:
                     defaults.setdefault(prefix + param.name, repr(param.default))
             if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
                 break
-    fixed = VARIANTS.get("mdgr-dgc" if name == MIP else name, {})
+    fixed = VARIANTS[variant_of(name)] if name in VARIANTS or name == MIP else {}
     defaults.update({f"variant.{key}": repr(value) for key, value in fixed.items()})
     return defaults
 

@@ -77,7 +77,7 @@ class SequentialRecommender(nn.Module):
 
     The loss is :attr:`candidate_loss_kind` of :func:`candidate_loss`: Eq. 17's binary
     cross-entropy unless a subclass sets another (ComiRec trains with its paper's
-    sampled softmax; PinText2 and DCRec take it by default, chosen on validation).
+    sampled softmax; PinText2, DCRec and MAERec take it by default, chosen on validation).
 
     Args:
         num_items: number of real items (ids ``1..num_items``; 0 is padding).
