@@ -16,6 +16,10 @@ mdgr-p     position encoding                                -P
 mdgr-t     time encoding                                    -T
 =========  ==============================================  ====================
 
+The -DGC row uses the runs of ``mip``: ``build_model("mip")`` is the ``mdgr-dgc`` variant
+with the same options (the paper's Table 2 MIP row equals its Table 3 -DGC row), so the
+Table 2 runs serve both tables instead of training the same model twice under two names.
+
 ``--only-finished`` tabulates existing runs without training. Example::
 
     .venv/bin/python benchmarks/ablation.py --train-stride 25 --lr 2e-3 --epochs 40 \\
@@ -49,6 +53,9 @@ ABLATIONS: tuple[tuple[str, str], ...] = (
     ("mdgr", "ALL"),
 )
 
+#: Variants whose runs are those of another model name that builds the same model.
+RUNS_OF: dict[str, str] = {"mdgr-dgc": "mip"}
+
 #: Table 3 of the paper, MovieLens columns (AUC, Recall@50, in %), for reference only:
 #: the paper's MovieLens is the full ML-1M with its own split; numbers are not comparable.
 PAPER_MOVIELENS = {"mdgr-w": (88.49, 87.61), "mdgr-dgc": (92.32, 92.97),
@@ -81,8 +88,10 @@ def table(args: argparse.Namespace, variants: list[str]) -> dict[str, Any]:
     for name, label in ABLATIONS:
         if name not in variants:
             continue
-        runs = [r for seed in args.seeds if (r := compare.finished_run(name, seed, args))]
-        row: dict[str, Any] = {"model": name, "ablation": label,
+        run_name = RUNS_OF.get(name, name)
+        runs = [r for seed in args.seeds
+                if (r := compare.finished_run(run_name, seed, args))]
+        row: dict[str, Any] = {"model": name, "ablation": label, "runs_of": run_name,
                                "seeds": [r["seed"] for r in runs]}
         for col, key in keys:
             values = [r["test"][key] for r in runs]
@@ -123,7 +132,9 @@ def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
         "|" + "---|" * len(head),
     ]
     for row in result["rows"]:
-        cells = [row["model"], row["ablation"]]
+        name = row["model"]
+        run_name = row.get("runs_of", name)
+        cells = [name if run_name == name else f"{name} (runs of {run_name})", row["ablation"]]
         for col, _ in keys:
             m = row[col]["mean"]
             cells.append("—" if m is None else f"{m:.4f} ± {row[col]['std']:.4f}")
@@ -140,7 +151,7 @@ def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     own, rest = split_args(list(sys.argv[1:] if argv is None else argv))
-    argv_c = [*rest, "--models", ",".join(own.variants)]
+    argv_c = [*rest, "--models", ",".join(RUNS_OF.get(v, v) for v in own.variants)]
     if not own.only_finished:
         status = compare.main(argv_c)
         if status != 0:

@@ -235,19 +235,27 @@ def test_sensitivity_quick_sweeps_k_and_plots(shared_data, tmp_path):
 def test_ablation_quick_tabulates_variants_against_full_model(shared_data, tmp_path):
     import ablation
 
-    argv = ["--quick", "--seeds", "0", "--epochs", "1", "--variants", "mdgr-w,mdgr-t",
+    argv = ["--quick", "--seeds", "0", "--epochs", "1", "--variants", "mdgr-w,mdgr-dgc,mdgr-t",
             "--data-dir", str(shared_data), "--out", str(tmp_path / "results"),
             "--work-dir", str(tmp_path / "work"), "--no-progress"]
     assert ablation.main(argv) == 0
     base = tmp_path / "results" / "quick" / "ml-1m-subset-paper"
     data = json.loads(base.with_name(base.name + "-ablation.json").read_text())
     rows = {r["model"]: r for r in data["rows"]}
-    assert list(rows) == ["mdgr-w", "mdgr-t", "mdgr"]  # the paper's order, full model last
+    assert list(rows) == ["mdgr-w", "mdgr-dgc", "mdgr-t", "mdgr"]  # paper's order, full last
+    # -DGC is MIP's model: its row is MIP's run, trained once under that name
+    runs = base / "runs"
+    assert [p.name.split("-seed")[0] for p in sorted(runs.glob("m*.json"))] == [
+        "mdgr", "mdgr-t", "mdgr-w", "mip"]
+    mip_run = json.loads(next(runs.glob("mip-seed0-*.json")).read_text())
+    assert rows["mdgr-dgc"]["runs_of"] == "mip" and rows["mdgr-dgc"]["seeds"] == [0]
+    assert rows["mdgr-dgc"]["AUC"]["per_seed"] == [mip_run["test"]["auc/sampled"]]
     assert rows["mdgr"]["AUC"]["minus_full"] == 0.0
     assert rows["mdgr-w"]["AUC"]["minus_full"] == pytest.approx(
         rows["mdgr-w"]["AUC"]["mean"] - rows["mdgr"]["AUC"]["mean"])
     table = base.with_name(base.name + "-ablation.md").read_text()
     assert "| mdgr-t | -T |" in table and "88.49 / 87.61" in table
+    assert "| mdgr-dgc (runs of mip) | -DGC |" in table
     stamps = sorted(p.stat().st_mtime_ns for p in (base / "runs").glob("*.json"))
     assert ablation.main([*argv, "--only-finished"]) == 0  # trains nothing
     assert sorted(p.stat().st_mtime_ns for p in (base / "runs").glob("*.json")) == stamps
