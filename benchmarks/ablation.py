@@ -132,8 +132,7 @@ def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
         "|" + "---|" * len(head),
     ]
     for row in result["rows"]:
-        name = row["model"]
-        run_name = row.get("runs_of", name)
+        name, run_name = row["model"], row["runs_of"]
         cells = [name if run_name == name else f"{name} (runs of {run_name})", row["ablation"]]
         for col, _ in keys:
             m = row[col]["mean"]
