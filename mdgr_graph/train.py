@@ -16,6 +16,7 @@ merged across ranks, and only rank 0 writes files.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -239,9 +240,15 @@ def _train_epoch(
     config: TrainConfig,
     epoch: int,
     step: Callable[[Batch], Tensor] | None = None,
+    max_batches: int | None = None,
+    step_seconds: list[float] | None = None,
 ) -> float:
     """One pass over the training split; ``step(batch)`` gives the loss (default
-    ``model.loss``; the DDP wrapper in a process group). Returns the mean loss."""
+    ``model.loss``; the DDP wrapper in a process group). Returns the mean loss.
+
+    ``max_batches`` stops after that many batches; ``step_seconds``, when given, receives
+    the wall time of each step (loading the batch included), as ``benchmarks/step_time.py``
+    uses them."""
     model.train()
     step = model.loss if step is None else step
     dataset.set_epoch(epoch)
@@ -249,7 +256,10 @@ def _train_epoch(
     loader = _train_loader(dataset, config, epoch)
     total, count = 0.0, 0
     show = config.progress and distributed.is_main_process()
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not show, leave=False)
+    batches = loader if max_batches is None else itertools.islice(loader, max_batches)
+    bar = tqdm(batches, desc=f"epoch {epoch}", disable=not show, leave=False,
+               total=len(loader) if max_batches is None else min(max_batches, len(loader)))
+    started = time.perf_counter()
     for batch in bar:
         batch: Batch = batch.to(config.device)
         optimizer.zero_grad(set_to_none=True)
@@ -261,6 +271,10 @@ def _train_epoch(
         total += float(loss.detach()) * batch.num_graphs
         count += batch.num_graphs
         bar.set_postfix(loss=f"{total / count:.4f}")
+        if step_seconds is not None:
+            now = time.perf_counter()
+            step_seconds.append(now - started)
+            started = now
     if distributed.is_distributed():
         sums = torch.tensor([total, count], dtype=torch.float64)
         torch.distributed.all_reduce(sums)

@@ -307,3 +307,29 @@ def test_wrapper_scripts_refuse_options_they_set(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--ks" in out and "Every other option is passed to compare.py" in out
+
+
+def test_step_time_estimates_a_run_from_timed_steps(shared_data, tmp_path):
+    import step_time
+
+    argv = ["--quick", "--seeds", "0", "--epochs", "1", "--data-dir", str(shared_data),
+            "--out", str(tmp_path / "results"), "--work-dir", str(tmp_path / "work"),
+            "--no-progress"]
+    assert compare.main([*argv, "--models", "sasrec"]) == 0  # a finished run to check against
+    assert step_time.main(["--steps", "3", "--warmup", "1", *argv,
+                           "--models", "pop,sasrec,mdgr"]) == 0
+    base = tmp_path / "results" / "quick" / "ml-1m-subset-paper-step-time"
+    payload = json.loads(base.with_suffix(".json").read_text())
+    assert payload["skipped"] == {"pop": "closed form, no training steps"}
+    sasrec, mdgr = payload["models"]
+    assert (sasrec["model"], mdgr["model"]) == ("sasrec", "mdgr")
+    for entry in (sasrec, mdgr):
+        assert len(entry["step_seconds"]) == 3 and min(entry["step_seconds"]) > 0
+        assert entry["batches_per_epoch"] == -(-entry["examples_per_epoch"] // 128)
+        assert entry["estimated_epoch_seconds"] == pytest.approx(
+            entry["median_step_seconds"] * entry["batches_per_epoch"])
+        assert entry["config"] == compare.run_config(entry["model"], compare.parse_args(argv))
+    assert sasrec["measured_epoch_seconds"] > 0 and "measured_epoch_seconds" not in mdgr
+    assert "| sasrec |" in base.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        step_time.main(["--steps", "0", *argv])
