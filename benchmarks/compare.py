@@ -338,16 +338,25 @@ def run_closed_form(name: str, prepared: PreparedDataset, grid: dict[str, list[A
     }
 
 
-def run_neural(name: str, prepared: PreparedDataset, seed: int, config: dict[str, Any],
-               work_dir: Path, progress: bool) -> dict[str, Any]:
+def neural_setup(name: str, prepared: PreparedDataset, seed: int, config: dict[str, Any],
+                 **train_options: Any) -> tuple[Any, TrainConfig]:
+    """The seeded model of run configuration ``config`` (:func:`run_config`) and its
+    training configuration (``train_options``: further :class:`TrainConfig` fields)."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     model = build_model(name, prepared, **config["model_kwargs"])
     train = TrainConfig(epochs=config["epochs"], patience=config["patience"], lr=config["lr"],
-                        batch_size=config["batch_size"], seed=seed, out_dir=str(work_dir),
-                        resume=True, progress=progress,
+                        batch_size=config["batch_size"], seed=seed,
                         loo_train_targets=config.get("loo_train_targets", "last"),
-                        loo_train_positives=config.get("loo_train_positives", 1))
+                        loo_train_positives=config.get("loo_train_positives", 1),
+                        **train_options)
+    return model, train
+
+
+def run_neural(name: str, prepared: PreparedDataset, seed: int, config: dict[str, Any],
+               work_dir: Path, progress: bool) -> dict[str, Any]:
+    model, train = neural_setup(name, prepared, seed, config, out_dir=str(work_dir),
+                                resume=True, progress=progress)
     result = fit(model, prepared, train, log=None)
     return {
         "valid": result.best_valid, "test": evaluate(model, prepared, "test"),

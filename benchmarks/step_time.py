@@ -39,9 +39,8 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from mdgr_graph.data.dataset import SequenceDataset  # noqa: E402
-from mdgr_graph.models import CLOSED_FORM, build_model  # noqa: E402
+from mdgr_graph.models import CLOSED_FORM  # noqa: E402
 from mdgr_graph.train import (  # noqa: E402
-    TrainConfig,
     _train_epoch,
     atomic_write_text,
     deterministic_algorithms,
@@ -59,23 +58,23 @@ def split_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def time_model(name: str, prepared, args: argparse.Namespace, seed: int, steps: int,
-               warmup: int) -> dict[str, Any]:
+               warmup: int, datasets: dict[tuple[str, int], SequenceDataset]
+               ) -> dict[str, Any]:
     """Build ``name`` as compare.py does and time ``warmup + steps`` training steps.
 
     Under ``--lr-grid`` the model runs at its selected learning rate once its grid has
-    finished, else at ``--lr`` (the step time does not depend on it)."""
+    finished, else at ``--lr`` (the step time does not depend on it). ``datasets`` keeps
+    the training split of each choice of loo training targets, built once."""
     args = compare.resolved_args(name, args) or args
     config = compare.run_config(name, args)
     started = time.perf_counter()
-    torch.manual_seed(seed)
-    model = build_model(name, prepared, **config["model_kwargs"])
+    model, train = compare.neural_setup(name, prepared, seed, config, progress=False)
     build_seconds = time.perf_counter() - started
-    train = TrainConfig(lr=config["lr"], batch_size=config["batch_size"], seed=seed,
-                        progress=False,
-                        loo_train_targets=config.get("loo_train_targets", "last"),
-                        loo_train_positives=config.get("loo_train_positives", 1))
-    dataset = SequenceDataset(prepared, "train", loo_train_targets=train.loo_train_targets,
-                              loo_train_positives=train.loo_train_positives)
+    targets = (train.loo_train_targets, train.loo_train_positives)
+    if targets not in datasets:
+        datasets[targets] = SequenceDataset(prepared, "train", loo_train_targets=targets[0],
+                                            loo_train_positives=targets[1])
+    dataset = datasets[targets]
     batches_per_epoch = math.ceil(len(dataset) / train.batch_size)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                  lr=train.lr, weight_decay=train.weight_decay)
@@ -136,12 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seeds[0]
     environment = compare.environment(args)
     prepared = compare.load_data(args, seed)
-    models, skipped = [], {}
+    models, skipped, datasets = [], {}, {}
     for name in tqdm(args.models, desc="models", disable=args.no_progress):
         if name in CLOSED_FORM:
             skipped[name] = "closed form, no training steps"
             continue
-        models.append(time_model(name, prepared, args, seed, own.steps, own.warmup))
+        models.append(time_model(name, prepared, args, seed, own.steps, own.warmup, datasets))
         tqdm.write(f"{name}: {models[-1]['median_step_seconds']:.3f} s per step")
     base = compare.summary_path(args)
     payload = {"name": base.name, "seed": seed, "steps": own.steps, "warmup": own.warmup,

@@ -333,3 +333,5 @@ def test_step_time_estimates_a_run_from_timed_steps(shared_data, tmp_path):
     assert "| sasrec |" in base.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):
         step_time.main(["--steps", "0", *argv])
+    with pytest.raises(ValueError, match="fewer than --warmup 100000"):
+        step_time.main(["--warmup", "100000", *argv, "--models", "sasrec"])
