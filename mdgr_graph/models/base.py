@@ -64,6 +64,57 @@ def candidate_loss(logits: Tensor, labels: Tensor, kind: str = "bce") -> Tensor:
     return sampled_softmax_loss(logits, labels)
 
 
+def sample_candidates(
+    candidates: Tensor, labels: Tensor, positives: int, negatives: int,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Draw ``positives`` positives and ``negatives`` negatives of every row, uniformly
+    without replacement (SURGE's 1 positive + 4 negatives per training example).
+
+    Candidate-query models (``query="candidate"``) run one graph per (sequence,
+    candidate) pair, so they train on a few candidates of each window instead of all of
+    them. The draw uses ``generator`` (default: torch's global generator, which the
+    training loop seeds per epoch, so a resumed run draws the same candidates).
+
+    Args:
+        candidates: ``[B, C]`` item ids.
+        labels: ``[B, C]``, 1 (or True) at positives, 0 at negatives.
+        positives, negatives: how many of each to keep per row (``>= 0``, not both 0).
+
+    Returns:
+        ``(candidates [B, P + N], labels [B, P + N])``: the drawn positives first, in
+        random order, then the drawn negatives.
+
+    Raises:
+        ValueError: on mismatched shapes, or a row with fewer positives or negatives than
+            asked for (naming the row).
+    """
+    if candidates.shape != labels.shape or candidates.dim() != 2:
+        raise ValueError(f"candidates {tuple(candidates.shape)} and labels "
+                         f"{tuple(labels.shape)} must both be [B, C]")
+    if positives < 0 or negatives < 0 or positives + negatives == 0:
+        raise ValueError(f"need positives >= 0, negatives >= 0 and at least one candidate, "
+                         f"got {positives} and {negatives}")
+    positive = labels.bool()
+    keys = torch.rand(candidates.shape, generator=generator, device=candidates.device)
+    picked = []
+    for want, is_kind, kind in ((positives, positive, "positives"),
+                                (negatives, ~positive, "negatives")):
+        if want == 0:
+            continue
+        have = is_kind.sum(dim=1)
+        short = (have < want).nonzero()
+        if short.numel():
+            row = int(short[0])
+            raise ValueError(f"row {row} has {int(have[row])} {kind}, fewer than the "
+                             f"{want} to sample per row")
+        # random keys in [0, 1) for the kind, -1 elsewhere: the top ``want`` are a
+        # uniform sample without replacement of the kind's entries
+        picked.append(keys.masked_fill(~is_kind, -1.0).topk(want, dim=1).indices)
+    index = torch.cat(picked, dim=1)
+    return candidates.gather(1, index), labels.gather(1, index)
+
+
 def check_positive(**sizes: int) -> None:
     """Raise a ``ValueError`` naming the first of ``sizes`` (e.g. ``max_len=..., dim=...``)
     below 1."""

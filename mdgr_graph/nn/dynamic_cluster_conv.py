@@ -36,6 +36,37 @@ class _DenseGraph(NamedTuple):
     n_max: int
 
 
+class SharedIteration(NamedTuple):
+    """What one iteration computes before the query enters (Eq. 7-10): shared by every
+    candidate of a graph in candidate mode (:meth:`DynamicClusterConv.prepare`)."""
+
+    x: Tensor  # [N, d] input node features
+    batch: Tensor  # [N] sorted batch vector
+    num_graphs: int
+    cluster: Tensor  # [N] cluster labels
+    graph: _DenseGraph | None  # kept pairs; None when no graph has two nodes
+    alpha: Tensor | None  # [N, H] cluster-aware scores (None without graph)
+
+
+def candidate_graphs(batch: Tensor, num_graphs: int, num_candidates: int) -> tuple[Tensor, Tensor]:
+    r"""Layout of candidate mode: graph :math:`g = b C + c` is a copy of graph :math:`b`
+    for its candidate :math:`c`.
+
+    Returns:
+        ``(node, batch)``, both :math:`(C N)`: ``node`` the original node every copied
+        node comes from (so ``x[node]`` copies the features), ``batch`` the sorted batch
+        vector of the :math:`B C` copies.
+    """
+    counts = torch.bincount(batch, minlength=num_graphs)
+    ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    graph = torch.arange(num_graphs * num_candidates, device=batch.device)
+    counts_e = counts.repeat_interleave(num_candidates)
+    new_batch = graph.repeat_interleave(counts_e)
+    ptr_e = torch.cat([counts.new_zeros(1), counts_e.cumsum(0)])
+    local = torch.arange(new_batch.numel(), device=batch.device) - ptr_e[new_batch]
+    return ptr[new_batch // num_candidates] + local, new_batch
+
+
 def _attention_mlp(channels: int, heads: int) -> Sequential:
     return Sequential(Linear(3 * channels, channels), Tanh(), Linear(channels, heads))
 
@@ -143,9 +174,10 @@ class DynamicClusterConv(MessagePassing):
         - **input:**
           node features :math:`(|\mathcal{V}|, d)`,
           batch vector :math:`(|\mathcal{V}|)` *(optional, sorted)*,
-          query :math:`(B, d)` *(optional)*,
+          query :math:`(B, d)` or :math:`(B, C, d)` *(optional; candidate mode)*,
           cluster labels :math:`(|\mathcal{V}|)` *(optional)*
-        - **output:** node features :math:`(|\mathcal{V}|, d)`; with
+        - **output:** node features :math:`(|\mathcal{V}|, d)` (candidate mode:
+          :math:`(C |\mathcal{V}|, d)`); with
           ``return_graph=True`` also edge indices :math:`(2, |\mathcal{E}|)`, edge
           weights :math:`(|\mathcal{E}|)` and cluster labels :math:`(|\mathcal{V}|)`
     """
@@ -248,11 +280,14 @@ class DynamicClusterConv(MessagePassing):
             raise ValueError("'batch' must be sorted (as produced by PyG's 'Batch')")
         num_graphs = int(batch.max()) + 1 if num_nodes > 0 else 0
         if query is not None:
-            if query.dim() != 2 or query.size(1) != self.channels:
+            if query.dim() not in (2, 3) or query.size(-1) != self.channels:
                 raise ValueError(
-                    f"'query' must have shape [num_graphs, {self.channels}] "
+                    f"'query' must have shape [num_graphs, {self.channels}] or, one graph "
+                    f"per candidate, [num_graphs, C, {self.channels}] "
                     f"(got {tuple(query.shape)})"
                 )
+            if query.dim() == 3 and query.size(1) < 1:
+                raise ValueError("'query' of shape [num_graphs, C, d] needs C >= 1")
             if query.size(0) < num_graphs:
                 raise ValueError(
                     f"'query' has {query.size(0)} rows but 'batch' holds {num_graphs} graphs"
@@ -273,18 +308,36 @@ class DynamicClusterConv(MessagePassing):
         sim = (xh @ xh.transpose(-1, -2)).mean(dim=-3)
         return 0.5 * (sim + sim.transpose(-1, -2))  # exactly symmetric
 
+    def _alpha(self, x: Tensor, phi_c: Tensor) -> Tensor:
+        """Cluster-aware scores ``alpha [N, H]`` (Eq. 10)."""
+        xc = self.lin_c(x)
+        return self.att_c(torch.cat([xc, phi_c, xc * phi_c], dim=-1))
+
+    def _beta(self, x: Tensor, query: Tensor, batch: Tensor) -> Tensor:
+        r"""Query-aware scores (Eq. 11): ``[N, H]`` for ``query [B, d]``, ``[N, C, H]`` for
+        one query per candidate ``[B, C, d]``.
+
+        With candidates, the first linear map of :math:`\mathrm{MLP}_q` is applied block by
+        block (node part once per node, query part once per candidate, only the product
+        term per pair): the same map as on the concatenation, :math:`C` times cheaper in
+        the two shared blocks.
+        """
+        xq = self.lin_q(x)
+        if query.dim() == 2:
+            q = query[batch]
+            return self.att_q(torch.cat([xq, q, xq * q], dim=-1))
+        first, act, last = self.att_q
+        w_x, w_q, w_xq = first.weight.split(self.channels, dim=1)
+        per_query = query @ w_q.t() + first.bias  # [B, C, d]
+        pair = (xq.unsqueeze(1) * query[batch]) @ w_xq.t()  # [N, C, d]
+        return last(act((xq @ w_x.t()).unsqueeze(1) + per_query[batch] + pair))
+
     def _attention_scores(
         self, x: Tensor, phi_c: Tensor, query: Tensor | None, batch: Tensor
     ) -> tuple[Tensor, Tensor]:
         """``alpha [N, H]`` (cluster-aware, Eq. 10) and ``beta [N, H]`` (Eq. 11)."""
-        xc = self.lin_c(x)
-        alpha = self.att_c(torch.cat([xc, phi_c, xc * phi_c], dim=-1))
-        if query is None:
-            beta = alpha.new_zeros(alpha.shape)
-        else:
-            xq = self.lin_q(x)
-            q = query[batch]
-            beta = self.att_q(torch.cat([xq, q, xq * q], dim=-1))
+        alpha = self._alpha(x, phi_c)
+        beta = alpha.new_zeros(alpha.shape) if query is None else self._beta(x, query, batch)
         return alpha, beta
 
     def _output(self, x: Tensor, agg: Tensor) -> Tensor:
@@ -401,7 +454,12 @@ class DynamicClusterConv(MessagePassing):
             x (Tensor): Node features :math:`(N, d)`.
             batch (LongTensor, optional): Sorted batch vector :math:`(N)`.
             query (Tensor, optional): One query per graph :math:`(B, d)` (Eq. 11);
-                :obj:`None` drops the query-aware term.
+                :obj:`None` drops the query-aware term. **Candidate mode:** one query per
+                candidate :math:`(B, C, d)` (DESIGN.md decision 6): every graph is copied
+                once per candidate (graph :math:`bC + c`, :func:`candidate_graphs`), the
+                clustering, metric graph and :math:`\alpha_i` are computed once and shared
+                (:meth:`prepare`), and the output is :math:`(C N, d)`; equal to :math:`C`
+                calls with :math:`(B, d)` queries, up to float rounding.
             cluster (LongTensor, optional): Precomputed cluster labels :math:`(N)`.
             return_graph (bool, optional): Also return ``edge_index``, ``edge_weight``
                 and the cluster labels. (default: :obj:`False`)
@@ -416,28 +474,50 @@ class DynamicClusterConv(MessagePassing):
         batch, num_graphs = self._check_inputs(x, batch, query, cluster)
         if edge_index is None and edge_weight is not None:
             raise ValueError("'edge_weight' needs 'edge_index'")
-        if cluster is None:
-            cluster = self.cluster_labels(x, batch, num_graphs)
         if edge_index is not None:
+            if query is not None and query.dim() == 3:
+                raise ValueError("candidate queries [B, C, d] need the metric graph; with "
+                                 "'edge_index' give one query per graph [B, d]")
+            if cluster is None:
+                cluster = self.cluster_labels(x, batch, num_graphs)
             return self.forward_fixed(
                 x, batch, query, cluster, edge_index, edge_weight, return_graph
             )
+        shared = self._prepare(x, batch, cluster, num_graphs)
+        out = self.update(shared, query)
+        if return_graph:
+            edge_index, edge_weight = self._graph_edges(shared)
+            return out, edge_index, edge_weight, shared.cluster
+        return out
+
+    def prepare(
+        self, x: Tensor, batch: Tensor | None = None, cluster: Tensor | None = None,
+        num_graphs: int | None = None,
+    ) -> SharedIteration:
+        """Steps 1-4 and :math:`\alpha_i` (Eq. 7-10): everything of the iteration that does
+        not depend on the query. :meth:`update` finishes it for one or many queries, so
+        in candidate mode the clustering, the metric graph and :math:`\alpha_i` are
+        computed once per sequence and shared by all its candidates.
+
+        ``num_graphs`` (default: from ``batch``) counts trailing empty graphs as well.
+        """
+        batch, found = self._check_inputs(x, batch, None, cluster)
+        return self._prepare(x, batch, cluster, max(found, num_graphs or 0))
+
+    def _prepare(
+        self, x: Tensor, batch: Tensor, cluster: Tensor | None, num_graphs: int
+    ) -> SharedIteration:
+        if cluster is None:
+            cluster = self.cluster_labels(x, batch, num_graphs)
         if self.metric_weight is None:
             raise ValueError("this layer has no metric weights; pass 'edge_index'")
         graph = self._sparsify(x, batch, cluster, num_graphs)
-        if graph is None:  # no graph has an edge: phi = 0 and every node aggregates 0
-            out = self._output(x, torch.zeros_like(x))
-            if return_graph:
-                empty = torch.empty(2, 0, dtype=torch.long, device=x.device)
-                return out, empty, x.new_empty(0), cluster
-            return out
-
-        n, heads = graph.n_max, self.heads
-        row = graph.flat // n  # target i of every kept pair, local to its graph
-        col = graph.flat % n  # source j
+        if graph is None:  # no graph has an edge
+            return SharedIteration(x, batch, num_graphs, cluster, None, None)
+        n = graph.n_max
+        row, col = graph.flat // n, graph.flat % n  # target i, source j, local
         adj = x.new_zeros(num_graphs, n, n)
         adj[graph.graph, row, col] = 1.0  # adj[b, i, j] = 1 for the edge j -> i
-
         # Eq. 10, cluster vector: mean over s of (row-normalised A)^s X, isolated -> 0.
         adj_hat = adj / adj.sum(-1, keepdim=True).clamp(min=1)
         h, acc = graph.xd, torch.zeros_like(graph.xd)
@@ -445,30 +525,68 @@ class DynamicClusterConv(MessagePassing):
             h = adj_hat @ h
             acc = acc + h
         phi_c = (acc / self.hops)[graph.mask]
+        return SharedIteration(x, batch, num_graphs, cluster, graph, self._alpha(x, phi_c))
 
-        # Eq. 10-12 on the edge list: E_ij = softmax over the in-neighbours j of i.
-        alpha, beta = self._attention_scores(x, phi_c, query, batch)
+    def update(self, shared: SharedIteration, query: Tensor | None = None) -> Tensor:
+        """Eq. 11-13 on the output of :meth:`prepare`.
+
+        Args:
+            shared: the output of :meth:`prepare`.
+            query: :obj:`None` (no query-aware term), one query per graph ``[B, d]``, or
+                candidate mode ``[B, C, d]``: graph :math:`b` is copied once per
+                candidate :math:`c` as graph :math:`bC + c` (see :func:`candidate_graphs`)
+                and each copy is updated with its own query.
+
+        Returns:
+            ``[N, d]``, or ``[C N, d]`` in the layout of :func:`candidate_graphs`.
+        """
+        x, batch, num_graphs, graph = shared.x, shared.batch, shared.num_graphs, shared.graph
+        num_cand = 1 if query is None or query.dim() == 2 else query.size(1)
+        if query is not None:
+            if query.size(-1) != self.channels or query.size(0) < num_graphs:
+                raise ValueError(f"'query' must have {num_graphs} rows of width "
+                                 f"{self.channels} (got {tuple(query.shape)})")
+            query = query[:num_graphs]
+        if graph is None:  # phi = 0 and every node aggregates 0
+            if num_cand > 1:
+                x = x[candidate_graphs(batch, num_graphs, num_cand)[0]]
+            return self._output(x, torch.zeros_like(x))
+
+        n, heads, d = graph.n_max, self.heads, self.channels
+        row, col = graph.flat // n, graph.flat % n
         dst = graph.ptr[graph.graph] + row
         src = graph.ptr[graph.graph] + col
-        logit = F.leaky_relu(alpha[dst] + beta[src], self.negative_slope)  # [E, H]
-        att = softmax(logit, dst, num_nodes=x.size(0))
+        alpha = shared.alpha
+        if query is None:
+            beta = alpha.new_zeros(alpha.size(0), 1, heads)
+        else:
+            beta = self._beta(x, query, batch).view(alpha.size(0), num_cand, heads)
+        # Eq. 12 on the edge list: E_ij = softmax over the in-neighbours j of i.
+        logit = F.leaky_relu(alpha[dst].unsqueeze(1) + beta[src], self.negative_slope)
+        att = softmax(logit, dst, num_nodes=x.size(0))  # [E, C, H]
         att = F.dropout(att, p=self.dropout, training=self.training)
         if not self.binary:
-            att = att * graph.sim[graph.graph, row, col].unsqueeze(-1)  # E_ij * L_ij
+            att = att * graph.sim[graph.graph, row, col].view(-1, 1, 1)  # E_ij * L_ij
 
-        # Eq. 13: the coefficients go into a dense [B, n_i, H, n_j] tensor, and the sum
-        # over heads and neighbours is one batched product [B, n, H n] @ [B, H n, d].
-        coef = x.new_zeros(num_graphs, n, heads, n)
-        coef[graph.graph, row, :, col] = att
-        v = self.lin_v(graph.xd).view(num_graphs, n, heads, self.channels)
-        v = v.transpose(1, 2).reshape(num_graphs, heads * n, self.channels)
-        agg = (coef.view(num_graphs, n, heads * n) @ v) / heads
-        out = self._output(x, agg[graph.mask])
+        # Eq. 13: the coefficients go into a dense [B, C, n_i, H, n_j] tensor, and the sum
+        # over heads and neighbours is one batched product [B, C n, H n] @ [B, H n, d].
+        coef = x.new_zeros(num_graphs, num_cand, n, heads, n)
+        coef[graph.graph, :, row, :, col] = att
+        v = self.lin_v(graph.xd).view(num_graphs, n, heads, d)
+        v = v.transpose(1, 2).reshape(num_graphs, heads * n, d)
+        agg = (coef.view(num_graphs, num_cand * n, heads * n) @ v) / heads
+        agg = agg.view(num_graphs, num_cand, n, d)
+        if num_cand == 1:
+            return self._output(x, agg[:, 0][graph.mask])
+        mask = graph.mask.unsqueeze(1).expand(num_graphs, num_cand, n)
+        xe = graph.xd.unsqueeze(1).expand(num_graphs, num_cand, n, d)[mask]
+        return self._output(xe, agg[mask])
 
-        if return_graph:
-            edge_index, edge_weight = self._edges(graph)
-            return out, edge_index, edge_weight, cluster
-        return out
+    def _graph_edges(self, shared: SharedIteration) -> tuple[Tensor, Tensor]:
+        if shared.graph is None:
+            x = shared.x
+            return torch.empty(2, 0, dtype=torch.long, device=x.device), x.new_empty(0)
+        return self._edges(shared.graph)
 
     def forward_fixed(
         self,

@@ -307,3 +307,82 @@ def test_inside_pyg_model():
     assert losses[-1] < losses[0]
     assert model.gcn.lin.weight.grad.abs().sum() > 0
     assert model.dgc.metric_weight.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------- candidate mode
+from mdgr_graph.nn.dynamic_cluster_conv import candidate_graphs  # noqa: E402
+
+
+def test_candidate_graphs_layout():
+    batch = torch.tensor([0, 0, 1, 1, 1, 3])  # graph 2 is empty
+    node, new_batch = candidate_graphs(batch, num_graphs=4, num_candidates=2)
+    assert node.tolist() == [0, 1, 0, 1, 2, 3, 4, 2, 3, 4, 5, 5]
+    assert new_batch.tolist() == [0, 0, 1, 1, 2, 2, 2, 3, 3, 3, 6, 7]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+@pytest.mark.parametrize("cluster_given", [False, True])
+def test_candidate_mode_equals_one_query_at_a_time(binary, cluster_given):
+    x, batch, cluster, _ = make_batch(seed=2)
+    num_graphs, num_cand = len(SIZES), 5
+    queries = torch.randn(num_graphs, num_cand, D, generator=torch.Generator().manual_seed(3))
+    conv = DynamicClusterConv(D, k=3, gamma=0.2, binary=binary).eval()
+    labels = cluster if cluster_given else None
+    out, ei, ew, used = conv(x, batch, queries, labels, return_graph=True)
+    node, new_batch = candidate_graphs(batch, num_graphs, num_cand)
+    assert out.shape == (num_cand * x.size(0), D)
+    for c in range(num_cand):
+        one, ei_c, ew_c, used_c = conv(x, batch, queries[:, c], labels, return_graph=True)
+        rows = (new_batch % num_cand) == c  # the copies made for candidate c
+        assert torch.equal(node[rows], torch.arange(x.size(0)))
+        assert torch.allclose(out[rows], one, atol=1e-5)
+        assert torch.equal(ei, ei_c) and torch.equal(ew, ew_c) and torch.equal(used, used_c)
+
+
+def test_candidate_mode_prepare_once_then_chunks():
+    x, batch, _, _ = make_batch(seed=4)
+    queries = torch.randn(len(SIZES), 6, D, generator=torch.Generator().manual_seed(5))
+    conv = DynamicClusterConv(D, k=3, gamma=0.2).eval()
+    whole = conv(x, batch, queries)
+    shared = conv.prepare(x, batch)
+    parts = [conv.update(shared, queries[:, c : c + 4]) for c in (0, 4)]
+    # each chunk holds graphs b * C' + c'; regroup into b * 6 + c
+    dense_whole = whole.view(-1, D)
+    counts = torch.bincount(batch).tolist()
+    start_whole, start = 0, [0, 0]
+    for n in counts:
+        for chunk, width in ((0, 4), (1, 2)):
+            flat = parts[chunk]
+            for _ in range(width):
+                assert torch.allclose(flat[start[chunk] : start[chunk] + n],
+                                      dense_whole[start_whole : start_whole + n], atol=1e-6)
+                start[chunk] += n
+                start_whole += n
+
+
+def test_candidate_mode_gradients_and_single_candidate():
+    x, batch, _, query = make_batch(seed=6)
+    x.requires_grad_(True)
+    conv = DynamicClusterConv(D, k=3, gamma=0.3)
+    queries = torch.randn(len(SIZES), 3, D, requires_grad=True)
+    conv(x, batch, queries).square().sum().backward()
+    assert x.grad is not None and queries.grad is not None
+    assert float(queries.grad.abs().sum()) > 0
+    for name, p in conv.named_parameters():
+        assert p.grad is not None, name
+    conv.eval()
+    assert torch.allclose(conv(x, batch, query.unsqueeze(1)), conv(x, batch, query), atol=1e-6)
+
+
+def test_candidate_mode_without_edges_and_bad_queries():
+    x = torch.randn(3, D)
+    batch = torch.tensor([0, 1, 2])  # single-node graphs: no edges anywhere
+    conv = DynamicClusterConv(D, k=2).eval()
+    out = conv(x, batch, torch.randn(3, 4, D))
+    assert out.shape == (12, D) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="query"):
+        conv(x, batch, torch.randn(3, 4, D + 1))
+    with pytest.raises(ValueError, match="C >= 1"):
+        conv(x, batch, torch.randn(3, 0, D))
+    with pytest.raises(ValueError, match="candidate queries"):
+        conv(x, batch, torch.randn(3, 4, D), edge_index=torch.zeros(2, 0, dtype=torch.long))
