@@ -11,9 +11,9 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 from torch_geometric.utils import to_dense_batch
 
-from mdgr_graph.models.base import SequentialRecommender
+from mdgr_graph.models.base import SequentialRecommender, candidate_loss, sample_candidates
 from mdgr_graph.nn.cluster import cluster_nodes
-from mdgr_graph.nn.dynamic_cluster_conv import DynamicClusterConv
+from mdgr_graph.nn.dynamic_cluster_conv import DynamicClusterConv, candidate_graphs
 from mdgr_graph.nn.encoding import sinusoidal_encoding
 from mdgr_graph.nn.interest import (
     InterestPooling,
@@ -32,6 +32,9 @@ VARIANTS: dict[str, dict] = {
     "mdgr-t": {"use_time": False},
     "mdgr-pt": {"use_position": False, "use_time": False},
 }
+
+#: Where the query :math:`\phi_t` of Eq. 11 comes from (DESIGN.md decision 6).
+QUERIES: tuple[str, ...] = ("last", "candidate")
 
 
 class SequenceEncoder(nn.Module):
@@ -112,6 +115,25 @@ class MDGR(SequentialRecommender):
         dynamic: iterate DynamicClusterConv (False: one static clustering of the encoder
             output, ``mdgr-dgc``).
         use_time, use_position: include the time / position encodings in the encoder.
+        query: the query :math:`\phi_t` of Eq. 11 (DESIGN.md decision 6). ``"last"``
+            (default): the state of the last history item, recomputed every iteration;
+            the interests do not depend on the candidate, so one pass scores the whole
+            catalogue (retrieval, leave-one-out, FAISS). ``"candidate"``: the paper's
+            target-aware form, the embedding of each candidate item; every (sequence,
+            candidate) pair is its own graph. The encoder, the first iteration's
+            clustering, metric graph and :math:`\alpha_i` run once per sequence and are
+            shared; :math:`\beta_j` and every later iteration, the final clustering, the
+            interests and their weights are per candidate. For ranking a given candidate
+            set (the paper protocol, re-ranking); ``score_all`` is exact but runs the
+            graph once per item. Without graph layers (``m = 0`` or ``dynamic=False``)
+            the two modes are the same model.
+        train_positives, train_negatives: in candidate mode, the positives and
+            negatives of each window drawn per training step
+            (:func:`~mdgr_graph.models.base.sample_candidates`; SURGE's 1 + 4). Both
+            :obj:`None`: train on all candidates. Ignored with ``query="last"``, which
+            trains on all candidates as before. (default: :obj:`1`, :obj:`4`)
+        candidate_chunk: candidates per graph pass in candidate mode (memory grows as
+            ``batch x candidate_chunk`` graphs). (default: :obj:`16`)
     """
 
     def __init__(
@@ -138,10 +160,31 @@ class MDGR(SequentialRecommender):
         dynamic: bool = True,
         use_time: bool = True,
         use_position: bool = True,
+        query: str = "last",
+        train_positives: int | None = 1,
+        train_negatives: int | None = 4,
+        candidate_chunk: int = 16,
     ) -> None:
         super().__init__(num_items)
         if m < 0:
             raise ValueError(f"m must be >= 0, got {m}")
+        if query not in QUERIES:
+            raise ValueError(f"unknown query {query!r}; choose from {', '.join(QUERIES)}")
+        if (train_positives is None) != (train_negatives is None):
+            raise ValueError("train_positives and train_negatives must both be None (all "
+                             "candidates) or both be set")
+        if train_positives is not None and (
+            train_positives < 0 or train_negatives < 0 or train_positives + train_negatives < 1
+        ):
+            raise ValueError(f"train_positives and train_negatives must be >= 0 with a "
+                             f"positive sum, got {train_positives} and {train_negatives}")
+        if candidate_chunk < 1:
+            raise ValueError(f"candidate_chunk must be >= 1, got {candidate_chunk}")
+        self.query = query
+        self.train_sample = (
+            None if train_positives is None else (train_positives, train_negatives)
+        )
+        self.candidate_chunk = candidate_chunk
         self.dim, self.k, self.m, self.max_len = dim, k, m, max_len
         self.time_dim = time_dim
         self.cluster, self.kmeans_iters = cluster, kmeans_iters
@@ -179,20 +222,34 @@ class MDGR(SequentialRecommender):
                     module.reset_parameters()
 
     # ------------------------------------------------------------------ interests
-    def node_states(self, batch: Batch, return_graphs: bool = False):
+    def encode(self, batch: Batch) -> Tensor:
+        """Node states of the encoder (Eq. 1-6), ``[N, d]``, after checking the batch."""
+        self._check_batch(batch)
+        return self.encoder(
+            self.item_emb(batch.x), batch.t, batch.pos, batch.batch, batch.num_graphs
+        )
+
+    def node_states(
+        self, batch: Batch, return_graphs: bool = False, query: Tensor | None = None
+    ):
         """Encode the nodes and run the ``m`` iterations.
+
+        Args:
+            query: ``[B, d]``, one fixed query per sequence for every iteration (one
+                candidate's embedding; candidate mode scores through
+                :meth:`candidate_scores`, which equals a call per candidate). Default:
+                the current state of the last item, recomputed every iteration.
 
         Returns:
             ``x [N, d]``; with ``return_graphs``, also a list of
             ``(edge_index, edge_weight, cluster)`` per iteration.
         """
-        self._check_batch(batch)
-        batch_size = batch.num_graphs
-        x = self.encoder(self.item_emb(batch.x), batch.t, batch.pos, batch.batch, batch_size)
+        x = self.encode(batch)
         last = batch.ptr[1:] - 1
         graphs = []
         for conv in self.convs:
-            out = conv(x, batch.batch, query=x[last], return_graph=return_graphs)
+            q = x[last] if query is None else query
+            out = conv(x, batch.batch, query=q, return_graph=return_graphs)
             if return_graphs:
                 x, edge_index, edge_weight, cluster = out
                 graphs.append((edge_index, edge_weight, cluster))
@@ -207,19 +264,29 @@ class MDGR(SequentialRecommender):
             ``Z [B, k, d]``, ``weight [B, k]``, ``mask [B, k]`` (non-empty groups) and the
             final cluster label of every node ``[N]``.
         """
+        if self.candidate_mode:
+            raise ValueError("with query='candidate' the interests depend on the candidate: "
+                             "use candidate_scores, or query='last' for candidate-free "
+                             "interests (retrieval)")
         x = self.node_states(batch)
-        batch_size = batch.num_graphs
+        return self.pool_interests(x, batch.batch, batch.pos, batch.t, batch.num_graphs)
+
+    def pool_interests(
+        self, x: Tensor, batch: Tensor, pos: Tensor, t: Tensor, batch_size: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Final clustering, interest pooling (Eq. 14) and weights (Eq. 15) of node states
+        ``x [N, d]``; returns what :meth:`interests` returns."""
         cluster = cluster_nodes(
-            x.detach(), batch.batch, self.k, self.cluster,
+            x.detach(), batch, self.k, self.cluster,
             num_iters=self.kmeans_iters, batch_size=batch_size,
         )
-        z, mask = self.pooling(x, batch.batch, cluster, batch.pos, batch_size)
+        z, mask = self.pooling(x, batch, cluster, pos, batch_size)
         if self.weight_head is None:
             weight = torch.ones_like(mask, dtype=z.dtype)
         else:
-            group = group_index(batch.batch, cluster, self.k)
-            time_enc = sinusoidal_encoding(batch.t, self.time_dim)
-            weight = self.weight_head(z, time_enc, group, batch.pos)
+            group = group_index(batch, cluster, self.k)
+            time_enc = sinusoidal_encoding(t, self.time_dim)
+            weight = self.weight_head(z, time_enc, group, pos)
         return z, weight, mask, cluster
 
     def interest_queries(self, batch: Batch) -> InterestQueries:
@@ -234,13 +301,65 @@ class MDGR(SequentialRecommender):
         return self.scorer.queries(z, weight, mask)
 
     # ------------------------------------------------------------------ scores
+    @property
+    def candidate_mode(self) -> bool:
+        """True when the candidate is the query of graph layers (``query="candidate"``
+        and at least one iteration)."""
+        return self.query == "candidate" and len(self.convs) > 0
+
+    def candidate_scores(self, batch: Batch, candidates: Tensor) -> Tensor:
+        """Candidate mode: logits ``[B, C]`` of ``candidates [B, C]``, each candidate the
+        query of its own copy of the sequence graph.
+
+        The encoder and the first iteration's query-free part (:meth:`DynamicClusterConv.
+        prepare`) run once per sequence; the rest runs on ``B x candidate_chunk`` graphs
+        at a time. Equal, up to float rounding, to one :meth:`node_states` pass per
+        candidate with that candidate's embedding as the fixed query.
+        """
+        x = self.encode(batch)
+        num_seq, d = batch.num_graphs, self.dim
+        shared = self.convs[0].prepare(x, batch.batch, num_graphs=num_seq)
+        scores = []
+        for start in range(0, candidates.size(1), self.candidate_chunk):
+            query = self.item_emb(candidates[:, start : start + self.candidate_chunk])
+            num_cand = query.size(1)
+            node, graph = candidate_graphs(batch.batch, num_seq, num_cand)
+            flat_query = query.reshape(num_seq * num_cand, d)
+            h = self.convs[0].update(shared, query)
+            for conv in self.convs[1:]:
+                h = conv(h, graph, query=flat_query)
+            z, weight, mask, _ = self.pool_interests(
+                h, graph, batch.pos[node], batch.t[node], num_seq * num_cand
+            )
+            logit = self.scorer(z, weight, mask, flat_query.unsqueeze(1))
+            scores.append(logit.view(num_seq, num_cand))
+        return torch.cat(scores, dim=1)
+
     def score_candidates(self, batch: Batch) -> Tensor:
         """Logits of ``batch.candidates``: ``[B, C]``."""
+        if self.candidate_mode:
+            self._check_candidates(batch)
+            return self.candidate_scores(batch, batch.candidates)
         z, weight, mask, _ = self.interests(batch)
         return self.scorer(z, weight, mask, self.item_emb(batch.candidates))
 
+    def loss(self, batch: Batch) -> Tensor:
+        """Eq. 17 (or :attr:`candidate_loss_kind`) over the candidates; in candidate mode
+        over ``train_positives + train_negatives`` of them drawn per window."""
+        if not self.candidate_mode or self.train_sample is None:
+            return super().loss(batch)
+        self._check_candidates(batch)
+        labels = self.candidate_labels(batch)
+        candidates, labels = sample_candidates(batch.candidates, labels, *self.train_sample)
+        return candidate_loss(self.candidate_scores(batch, candidates), labels,
+                              self.candidate_loss_kind)
+
     def score_all(self, batch: Batch, chunk_size: int = 8192) -> Tensor:
-        """Logits of every item ``[B, num_items + 1]``, computed in item chunks."""
+        """Logits of every item ``[B, num_items + 1]``, computed in item chunks (candidate
+        mode: one graph pass per item, exact but slow)."""
+        if self.candidate_mode:
+            items = torch.arange(self.num_items + 1, device=batch.x.device)
+            return self.candidate_scores(batch, items.expand(batch.num_graphs, -1))
         z, weight, mask, _ = self.interests(batch)
         return self.score_item_chunks(
             lambda items: self.scorer(z, weight, mask, items), self.item_emb.weight, chunk_size
@@ -264,5 +383,8 @@ class MDGR(SequentialRecommender):
         return (
             f"{self.__class__.__name__}(num_items={self.num_items}, dim={self.dim}, "
             f"k={self.k}, m={self.m}, cluster='{self.cluster}', dynamic={self.dynamic}, "
-            f"weights={self.use_weights})"
+            f"weights={self.use_weights}"
+            + (f", query='candidate', train_sample={self.train_sample}"
+               if self.query == "candidate" else "")
+            + ")"
         )

@@ -86,6 +86,8 @@ class StaticGraphRec(MDGR):
                 "StaticGraphRec needs its graph layers (dynamic=True); "
                 "for no graph layers use MDGR(dynamic=False)"
             )
+        if kwargs.get("query", "last") != "last":
+            raise ValueError("StaticGraphRec supports query='last' only")
         super().__init__(num_items, **kwargs)
         for conv in self.convs:
             conv.register_parameter("metric_weight", None)  # unused without Eq. 7-8
