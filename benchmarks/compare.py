@@ -56,8 +56,10 @@ from mdgr_graph.data.prepare import DataOptions, PreparedDataset, prepare_datase
 from mdgr_graph.models import (  # noqa: E402
     CAUSAL_BASELINES,
     CLOSED_FORM,
+    MIP,
     MODELS,
     NEURAL_BASELINES,
+    VARIANTS,
     build_model,
     model_defaults,
 )
@@ -131,6 +133,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mdgr-weighting", choices=["paper", "log"], default=None,
                    help="MDGR variants: how interest weights enter the score (default: "
                         "the model's, 'paper' = Eq. 16)")
+    p.add_argument("--query", choices=["last", "candidate"], default=None,
+                   help="MDGR variants and surge: query of the graph attention (Eq. 11); "
+                        "'candidate' builds one graph per (window, candidate), as the paper "
+                        "(default: the models' own, 'last')")
+    p.add_argument("--train-positives", type=int, default=None,
+                   help="candidate-query models and din: positives drawn per training "
+                        "window (default: the model's, 1; with --train-negatives)")
+    p.add_argument("--train-negatives", type=int, default=None,
+                   help="candidate-query models and din: negatives drawn per training "
+                        "window (default: the model's, 4)")
     p.add_argument("--train-stride", type=int, default=None,
                    help="paper protocol: stride of training windows (default: the window, "
                         "as in the paper); applies to every model")
@@ -159,6 +171,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
     if (problem := loo_training_problem(args)) is not None:
         p.error(problem)
+    if (args.train_positives is None) != (args.train_negatives is None):
+        p.error("--train-positives and --train-negatives go together")
     if args.lr_grid is not None:
         try:
             args.lr_grid = sorted({float(v) for v in args.lr_grid.split(",") if v.strip()})
@@ -183,15 +197,36 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- one run
+#: Models whose graph attention takes the candidate as its query under ``--query candidate``.
+#: Without graph layers (``mdgr-dgc``, MIP) the candidate-query model is the same model, so
+#: those keep their runs; static-graph supports the last-item query only.
+CANDIDATE_QUERY_MODELS = (*(v for v in VARIANTS if v != "mdgr-dgc"), "surge")
+
+
+def candidate_kwargs(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``query`` and the training draw of a candidate-query model, only where given (so
+    the configuration hash of every other run stays as it was)."""
+    kwargs: dict[str, Any] = {}
+    query = getattr(args, "query", None)
+    if query is not None and name in CANDIDATE_QUERY_MODELS:
+        kwargs["query"] = query
+    if getattr(args, "train_positives", None) is not None and (
+        name == "din" or (query == "candidate" and name in CANDIDATE_QUERY_MODELS)
+    ):
+        kwargs.update(train_positives=args.train_positives,
+                      train_negatives=args.train_negatives)
+    return kwargs
+
+
 def neural_kwargs(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if name in CAUSAL_BASELINES:
         return {"dim": args.dim, "history_targets": args.history_targets}
     if name in NEURAL_BASELINES:
-        return {"dim": args.dim}
-    kwargs: dict[str, Any] = {"dim": args.dim}
+        return {"dim": args.dim, **candidate_kwargs(name, args)}
+    kwargs: dict[str, Any] = {"dim": args.dim, **candidate_kwargs(name, args)}
     if args.mdgr_k is not None:
         kwargs["k"] = args.mdgr_k
-    if args.mdgr_m is not None:
+    if args.mdgr_m is not None and name != MIP:  # MIP has no graph iterations
         kwargs["m"] = args.mdgr_m
     if args.mdgr_weighting is not None:
         kwargs["weighting"] = args.mdgr_weighting
@@ -382,6 +417,10 @@ def summary_path(args: argparse.Namespace) -> Path:
         name += f"-m{args.mdgr_m}"
     if args.mdgr_weighting is not None:
         name += f"-weighting-{args.mdgr_weighting}"
+    if getattr(args, "query", None) is not None:
+        name += f"-query-{args.query}"
+    if getattr(args, "train_positives", None) is not None:
+        name += f"-p{args.train_positives}n{args.train_negatives}"
     if args.protocol == "loo" and getattr(args, "loo_train_targets", "last") != "last":
         name += f"-targets-{args.loo_train_targets}"
         if args.loo_train_positives > 1:

@@ -34,9 +34,19 @@ from mdgr_graph.data.cli import (
     options_from_args,
 )
 from mdgr_graph.data.prepare import PreparedDataset, prepare_dataset
-from mdgr_graph.models import CAUSAL_BASELINES, MODELS, NEURAL_BASELINES, build_model
+from mdgr_graph.models import (
+    CAUSAL_BASELINES,
+    MIP,
+    MODELS,
+    NEURAL_BASELINES,
+    VARIANTS,
+    build_model,
+)
 from mdgr_graph.models.base import SequentialRecommender
 from mdgr_graph.train import TrainConfig, atomic_write_text, evaluate, fit
+
+#: Models that take ``--query`` (MDGR's graph layers; static-graph supports 'last' only).
+MDGR_QUERY_MODELS = (*VARIANTS, MIP)
 
 FINAL_KEYS = {
     "paper": {"auc": "auc/sampled", "recall@50": "recall@50/sampled"},
@@ -55,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--model", choices=sorted(MODELS), default="mdgr",
                    help="mdgr, a Table 3 variant, a neural baseline (sasrec, gru4rec, "
                         "tisasrec, bert4rec, dcrec, maerec, comirec-sa, comirec-dr, mip, "
-                        "pintext, surge, bigcf, static-graph; pintext, bigcf, dcrec and "
+                        "pintext, surge, bigcf, static-graph, din; pintext, bigcf, dcrec and "
                         "maerec take --dim and keep their own defaults otherwise) or a "
                         "closed-form one (pop, itemknn, ease)")
     g.add_argument("--dim", type=int, default=32, help="model width d")
@@ -78,6 +88,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "log w (keeps more weight = higher score for every item)")
     g.add_argument("--binary", action="store_true",
                    help="binary adjacency (paper Eq. 9 literally) instead of weighted edges")
+    g.add_argument("--query", default="last", choices=["last", "candidate"],
+                   help="mdgr variants and surge: query of the graph attention (Eq. 11); "
+                        "'last': the last history item (retrieval over the catalogue); "
+                        "'candidate': each candidate item, one graph per (window, "
+                        "candidate) as in the paper (ranking a given candidate set)")
+    g.add_argument("--train-positives", type=int, default=1,
+                   help="candidate mode (and din): positives of each window drawn per "
+                        "training step")
+    g.add_argument("--train-negatives", type=int, default=4,
+                   help="candidate mode (and din): negatives of each window drawn per "
+                        "training step (SURGE's 1 + 4)")
+    g.add_argument("--train-all-candidates", action="store_true",
+                   help="candidate mode (and din): train on every candidate of a window "
+                        "instead of a draw")
     g.add_argument("--blocks", type=int, default=2,
                    help="sasrec, tisasrec, bert4rec: transformer blocks; gru4rec: GRU layers")
     g.add_argument("--mask-prob", type=float, default=0.2,
@@ -118,6 +142,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--resume needs --out")
     if args.history_targets and args.model not in CAUSAL_BASELINES:
         parser.error(f"--history-targets is for {', '.join(CAUSAL_BASELINES)}, not {args.model}")
+    if args.query == "candidate" and args.model not in (*MDGR_QUERY_MODELS, "surge"):
+        parser.error(f"--query candidate is for the mdgr variants and surge, not {args.model}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda requested but CUDA is not available")
     return args
@@ -136,7 +162,9 @@ def model_options(args: argparse.Namespace) -> dict:
     if args.model == "comirec-dr":
         return {"dim": args.dim, "interests": args.k}
     if args.model == "surge":
-        return {"dim": args.dim}
+        return {"dim": args.dim, "query": args.query, **train_sample_options(args)}
+    if args.model == "din":
+        return {"dim": args.dim, "dropout": args.dropout, **train_sample_options(args)}
     if args.model in ("pintext", "bigcf", "dcrec"):  # their own defaults for the rest
         return {"dim": args.dim}
     if args.model == "maerec":
@@ -151,7 +179,14 @@ def model_options(args: argparse.Namespace) -> dict:
     return {"dim": args.dim, "k": args.k, "m": args.m, "gamma": args.gamma,
             "delta": args.delta, "conv_heads": args.conv_heads, "dropout": args.dropout,
             "cluster": args.cluster, "pool": args.pool, "binary": args.binary,
-            "weighting": args.weighting}
+            "weighting": args.weighting, "query": args.query, **train_sample_options(args)}
+
+
+def train_sample_options(args: argparse.Namespace) -> dict:
+    """The candidate draw per training window of candidate-query models."""
+    if args.train_all_candidates:
+        return {"train_positives": None, "train_negatives": None}
+    return {"train_positives": args.train_positives, "train_negatives": args.train_negatives}
 
 
 def prepare_from_args(args: argparse.Namespace) -> PreparedDataset:

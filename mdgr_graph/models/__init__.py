@@ -22,6 +22,7 @@ from mdgr_graph.models.baselines import (
     Popularity,
     SASRec,
     StaticGraphRec,
+    TargetAttentionRec,
     TiSASRec,
 )
 from mdgr_graph.models.mdgr import MDGR, VARIANTS, SequenceEncoder
@@ -42,6 +43,7 @@ NEURAL_BASELINES: dict[str, type] = {
     "bigcf": BIGCF,
     "dcrec": DCRec,
     "maerec": MAERec,
+    "din": TargetAttentionRec,
 }
 
 #: Neural baselines with causal states, which can also learn next-item targets inside the
@@ -77,7 +79,9 @@ def build_model(name: str, prepared: PreparedDataset, **kwargs: Any) -> Sequenti
     :class:`TiSASRec`, :class:`BERT4Rec`; ``surge`` those of :class:`SURGE`; ``pintext``
     those of :meth:`PinText2.from_prepared`; ``bigcf`` those of
     :meth:`BIGCF.from_prepared`; ``dcrec``, ``maerec`` those of :meth:`DCRec.from_prepared`,
-    :meth:`MAERec.from_prepared`; ``itemknn`` ``neighbours`` and ``shrink``, ``ease``
+    :meth:`MAERec.from_prepared`; ``din`` those of :class:`TargetAttentionRec` (DIN-style
+    target attention without a graph, a control); ``itemknn`` ``neighbours`` and
+    ``shrink``, ``ease``
     ``l2``; ``pop`` takes none.
     Closed-form models are fitted on the training interactions here; a neural baseline
     with a ``from_prepared(prepared, max_len, **kwargs)`` class method (one that builds a
@@ -162,6 +166,7 @@ __all__ = [
     "STATIC_GRAPH",
     "StaticGraphRec",
     "SURGE",
+    "TargetAttentionRec",
     "TiSASRec",
     "build_model",
     "history_length",

@@ -115,6 +115,26 @@ def sample_candidates(
     return candidates.gather(1, index), labels.gather(1, index)
 
 
+def check_train_sample(
+    positives: int | None, negatives: int | None
+) -> tuple[int, int] | None:
+    """``(positives, negatives)`` drawn per training window by a candidate-query model
+    (:func:`sample_candidates`), checked; ``None`` when both are ``None`` (train on every
+    candidate)."""
+    if positives is None and negatives is None:
+        return None
+    for name, value in (("train_positives", positives), ("train_negatives", negatives)):
+        if value is None:
+            raise ValueError("train_positives and train_negatives must both be None (train "
+                             f"on every candidate) or both be set, got {positives} and "
+                             f"{negatives}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    if positives + negatives == 0:
+        raise ValueError("train_positives + train_negatives must be > 0")
+    return positives, negatives
+
+
 def check_positive(**sizes: int) -> None:
     """Raise a ``ValueError`` naming the first of ``sizes`` (e.g. ``max_len=..., dim=...``)
     below 1."""

@@ -11,7 +11,12 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 from torch_geometric.utils import to_dense_batch
 
-from mdgr_graph.models.base import SequentialRecommender, candidate_loss, sample_candidates
+from mdgr_graph.models.base import (
+    SequentialRecommender,
+    candidate_loss,
+    check_train_sample,
+    sample_candidates,
+)
 from mdgr_graph.nn.cluster import cluster_nodes
 from mdgr_graph.nn.dynamic_cluster_conv import DynamicClusterConv, candidate_graphs
 from mdgr_graph.nn.encoding import sinusoidal_encoding
@@ -170,20 +175,10 @@ class MDGR(SequentialRecommender):
             raise ValueError(f"m must be >= 0, got {m}")
         if query not in QUERIES:
             raise ValueError(f"unknown query {query!r}; choose from {', '.join(QUERIES)}")
-        if (train_positives is None) != (train_negatives is None):
-            raise ValueError("train_positives and train_negatives must both be None (all "
-                             "candidates) or both be set")
-        if train_positives is not None and (
-            train_positives < 0 or train_negatives < 0 or train_positives + train_negatives < 1
-        ):
-            raise ValueError(f"train_positives and train_negatives must be >= 0 with a "
-                             f"positive sum, got {train_positives} and {train_negatives}")
         if candidate_chunk < 1:
             raise ValueError(f"candidate_chunk must be >= 1, got {candidate_chunk}")
         self.query = query
-        self.train_sample = (
-            None if train_positives is None else (train_positives, train_negatives)
-        )
+        self.train_sample = check_train_sample(train_positives, train_negatives)
         self.candidate_chunk = candidate_chunk
         self.dim, self.k, self.m, self.max_len = dim, k, m, max_len
         self.time_dim = time_dim

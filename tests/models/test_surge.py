@@ -377,3 +377,30 @@ def test_fit_one_epoch_paper_and_loo(paper_data, loo_data):
         assert result.epochs == 1 and metric in result.best_valid
         metrics = evaluate(model, prepared, "test")
         assert all(0.0 <= value <= 1.0 for value in metrics.values())
+
+
+def test_candidate_mode_chunks_and_training_draw(monkeypatch):
+    whole = small_model(query="candidate", candidate_chunk=64).eval()
+    chunked = small_model(query="candidate", candidate_chunk=2).eval()
+    chunked.load_state_dict(whole.state_dict())
+    batch = make_batch([4, 9, 12], num_candidates=7, seed=3)
+    with torch.no_grad():
+        assert torch.allclose(whole.score_candidates(batch), chunked.score_candidates(batch),
+                              atol=1e-5)
+    model = small_model(query="candidate", train_positives=1, train_negatives=2)
+    seen = []
+    original = model._scores_and_state
+    monkeypatch.setattr(model, "_scores_and_state",
+                        lambda b, c: seen.append(c) or original(b, c))
+    assert torch.isfinite(model.loss(batch))
+    assert seen[0].shape == (3, 3)
+    assert "train_sample=(1, 2)" in repr(model)
+    with pytest.raises(ValueError, match="both"):
+        small_model(query="candidate", train_positives=None, train_negatives=2)
+    # last-item mode trains on every candidate
+    last = small_model()
+    seen.clear()
+    monkeypatch.setattr(last, "_scores_and_state",
+                        lambda b, c: seen.append(c) or SURGE._scores_and_state(last, b, c))
+    last.loss(batch)
+    assert seen[0].shape == (3, 7)

@@ -4,6 +4,7 @@ from mdgr_graph.models.baselines.bert4rec import BERT4Rec
 from mdgr_graph.models.baselines.bigcf import BIGCF
 from mdgr_graph.models.baselines.comirec import ComiRecDR, ComiRecSA, MultiInterestRecommender
 from mdgr_graph.models.baselines.dcrec import DCRec
+from mdgr_graph.models.baselines.din import TargetAttentionRec
 from mdgr_graph.models.baselines.gru4rec import GRU4Rec
 from mdgr_graph.models.baselines.item_similarity import (
     EASE,
@@ -38,6 +39,7 @@ __all__ = [
     "SASRec",
     "StaticGraphRec",
     "SURGE",
+    "TargetAttentionRec",
     "TiSASRec",
     "consecutive_edges",
     "training_item_counts",

@@ -44,7 +44,11 @@ from torch_geometric.data import Batch
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import softmax, to_dense_adj, to_dense_batch
 
-from mdgr_graph.models.base import SequentialRecommender
+from mdgr_graph.models.base import (
+    SequentialRecommender,
+    check_train_sample,
+    sample_candidates,
+)
 from mdgr_graph.models.baselines.sasrec import dense_recent
 from mdgr_graph.nn.dynamic_cluster_conv import edge_budget
 
@@ -438,8 +442,13 @@ class SURGE(SequentialRecommender):
         binary: unweighted edges (paper's literal Eq. 3). (default: :obj:`False`)
         lambda_m, lambda_a, lambda_p: weights of the three regularisers.
             (default: :obj:`0.1` each)
-        candidate_chunk: items per chunk of ``score_all`` with ``query="candidate"``.
-            (default: :obj:`64`)
+        candidate_chunk: candidates per graph pass with ``query="candidate"`` (in
+            ``score_candidates`` and ``score_all``). (default: :obj:`64`)
+        train_positives, train_negatives: with ``query="candidate"``, the positives and
+            negatives of each window drawn per training step
+            (:func:`~mdgr_graph.models.base.sample_candidates`), as the official code's
+            1 positive + 4 negatives; both :obj:`None`: all candidates. Ignored with
+            ``query="last"``. (default: :obj:`1`, :obj:`4`)
     """
 
     def __init__(
@@ -459,8 +468,11 @@ class SURGE(SequentialRecommender):
         lambda_a: float = 0.1,
         lambda_p: float = 0.1,
         candidate_chunk: int = 64,
+        train_positives: int | None = 1,
+        train_negatives: int | None = 4,
     ) -> None:
         super().__init__(num_items)
+        self.train_sample = check_train_sample(train_positives, train_negatives)
         if max_len < 1 or dim < 1 or metric_heads < 1 or mlp_hidden < 1 or candidate_chunk < 1:
             raise ValueError("max_len, dim, metric_heads, mlp_hidden and candidate_chunk must "
                              "be positive")
@@ -569,17 +581,22 @@ class SURGE(SequentialRecommender):
         hidden = user + items @ w_e.t() + (state.readout * items) @ w_ge.t()  # [B, C, h]
         return self.mlp_out(torch.relu(hidden)).squeeze(-1)
 
-    def _scores_and_state(self, batch: Batch) -> tuple[Tensor, UserState]:
-        self._check_candidates(batch)
+    def _scores_and_state(self, batch: Batch, candidates: Tensor) -> tuple[Tensor, UserState]:
         items, mask = self.dense_history(batch)
-        cand = self.item_emb(batch.candidates)
+        cand = self.item_emb(candidates)
         queries = cand if self.query == "candidate" else self._last_query(items, mask)
         state = self.user_state(items, mask, queries)
         return self._logits(state, cand), state
 
     def score_candidates(self, batch: Batch) -> Tensor:
-        """Logits of ``batch.candidates``: ``[B, C]``."""
-        return self._scores_and_state(batch)[0]
+        """Logits of ``batch.candidates``: ``[B, C]`` (candidate mode: in chunks of
+        ``candidate_chunk`` candidates)."""
+        self._check_candidates(batch)
+        if self.query == "last":
+            return self._scores_and_state(batch, batch.candidates)[0]
+        chunk = self.candidate_chunk
+        return torch.cat([self._scores_and_state(batch, batch.candidates[:, i : i + chunk])[0]
+                          for i in range(0, batch.candidates.size(1), chunk)], dim=1)
 
     def score_all(self, batch: Batch, chunk_size: int = 8192) -> Tensor:
         """Logits of every item ``[B, num_items + 1]`` (column 0 included), exact.
@@ -602,8 +619,12 @@ class SURGE(SequentialRecommender):
 
     def loss(self, batch: Batch) -> Tensor:
         """BCE over the candidates + the weighted regularisers of the assignment."""
+        self._check_candidates(batch)
         labels = self.candidate_labels(batch)
-        logits, state = self._scores_and_state(batch)
+        candidates = batch.candidates
+        if self.query == "candidate" and self.train_sample is not None:
+            candidates, labels = sample_candidates(candidates, labels, *self.train_sample)
+        logits, state = self._scores_and_state(batch, candidates)
         loss = F.binary_cross_entropy_with_logits(logits, labels.float())
         for weight, reg in zip(self.lambdas, state.regularisers, strict=True):
             if weight:
@@ -614,5 +635,7 @@ class SURGE(SequentialRecommender):
         return (
             f"{self.__class__.__name__}(num_items={self.num_items}, dim={self.dim}, "
             f"metric_heads={self.metric_weight.size(0)}, epsilon={self.epsilon}, "
-            f"pool_size={self.pool.clusters}, query='{self.query}', binary={self.binary})"
+            f"pool_size={self.pool.clusters}, query='{self.query}', binary={self.binary}"
+            + (f", train_sample={self.train_sample}" if self.query == "candidate" else "")
+            + ")"
         )
