@@ -143,6 +143,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-negatives", type=int, default=None,
                    help="candidate-query models and din: negatives drawn per training "
                         "window (default: the model's, 4)")
+    p.add_argument("--train-all-candidates", action="store_true",
+                   help="candidate-query models and din: train on every candidate of a "
+                        "window instead of a draw")
     p.add_argument("--train-stride", type=int, default=None,
                    help="paper protocol: stride of training windows (default: the window, "
                         "as in the paper); applies to every model")
@@ -173,6 +176,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(problem)
     if (args.train_positives is None) != (args.train_negatives is None):
         p.error("--train-positives and --train-negatives go together")
+    if args.train_all_candidates and args.train_positives is not None:
+        p.error("--train-all-candidates replaces --train-positives/--train-negatives")
     if args.lr_grid is not None:
         try:
             args.lr_grid = sorted({float(v) for v in args.lr_grid.split(",") if v.strip()})
@@ -210,9 +215,10 @@ def candidate_kwargs(name: str, args: argparse.Namespace) -> dict[str, Any]:
     query = getattr(args, "query", None)
     if query is not None and name in CANDIDATE_QUERY_MODELS:
         kwargs["query"] = query
-    if getattr(args, "train_positives", None) is not None and (
-        name == "din" or (query == "candidate" and name in CANDIDATE_QUERY_MODELS)
-    ):
+    draws = name == "din" or (query == "candidate" and name in CANDIDATE_QUERY_MODELS)
+    if draws and getattr(args, "train_all_candidates", False):
+        kwargs.update(train_positives=None, train_negatives=None)
+    elif draws and getattr(args, "train_positives", None) is not None:
         kwargs.update(train_positives=args.train_positives,
                       train_negatives=args.train_negatives)
     return kwargs
@@ -421,6 +427,8 @@ def summary_path(args: argparse.Namespace) -> Path:
         name += f"-query-{args.query}"
     if getattr(args, "train_positives", None) is not None:
         name += f"-p{args.train_positives}n{args.train_negatives}"
+    if getattr(args, "train_all_candidates", False):
+        name += "-all-candidates"
     if args.protocol == "loo" and getattr(args, "loo_train_targets", "last") != "last":
         name += f"-targets-{args.loo_train_targets}"
         if args.loo_train_positives > 1:

@@ -267,10 +267,13 @@ class MDGR(SequentialRecommender):
         return self.pool_interests(x, batch.batch, batch.pos, batch.t, batch.num_graphs)
 
     def pool_interests(
-        self, x: Tensor, batch: Tensor, pos: Tensor, t: Tensor, batch_size: int
+        self, x: Tensor, batch: Tensor, pos: Tensor, t: Tensor | None, batch_size: int,
+        time_terms: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Final clustering, interest pooling (Eq. 14) and weights (Eq. 15) of node states
-        ``x [N, d]``; returns what :meth:`interests` returns."""
+        ``x [N, d]``; returns what :meth:`interests` returns. ``time_terms``
+        (:meth:`InterestWeight.node_terms`, computed once per original node in candidate
+        mode) replaces ``t``."""
         cluster = cluster_nodes(
             x.detach(), batch, self.k, self.cluster,
             num_iters=self.kmeans_iters, batch_size=batch_size,
@@ -280,8 +283,10 @@ class MDGR(SequentialRecommender):
             weight = torch.ones_like(mask, dtype=z.dtype)
         else:
             group = group_index(batch, cluster, self.k)
-            time_enc = sinusoidal_encoding(t, self.time_dim)
-            weight = self.weight_head(z, time_enc, group, pos)
+            if time_terms is None:
+                time_terms = self.weight_head.node_terms(
+                    sinusoidal_encoding(t, self.time_dim), pos)
+            weight = self.weight_head(z, None, group, None, node_terms=time_terms)
         return z, weight, mask, cluster
 
     def interest_queries(self, batch: Batch) -> InterestQueries:
@@ -314,6 +319,10 @@ class MDGR(SequentialRecommender):
         x = self.encode(batch)
         num_seq, d = batch.num_graphs, self.dim
         shared = self.convs[0].prepare(x, batch.batch, num_graphs=num_seq)
+        time_terms = None
+        if self.weight_head is not None:  # a node's time term is the same in every copy
+            time_terms = self.weight_head.node_terms(
+                sinusoidal_encoding(batch.t, self.time_dim), batch.pos)
         scores = []
         for start in range(0, candidates.size(1), self.candidate_chunk):
             query = self.item_emb(candidates[:, start : start + self.candidate_chunk])
@@ -324,7 +333,8 @@ class MDGR(SequentialRecommender):
             for conv in self.convs[1:]:
                 h = conv(h, graph, query=flat_query)
             z, weight, mask, _ = self.pool_interests(
-                h, graph, batch.pos[node], batch.t[node], num_seq * num_cand
+                h, graph, batch.pos[node], None, num_seq * num_cand,
+                None if time_terms is None else time_terms[node],
             )
             logit = self.scorer(z, weight, mask, flat_query.unsqueeze(1))
             scores.append(logit.view(num_seq, num_cand))

@@ -133,14 +133,26 @@ class InterestWeight(nn.Module):
         bound = 1.0 / math.sqrt(fan_in)
         nn.init.uniform_(self.time_weight, -bound, bound)
 
-    def forward(self, z: Tensor, time_enc: Tensor, group: Tensor, slot: Tensor) -> Tensor:
-        batch_size, k, _ = z.shape
+    def node_terms(self, time_enc: Tensor, slot: Tensor) -> Tensor:
+        """Each node's share of :math:`W_1`'s time block, ``[N, hidden]``: its time
+        encoding projected by its position's slot (summed over the group in
+        :meth:`forward`). Depends on the node alone, so copies of a sequence (candidate
+        mode) can share it."""
         if slot.numel() and int(slot.max()) >= self.max_len:
             raise ValueError(
                 f"a sequence has {int(slot.max()) + 1} items but InterestWeight was built for "
                 f"max_len={self.max_len}"
             )
-        per_node = torch.einsum("nt,nth->nh", time_enc, self.time_weight[slot])
+        return torch.einsum("nt,nth->nh", time_enc, self.time_weight[slot])
+
+    def forward(
+        self, z: Tensor, time_enc: Tensor | None, group: Tensor, slot: Tensor | None,
+        node_terms: Tensor | None = None,
+    ) -> Tensor:
+        """Weights ``[B, k]``; ``node_terms`` (:meth:`node_terms`) replaces ``time_enc``
+        and ``slot`` when given."""
+        batch_size, k, _ = z.shape
+        per_node = self.node_terms(time_enc, slot) if node_terms is None else node_terms
         time_part = scatter(per_node, group, dim=0, dim_size=batch_size * k, reduce="sum")
         hidden = torch.sigmoid(self.lin_z(z) + time_part.view(batch_size, k, -1))
         return nn.functional.softplus(self.lin_out(hidden)).squeeze(-1)
