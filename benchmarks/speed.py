@@ -16,7 +16,10 @@ Sections (each figure: warm-up calls, then the median of ``--repeats`` >= 5 time
 4. **epoch**: one training epoch of MDGR and of SASRec on ml-1m-subset (paper protocol,
    same batch size, ``mdgr_graph.train._train_epoch``), and full-ranking evaluation
    throughput (``mdgr_graph.train.evaluate`` on the loo test split, users per second);
-5. **compile**: eager against ``torch.compile`` for the layer and for an MDGR training
+5. **candidate**: MDGR's candidate mode (``query="candidate"``, one graph per window and
+   candidate) against its last-item mode, m = 1 and 5: a training step, its peak memory,
+   and scoring 100 candidates per window (:func:`bench_candidate`);
+6. **compile**: eager against ``torch.compile`` for the layer and for an MDGR training
    step (the compile error is recorded instead when compilation fails).
 
 Outputs ``speed.md`` (tables) and ``speed.png`` (scaling plot) in ``--out-dir`` and,
@@ -320,6 +323,76 @@ def bench_epoch(args, bar) -> dict[str, Any]:
     return out
 
 
+#: (m, query, training draw) of the candidate-mode section; draw None: every candidate.
+CANDIDATE_CASES = ((1, "last", None), (1, "candidate", (1, 4)), (1, "candidate", (10, 10)),
+                   (5, "last", None), (5, "candidate", (1, 4)))
+
+
+def bench_candidate(args, bar) -> dict[str, Any]:
+    """MDGR's candidate mode against its last-item mode on ml-1m-subset (paper protocol):
+    one training step (the first training batch, ``--batch-size`` windows), its peak
+    tensor memory, and scoring the 100 candidates of ``--candidate-eval-windows`` test
+    windows (``score_candidates``, no gradient)."""
+    from torch_geometric.loader import DataLoader
+
+    from mdgr_graph.data.dataset import SequenceDataset
+    from mdgr_graph.data.prepare import DataOptions, prepare_dataset
+    from mdgr_graph.models import build_model
+
+    path = args.data_dir / DATASET
+    out: dict[str, Any] = {"dataset": str(path), "batch_size": args.batch_size,
+                           "eval_windows": args.candidate_eval_windows, "cases": []}
+    if not path.is_file():
+        out["skipped"] = f"data file not found: {path}"
+        bar.update(len(CANDIDATE_CASES))
+        return out
+    paper = prepare_dataset(DataOptions(format="movielens", path=str(path), protocol="paper"))
+    train = SequenceDataset(paper, "train")
+    train.set_epoch(0)
+    batch = next(iter(DataLoader(train, batch_size=args.batch_size)))
+    test = SequenceDataset(paper, "test")
+    eval_batch = next(iter(DataLoader(test, batch_size=args.candidate_eval_windows)))
+    repeats = max(5, args.repeats)
+    for m, query, draw in CANDIDATE_CASES:
+        bar.set_description(f"candidate: m={m} {query}")
+        torch.manual_seed(args.seed)
+        kwargs: dict[str, Any] = {"m": m, "query": query}
+        if query == "candidate":
+            kwargs.update(train_positives=draw[0], train_negatives=draw[1])
+        model = build_model("mdgr", paper, **kwargs)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def step(model=model, optimizer=optimizer) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            model.loss(batch).backward()
+            optimizer.step()
+
+        def score(model=model) -> None:
+            with torch.no_grad():
+                model.score_candidates(eval_batch)
+
+        model.train()
+        row = {"m": m, "query": query,
+               "candidates_per_window": (eval_batch.candidates.size(1) if draw is None
+                                         else sum(draw)),
+               "step": common.measure(step, args.warmup, repeats),
+               "step_peak_bytes": peak_tensor_bytes(step)}
+        model.eval()
+        row["eval"] = common.measure(score, 1, repeats)
+        row["eval_ms_per_window"] = row["eval"]["median_s"] * 1e3 / eval_batch.num_graphs
+        out["cases"].append(row)
+        bar.update()
+    last = {r["m"]: r for r in out["cases"] if r["query"] == "last"}
+    for r in out["cases"]:
+        base = last[r["m"]]
+        r["step_vs_last"] = r["step"]["median_s"] / base["step"]["median_s"]
+        r["eval_vs_last"] = r["eval"]["median_s"] / base["eval"]["median_s"]
+        # the naive cost: one last-item step per training candidate of a window
+        r["step_vs_naive"] = (None if r["query"] == "last" else r["step"]["median_s"]
+                              / (r["candidates_per_window"] * base["step"]["median_s"]))
+    return out
+
+
 def bench_compile(args, bar) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if args.no_compile:
@@ -515,6 +588,28 @@ def markdown(payload: dict[str, Any]) -> str:
                 lines.append(f"| {name} | {e['epoch']['median_s']:.2f} s | {per_batch:.3f} | "
                              f"{e['eval_users_per_s']:,.0f} |")
 
+    cand = res.get("candidate")
+    if cand:
+        lines += ["", "## Candidate mode (ml-1m-subset, paper protocol)", ""]
+        if "skipped" in cand:
+            lines.append(f"Skipped: {cand['skipped']}")
+        else:
+            lines += [f"MDGR with the candidate as the query of Eq. 11 (`query=\"candidate\"`) "
+                      f"against the last-item query: one training step on "
+                      f"{cand['batch_size']} windows (forward, backward, Adam), its peak "
+                      f"tensor memory, and scoring all 100 candidates of "
+                      f"{cand['eval_windows']} test windows. 'naive' is one last-item step "
+                      "per training candidate of a window, the cost without sharing.", "",
+                      "| m | query | train candidates / window | step | x last | x naive | "
+                      "peak | eval / window | x last |", "|---|---|---|---|---|---|---|---|---|"]
+            for r in cand["cases"]:
+                naive = "—" if r["step_vs_naive"] is None else f"{r['step_vs_naive']:.2f}"
+                lines.append(
+                    f"| {r['m']} | {r['query']} | {r['candidates_per_window']} | "
+                    f"{ms(r['step'])} | {r['step_vs_last']:.2f} | {naive} | "
+                    f"{mib(r['step_peak_bytes'])} | {r['eval_ms_per_window']:.2f} ms | "
+                    f"{r['eval_vs_last']:.1f} |")
+
     comp = res.get("compile")
     if comp:
         lines += ["", "## torch.compile", ""]
@@ -590,7 +685,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--eval-batches", type=int, default=None,
                         help="limit the evaluation to N batches (default: all test users)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
-    parser.add_argument("--sections", default="clustering,layer,scaling,epoch,compile",
+    parser.add_argument("--candidate-eval-windows", type=int, default=64,
+                        help="candidate section: test windows scored (100 candidates each)")
+    parser.add_argument("--sections",
+                        default="clustering,layer,scaling,epoch,candidate,compile",
                         help="comma-separated subset of the sections to run")
     args = parser.parse_args(argv)
     if args.repeats < 5:
@@ -611,6 +709,7 @@ SECTIONS = {
     "layer": (bench_layer, 5),
     "scaling": (bench_scaling, len(SCALING_B) * len(SCALING_N)),
     "epoch": (bench_epoch, 4),
+    "candidate": (bench_candidate, len(CANDIDATE_CASES)),
     "compile": (bench_compile, 2),
 }
 
