@@ -15,6 +15,15 @@ once per interest and merges per user by the max (exact for MDGR's Eq. 16 with t
 Rows are the split's examples: one per user under ``loo``; one per window under
 ``paper`` (history = the window's first part). Supported models: MDGR and its
 variants, ``static-graph``, ``mip``, ``comirec-sa``, ``comirec-dr``.
+
+**Two-stage serving.** ``--rerank RUN2`` re-ranks the top ``--rerank-n`` items of the
+first stage with a second run trained on the same data, typically MDGR with
+``--query candidate`` (the paper's target-aware form, which cannot search the catalogue
+itself), and writes the best ``--n`` of them. ``--evaluate`` prints HR@10, NDCG@10 and the
+seconds per row of each stage against the split's held-out items (leave-one-out)::
+
+    python examples/retrieve.py runs/loo --rerank runs/loo-candidate --rerank-n 100 \
+        --n 10 --evaluate
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import train_mdgr  # noqa: E402
 
 from mdgr_graph import retrieval  # noqa: E402
 from mdgr_graph.data.titles import read_movielens_titles  # noqa: E402
+from mdgr_graph.metrics import full_ranking_metrics, rank_in_list  # noqa: E402
 from mdgr_graph.train import atomic_write_text  # noqa: E402
 
 
@@ -69,6 +79,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--export", type=Path, default=None,
                         help="also save the exported queries, interests, weights and item "
                              "table here (torch.save)")
+    parser.add_argument("--rerank", type=Path, default=None,
+                        help="a second run (same data) whose model re-ranks the first "
+                             "stage's top --rerank-n items, e.g. MDGR --query candidate")
+    parser.add_argument("--rerank-n", type=int, default=100,
+                        help="first-stage items per row handed to --rerank (>= --n)")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="leave-one-out: print HR@10 / NDCG@10 of each stage against "
+                             "the split's targets, and the seconds per row")
     parser.add_argument("--batch-size", type=int, default=256, help="users per model batch")
     parser.add_argument("--device", default="cpu", help="device of the model: cpu or cuda")
     parser.add_argument("--threads", type=int, default=None,
@@ -80,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.nlist is not None and args.nlist < 1:
         parser.error(f"--nlist must be >= 1, got {args.nlist}")
+    if args.rerank is not None and args.rerank_n < args.n:
+        parser.error(f"--rerank-n ({args.rerank_n}) must be >= --n ({args.n})")
     if args.out is not None and args.out.suffix.lower() not in (".json", ".csv"):
         parser.error(f"--out must end in .json or .csv, got {args.out}")
     return args
@@ -93,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
             retrieval.faiss.omp_set_num_threads(args.threads)
     try:
         train, prepared, model = train_mdgr.load_run(args.run, args.run / args.checkpoint)
+        reranker = None
+        if args.rerank is not None:
+            second, _, reranker = train_mdgr.load_run(args.rerank)
+            if train_mdgr.options_from_args(second) != train_mdgr.options_from_args(train) or (
+                second.max_users, second.seed) != (train.max_users, train.seed):
+                raise ValueError(f"{args.rerank} was trained on other data than {args.run} "
+                                 "(data options, --max-users or --seed differ)")
         titles = None
         if args.titles is not None:
             titles = {k: v.title for k, v in read_movielens_titles(args.titles).items()}
@@ -122,9 +149,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     exclude = None if args.keep_history else retrieval.history_items(prepared, args.split)
+    first_n = args.n if reranker is None else min(args.rerank_n, prepared.num_items)
     found = retrieval.retrieve(exported.queries, exported.offsets, exported.mask, index,
-                               args.n, exclude=exclude)
+                               first_n, exclude=exclude)
     seconds = time.perf_counter() - start
+    stages = [("retrieve", found, seconds)]
+    if reranker is not None:
+        reranker.to(args.device)
+        start = time.perf_counter()
+        found = retrieval.rerank(reranker, prepared, args.split, found.items, n=args.n,
+                                 batch_size=max(1, args.batch_size // 4), device=args.device,
+                                 progress=not args.no_progress)
+        stages.append(("rerank", found, time.perf_counter() - start))
+        seconds += stages[-1][2]
+    if args.evaluate:
+        report_stages(prepared, args.split, stages, args.n)
 
     out = args.out or args.run / f"top{args.n}-{args.split}.json"
     user_ids = prepared.arrays["user_ids"][exported.users.numpy()]
@@ -138,6 +177,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(user_ids)} {args.split} rows x top {args.n} with {index!r} in "
           f"{seconds:.1f}s -> {out}")
     return 0
+
+
+def report_stages(prepared, split: str, stages: list, n: int) -> None:
+    """Print HR@10 / NDCG@10 of each stage's list (cut to the final ``n``) against the
+    split's leave-one-out targets, and its seconds per row."""
+    if prepared.protocol != "loo":
+        print("--evaluate: the paper protocol has no single held-out item; skipped")
+        return
+    target = torch.from_numpy(prepared.loo_example(split)["target"]).long()
+    ks = tuple(k for k in (10,) if k <= n) or (n,)
+    for name, found, secs in stages:
+        rank = rank_in_list(found.items[:, :n], target)
+        metrics = full_ranking_metrics(rank, ks)
+        shown = " ".join(f"{key.split('/')[0]}={value:.4f}" for key, value in metrics.items()
+                         if not key.startswith(("recall", "mrr")))
+        print(f"{name}: {shown} (top {n} of {found.items.size(1)}; "
+              f"{secs / len(target) * 1e3:.2f} ms per row)")
 
 
 def to_json(user_ids: np.ndarray, item_ids: np.ndarray, found: retrieval.Retrieved,

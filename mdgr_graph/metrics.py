@@ -289,6 +289,19 @@ def rank_of_target(scores: Tensor, target: Tensor, exclude: Tensor | None = None
     return (others & (s >= s_t)).sum(dim=1).to(torch.long)
 
 
+def rank_in_list(items: Tensor, target: Tensor) -> Tensor:
+    """0-based position of each row's ``target`` in its ranked list ``items [B, n]`` (best
+    first), or ``n`` when the list misses it, as ``[B]`` long: the ``rank`` of
+    :func:`hit_rate_at_k` and friends for a retrieved top-n list (``k <= n``; MRR counts a
+    miss as rank ``n``)."""
+    if items.dim() != 2 or target.shape != (items.size(0),):
+        raise ValueError(f"items must be [B, n] and target [B], got {tuple(items.shape)} "
+                         f"and {tuple(target.shape)}")
+    found = items == target.unsqueeze(1)
+    first = found.to(torch.int8).argmax(dim=1)
+    return torch.where(found.any(dim=1), first, torch.full_like(first, items.size(1)))
+
+
 def hit_rate_at_k(rank: Tensor, k: int) -> Tensor:
     """HR@k per user: ``1[rank < k]`` (``rank`` 0-based), float64 ``[B]``."""
     _check_rank(rank)

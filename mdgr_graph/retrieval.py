@@ -608,3 +608,68 @@ def history_items(prepared, split: str) -> tuple[Tensor, Tensor]:
     items = a["seq_items"][ragged_ranges(start, end)[1]]
     ptr = np.concatenate([[0], np.cumsum(end - start)])
     return torch.from_numpy(ptr).long(), torch.from_numpy(items).long()
+
+
+def rerank(
+    model: torch.nn.Module,
+    prepared,
+    split: str,
+    candidates: Tensor,
+    n: int | None = None,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Retrieved:
+    """Second stage of two-stage serving: score each row's ``candidates`` with ``model``
+    (a candidate-query model: ``score_candidates`` on the given set) and keep the best.
+
+    The first stage is :func:`retrieve` with a last-item model over the whole catalogue;
+    this stage re-ranks its top ``N`` with, e.g., ``MDGR(query="candidate")``, whose graph is
+    rebuilt per candidate and cannot search the catalogue itself (docs/retrieval.md).
+
+    Args:
+        model: any model of the project (``score_candidates(batch)`` reads
+            ``batch.candidates``); put in eval mode for the call.
+        prepared: the dataset both stages were trained on.
+        split: whose rows; rows follow :class:`~mdgr_graph.data.dataset.SequenceDataset`
+            order, as :func:`retrieve`'s.
+        candidates: ``[U, N]`` item ids per row (:attr:`Retrieved.items` of the first
+            stage); ``0`` marks an empty slot, which stays last with score ``-inf``.
+        n: how many to keep (default: all ``N``, re-ordered).
+
+    Returns:
+        :class:`Retrieved` ``[U, n]``, best first.
+    """
+    from torch_geometric.loader import DataLoader
+
+    from mdgr_graph.data.dataset import SequenceDataset
+
+    dataset = SequenceDataset(prepared, split)
+    candidates = torch.as_tensor(candidates).long()
+    if candidates.dim() != 2 or candidates.size(0) != len(dataset):
+        raise ValueError(f"candidates must be [rows of {split!r} = {len(dataset)}, N], got "
+                         f"{tuple(candidates.shape)}")
+    if candidates.numel() and (int(candidates.min()) < 0
+                               or int(candidates.max()) > prepared.num_items):
+        raise ValueError(f"candidate ids must lie in 0..{prepared.num_items}")
+    n = candidates.size(1) if n is None else _check_n(n, candidates.size(1))
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    scores, start = [], 0
+    try:
+        with torch.no_grad():
+            for batch in tqdm(DataLoader(dataset, batch_size=batch_size),
+                              desc=f"rerank {split}", disable=not progress, leave=False):
+                rows = candidates[start : start + batch.num_graphs]
+                start += batch.num_graphs
+                batch = batch.to(device)
+                batch.candidates = rows.to(device)
+                scores.append(model.score_candidates(batch).float().cpu())
+    finally:
+        model.train(was_training)
+    score = torch.cat(scores).masked_fill(candidates == 0, float("-inf"))
+    top = score.topk(n, dim=1)
+    items = candidates.gather(1, top.indices).masked_fill(top.values == float("-inf"), 0)
+    return Retrieved(items, top.values)

@@ -491,3 +491,78 @@ def test_benchmark_runs_small_and_writes_both_files(tmp_path, capsys):
         assert backends["faiss IVF nprobe=1000"]["recall@50/exact"] == 1.0  # every list
     assert "| 1,000 | torch exact |" in (tmp_path / "retrieval.md").read_text()
     capsys.readouterr()
+
+
+# ---------------------------------------------------------------------- two-stage serving
+def test_rerank_orders_by_the_second_model_and_keeps_empty_slots_last(loo_data):
+    torch.manual_seed(0)
+    model = build_model("mdgr", loo_data, dim=8, k=2, m=1, query="candidate").train()
+    rows = len(SequenceDataset(loo_data, "test"))
+    gen = torch.Generator().manual_seed(1)
+    cand = torch.randint(1, loo_data.num_items + 1, (rows, 6), generator=gen)
+    cand[0, 2] = 0  # an empty slot of the first stage
+    out = retrieval.rerank(model, loo_data, "test", cand, n=4, batch_size=7, progress=False)
+    assert model.training  # restored
+    assert out.items.shape == (rows, 4)
+    batch = next(iter(DataLoader(SequenceDataset(loo_data, "test"), batch_size=rows)))
+    batch.candidates = cand
+    with torch.no_grad():
+        ref = model.eval().score_candidates(batch).masked_fill(cand == 0, float("-inf"))
+    top = ref.topk(4, dim=1)
+    assert torch.allclose(out.scores, top.values, atol=1e-5)
+    assert torch.equal(out.items, cand.gather(1, top.indices))
+    assert 0 not in out.items[0].tolist()
+    full = retrieval.rerank(model, loo_data, "test", cand, progress=False)
+    assert full.items.shape == (rows, 6) and full.items[0, -1] == 0
+    with pytest.raises(ValueError, match="candidates must be"):
+        retrieval.rerank(model, loo_data, "test", cand[:3], progress=False)
+    with pytest.raises(ValueError, match="candidate ids"):
+        retrieval.rerank(model, loo_data, "test", cand + 10**6, progress=False)
+
+
+def test_rank_in_list():
+    from mdgr_graph.metrics import full_ranking_metrics, rank_in_list
+
+    items = torch.tensor([[3, 1, 2], [4, 5, 6], [7, 7, 8]])
+    rank = rank_in_list(items, torch.tensor([2, 9, 7]))
+    assert rank.tolist() == [2, 3, 0]
+    metrics = full_ranking_metrics(rank, ks=(2,))
+    assert metrics["hr@2/full"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="target"):
+        rank_in_list(items, torch.tensor([1, 2]))
+
+
+def test_retrieve_example_two_stage(tiny_run, tmp_path_factory, capsys):
+    import retrieve as example
+    import train_mdgr
+
+    second = tmp_path_factory.mktemp("candidate-run")
+    argv = ["--protocol", "loo", "--synthetic-users", "60", "--synthetic-items", "200",
+            "--synthetic-topics", "4", "--max-len", "10", "--negatives", "10", "--dim", "8",
+            "--k", "3", "--m", "1", "--epochs", "1", "--no-cache", "--out", str(second),
+            "--no-progress", "--threads", "1", "--query", "candidate"]
+    assert train_mdgr.main(argv) == 0
+    out = tmp_path_factory.mktemp("two-stage") / "top.json"
+    capsys.readouterr()
+    assert example.main([str(tiny_run), "--rerank", str(second), "--rerank-n", "20", "--n",
+                         "10", "--evaluate", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "retrieve: hr@10=" in printed and "rerank: hr@10=" in printed
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 60 and all(len(r["items"]) == 10 for r in rows)
+    # the re-ranked list is a re-ordering of the first stage's top 20
+    first = tmp_path_factory.mktemp("first") / "top.json"
+    assert example.main([str(tiny_run), "--n", "20", "--out", str(first),
+                         "--no-progress"]) == 0
+    first_rows = json.loads(first.read_text())["rows"]
+    assert all(set(r["items"]) <= set(f["items"]) for r, f in zip(rows, first_rows,
+                                                                   strict=True))
+    other = tmp_path_factory.mktemp("other-data")
+    argv[argv.index("--synthetic-users") + 1] = "70"
+    argv[argv.index("--out") + 1] = str(other)
+    assert train_mdgr.main(argv) == 0
+    capsys.readouterr()
+    assert example.main([str(tiny_run), "--rerank", str(other), "--no-progress"]) == 2
+    assert "other data" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        example.main([str(tiny_run), "--rerank", str(second), "--rerank-n", "5", "--n", "10"])
