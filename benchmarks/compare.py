@@ -133,6 +133,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mdgr-weighting", choices=["paper", "log"], default=None,
                    help="MDGR variants: how interest weights enter the score (default: "
                         "the model's, 'paper' = Eq. 16)")
+    p.add_argument("--mdgr-input-norm", choices=["none", "scale", "layer"], default=None,
+                   help="MDGR variants, MIP and static-graph: balance of the encoder's input "
+                        "parts (default: the model's, 'none' = the paper)")
     p.add_argument("--query", choices=["last", "candidate"], default=None,
                    help="MDGR variants and surge: query of the graph attention (Eq. 11); "
                         "'candidate' builds one graph per (window, candidate), as the paper "
@@ -236,6 +239,8 @@ def neural_kwargs(name: str, args: argparse.Namespace) -> dict[str, Any]:
         kwargs["m"] = args.mdgr_m
     if args.mdgr_weighting is not None:
         kwargs["weighting"] = args.mdgr_weighting
+    if getattr(args, "mdgr_input_norm", None) is not None:
+        kwargs["input_norm"] = args.mdgr_input_norm
     return kwargs
 
 
@@ -423,6 +428,8 @@ def summary_path(args: argparse.Namespace) -> Path:
         name += f"-m{args.mdgr_m}"
     if args.mdgr_weighting is not None:
         name += f"-weighting-{args.mdgr_weighting}"
+    if getattr(args, "mdgr_input_norm", None) is not None:
+        name += f"-input-norm-{args.mdgr_input_norm}"
     if getattr(args, "query", None) is not None:
         name += f"-query-{args.query}"
     if getattr(args, "train_positives", None) is not None:

@@ -88,6 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "log w (keeps more weight = higher score for every item)")
     g.add_argument("--binary", action="store_true",
                    help="binary adjacency (paper Eq. 9 literally) instead of weighted edges")
+    g.add_argument("--input-norm", default="none", choices=["none", "scale", "layer"],
+                   help="MDGR variants: balance of the encoder's item / time / position "
+                        "inputs; none: the paper's concatenation; scale: item embedding x "
+                        "sqrt(d); layer: a LayerNorm per part (docs/model.md)")
     g.add_argument("--query", default="last", choices=["last", "candidate"],
                    help="mdgr variants and surge: query of the graph attention (Eq. 11); "
                         "'last': the last history item (retrieval over the catalogue); "
@@ -179,7 +183,8 @@ def model_options(args: argparse.Namespace) -> dict:
     return {"dim": args.dim, "k": args.k, "m": args.m, "gamma": args.gamma,
             "delta": args.delta, "conv_heads": args.conv_heads, "dropout": args.dropout,
             "cluster": args.cluster, "pool": args.pool, "binary": args.binary,
-            "weighting": args.weighting, "query": args.query, **train_sample_options(args)}
+            "weighting": args.weighting, "input_norm": args.input_norm, "query": args.query,
+            **train_sample_options(args)}
 
 
 def train_sample_options(args: argparse.Namespace) -> dict:

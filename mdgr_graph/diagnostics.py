@@ -41,7 +41,6 @@ from mdgr_graph.data.dataset import SequenceDataset
 from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.data.titles import read_movielens_titles
 from mdgr_graph.models.mdgr import MDGR
-from mdgr_graph.nn.encoding import sinusoidal_encoding
 
 __all__ = [
     "ConsecutiveShare",
@@ -344,11 +343,10 @@ def _encoder_parts(model: MDGR, batch: Batch) -> dict[str, tuple[Tensor, Tensor]
     :meth:`SequenceEncoder.forward`: item embedding, time (``use_time``), position
     (``use_position``)."""
     enc = model.encoder
-    parts = {"item": model.item_emb(batch.x)}
-    if enc.use_time:
-        parts["time"] = sinusoidal_encoding(batch.t, enc.time_dim)
-    if enc.use_position:
-        parts["position"] = sinusoidal_encoding(batch.pos, enc.pos_dim)
+    values = enc.input_parts(model.item_emb(batch.x), batch.t, batch.pos)
+    names = ["item"] + (["time"] if enc.use_time else []) + (
+        ["position"] if enc.use_position else [])
+    parts = dict(zip(names, values, strict=True))
     weight = enc.proj.weight  # [d, in_dim]; columns in the order of the concatenation
     out, start = {}, 0
     for name, part in parts.items():

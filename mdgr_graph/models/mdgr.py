@@ -6,6 +6,8 @@ pooling (Eq. 14) -> interest weights (Eq. 15) -> score (Eq. 16) -> BCE (Eq. 17).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
@@ -38,6 +40,9 @@ VARIANTS: dict[str, dict] = {
     "mdgr-pt": {"use_position": False, "use_time": False},
 }
 
+#: How the encoder balances its input parts (:class:`SequenceEncoder`).
+INPUT_NORMS: tuple[str, ...] = ("none", "scale", "layer")
+
 #: Where the query :math:`\phi_t` of Eq. 11 comes from (DESIGN.md decision 6).
 QUERIES: tuple[str, ...] = ("last", "candidate")
 
@@ -48,6 +53,17 @@ class SequenceEncoder(nn.Module):
     :math:`e_i = W_e [p_i \,\|\, \tau(t_i) \,\|\, \rho(i)]`, then multi-head
     self-attention without causal mask (every position sees every other, Eq. 4-5),
     dropout, and a two-layer FFN (Eq. 6), each with a residual connection and layer norm.
+
+    **Balancing the parts** (``input_norm``, not in the paper). The sinusoids have norm
+    :math:`\sqrt{d_t / 2}` (2.8 for width 16) while a Xavier-initialised item embedding
+    has norm :math:`\sqrt{2d / (I + d)}`, which shrinks with the catalogue size :math:`I`
+    (0.15 for 2,986 items and width 32), so at the start the encoder input, and the
+    states the layers cluster, are nearly all time and position
+    (``benchmarks/diagnostics.py``).
+    ``"none"`` (default) is the paper's plain concatenation; ``"scale"`` multiplies the
+    item embedding by :math:`\sqrt{d}` (as the Transformer and SASRec do); ``"layer"``
+    applies a LayerNorm (with its own gain and bias) to each part before concatenating,
+    so each part enters with unit scale per coordinate.
 
     Shapes:
         - **input:** item embeddings ``[N, d]``, t ``[N]`` (days), pos ``[N]``, batch ``[N]``
@@ -63,11 +79,19 @@ class SequenceEncoder(nn.Module):
         dropout: float = 0.1,
         use_time: bool = True,
         use_position: bool = True,
+        input_norm: str = "none",
     ) -> None:
         super().__init__()
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"unknown input_norm {input_norm!r}; choose from "
+                             f"{', '.join(INPUT_NORMS)}")
         self.dim, self.time_dim, self.pos_dim = dim, time_dim, pos_dim
         self.use_time, self.use_position = use_time, use_position
-        in_dim = dim + (time_dim if use_time else 0) + (pos_dim if use_position else 0)
+        self.input_norm = input_norm
+        widths = [dim] + ([time_dim] if use_time else []) + ([pos_dim] if use_position else [])
+        self.part_norms = (nn.ModuleList(nn.LayerNorm(w) for w in widths)
+                           if input_norm == "layer" else None)
+        in_dim = sum(widths)
         self.proj = nn.Linear(in_dim, dim)
         self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.dropout = nn.Dropout(dropout)
@@ -78,17 +102,26 @@ class SequenceEncoder(nn.Module):
     def forward(
         self, item_emb: Tensor, t: Tensor, pos: Tensor, batch: Tensor, batch_size: int
     ) -> Tensor:
-        parts = [item_emb]
-        if self.use_time:
-            parts.append(sinusoidal_encoding(t, self.time_dim))
-        if self.use_position:
-            parts.append(sinusoidal_encoding(pos, self.pos_dim))
-        e = self.proj(torch.cat(parts, dim=-1))
+        e = self.proj(torch.cat(self.input_parts(item_emb, t, pos), dim=-1))
         dense, mask = to_dense_batch(e, batch, batch_size=batch_size)
         attended, _ = self.attn(dense, dense, dense, key_padding_mask=~mask, need_weights=False)
         h = self.norm1(dense + self.dropout(attended))
         h = self.norm2(h + self.dropout(self.ffn(h)))
         return h[mask]
+
+    def input_parts(self, item_emb: Tensor, t: Tensor, pos: Tensor) -> list[Tensor]:
+        """The parts concatenated before the projection: item embedding, then the time and
+        position encodings (those in use), after ``input_norm``."""
+        if self.input_norm == "scale":
+            item_emb = item_emb * math.sqrt(self.dim)
+        parts = [item_emb]
+        if self.use_time:
+            parts.append(sinusoidal_encoding(t, self.time_dim))
+        if self.use_position:
+            parts.append(sinusoidal_encoding(pos, self.pos_dim))
+        if self.part_norms is not None:
+            parts = [norm(part) for norm, part in zip(self.part_norms, parts, strict=True)]
+        return parts
 
 
 class MDGR(SequentialRecommender):
@@ -120,6 +153,8 @@ class MDGR(SequentialRecommender):
         dynamic: iterate DynamicClusterConv (False: one static clustering of the encoder
             output, ``mdgr-dgc``).
         use_time, use_position: include the time / position encodings in the encoder.
+        input_norm: balance of the encoder's input parts, ``"none"`` (the paper),
+            ``"scale"`` or ``"layer"`` (see :class:`SequenceEncoder`; not in the paper).
         query: the query :math:`\phi_t` of Eq. 11 (DESIGN.md decision 6). ``"last"``
             (default): the state of the last history item, recomputed every iteration;
             the interests do not depend on the candidate, so one pass scores the whole
@@ -165,6 +200,7 @@ class MDGR(SequentialRecommender):
         dynamic: bool = True,
         use_time: bool = True,
         use_position: bool = True,
+        input_norm: str = "none",
         query: str = "last",
         train_positives: int | None = 1,
         train_negatives: int | None = 4,
@@ -186,7 +222,7 @@ class MDGR(SequentialRecommender):
         self.use_weights, self.dynamic = use_weights, dynamic
         self.item_emb = nn.Embedding(num_items + 1, dim, padding_idx=0)
         self.encoder = SequenceEncoder(
-            dim, time_dim, pos_dim, attn_heads, dropout, use_time, use_position
+            dim, time_dim, pos_dim, attn_heads, dropout, use_time, use_position, input_norm
         )
         self.convs = nn.ModuleList(
             DynamicClusterConv(
@@ -389,6 +425,8 @@ class MDGR(SequentialRecommender):
             f"{self.__class__.__name__}(num_items={self.num_items}, dim={self.dim}, "
             f"k={self.k}, m={self.m}, cluster='{self.cluster}', dynamic={self.dynamic}, "
             f"weights={self.use_weights}"
+            + (f", input_norm='{self.encoder.input_norm}'"
+               if self.encoder.input_norm != "none" else "")
             + (f", query='candidate', train_sample={self.train_sample}"
                if self.query == "candidate" else "")
             + ")"

@@ -230,3 +230,29 @@ def test_loss_needs_labels_shaped_like_the_candidates():
 def test_score_all_refuses_an_empty_chunk():
     with pytest.raises(ValueError, match="chunk_size"):
         small_model().eval().score_all(make_batch([3]), chunk_size=0)
+
+
+@pytest.mark.parametrize("input_norm", ["none", "scale", "layer"])
+def test_encoder_input_norm_balances_the_parts(input_norm):
+    model = small_model(input_norm=input_norm, time_dim=8, pos_dim=8)
+    batch = make_batch([5, 9])
+    parts = model.encoder.input_parts(model.item_emb(batch.x), batch.t, batch.pos)
+    assert [p.size(1) for p in parts] == [16, 8, 8]
+    item, time = parts[0].norm(dim=1).mean(), parts[1].norm(dim=1).mean()
+    if input_norm == "none":
+        assert item < time  # the imbalance the option exists for (worse for more items)
+    elif input_norm == "scale":
+        assert torch.allclose(parts[0], model.item_emb(batch.x) * 4.0)  # sqrt(16)
+    else:  # unit scale per coordinate: norm sqrt(width)
+        assert torch.allclose(item, torch.tensor(4.0), atol=0.05)
+        assert torch.allclose(time, torch.tensor(8.0 ** 0.5), atol=0.05)
+    scores = model.score_candidates(batch)
+    assert torch.isfinite(scores).all()
+    assert ("input_norm" in repr(model)) == (input_norm != "none")
+
+
+def test_encoder_input_norm_rejects_unknown_and_drops_unused_parts():
+    with pytest.raises(ValueError, match="input_norm"):
+        small_model(input_norm="batch")
+    model = small_model(input_norm="layer", use_time=False)
+    assert len(model.encoder.part_norms) == 2
