@@ -107,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(model, MDGR):
             raise ValueError(f"{args.run} trained {run_args.model!r}; explain_user.py draws "
                              "MDGR models (mdgr and its variants)")
+        if model.candidate_mode:
+            raise ValueError(f"{args.run} trained MDGR with --query candidate, whose graphs "
+                             "and interests differ per candidate item; explain_user.py draws "
+                             "last-item runs (--query last)")
         user, items, stamps = user_history(prepared, args.user)
         titles = read_movielens_titles(args.titles) if args.titles else None
     except (ValueError, OSError) as exc:
