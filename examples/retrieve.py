@@ -129,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.n > prepared.num_items:
         print(f"error: --n {args.n} exceeds the {prepared.num_items} items", file=sys.stderr)
         return 2
+    if getattr(model, "candidate_mode", False):
+        print(f"error: {args.run} trained {train.model!r} with --query candidate, which cannot "
+              "search the catalogue; retrieve with a last-item run and pass this one as "
+              "--rerank", file=sys.stderr)
+        return 2
     if not callable(getattr(model, "interest_queries", None)):
         print(f"error: retrieval supports MDGR, its variants, static-graph, mip and ComiRec; "
               f"the run trained {train.model!r}", file=sys.stderr)

@@ -566,3 +566,5 @@ def test_retrieve_example_two_stage(tiny_run, tmp_path_factory, capsys):
     assert "other data" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         example.main([str(tiny_run), "--rerank", str(second), "--rerank-n", "5", "--n", "10"])
+    assert example.main([str(second), "--no-progress"]) == 2  # candidate mode cannot search
+    assert "--rerank" in capsys.readouterr().err
