@@ -133,6 +133,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mdgr-weighting", choices=["paper", "log"], default=None,
                    help="MDGR variants: how interest weights enter the score (default: "
                         "the model's, 'paper' = Eq. 16)")
+    p.add_argument("--mdgr-cluster", choices=["kmeans", "ward"], default=None,
+                   help="MDGR variants: clustering algorithm of every iteration and of the "
+                        "final pooling (default: the model's, 'kmeans'; MIP is always Ward)")
+    p.add_argument("--mdgr-cluster-on", choices=["state", "item"], default=None,
+                   help="MDGR variants: what the clustering and the metric graph are built "
+                        "from (default: the model's, 'state' = the paper; 'item': the item "
+                        "embeddings alone, not in the paper)")
     p.add_argument("--mdgr-input-norm", choices=["none", "scale", "layer"], default=None,
                    help="MDGR variants, MIP and static-graph: balance of the encoder's input "
                         "parts (default: the model's, 'none' = the paper)")
@@ -239,8 +246,12 @@ def neural_kwargs(name: str, args: argparse.Namespace) -> dict[str, Any]:
         kwargs["m"] = args.mdgr_m
     if args.mdgr_weighting is not None:
         kwargs["weighting"] = args.mdgr_weighting
+    if getattr(args, "mdgr_cluster", None) is not None and name != MIP:
+        kwargs["cluster"] = args.mdgr_cluster
     if getattr(args, "mdgr_input_norm", None) is not None:
         kwargs["input_norm"] = args.mdgr_input_norm
+    if getattr(args, "mdgr_cluster_on", None) is not None and name != MIP:
+        kwargs["cluster_on"] = args.mdgr_cluster_on
     return kwargs
 
 
@@ -415,10 +426,10 @@ def run_neural(name: str, prepared: PreparedDataset, seed: int, config: dict[str
 
 def summary_path(args: argparse.Namespace) -> Path:
     """``<out>/<dataset>-<protocol>`` (``.json`` / ``.md``), with ``-stride<S>``, ``-k<K>``,
-    ``-m<M>``, ``-weighting-<W>``, ``-targets-<T>[-p<P>]`` (loo training targets other than
-    ``last``) and ``-lr<LR>`` (or ``-lrgrid-<LRs>``) appended when those options are set
-    (the learning rate when it is not the default), so each configuration keeps its own
-    table."""
+    ``-m<M>``, ``-weighting-<W>``, ``-cluster-<C>``, ``-cluster-on-<I>``,
+    ``-targets-<T>[-p<P>]`` (loo training targets other than ``last``) and ``-lr<LR>``
+    (or ``-lrgrid-<LRs>``) appended when those options are set (the learning rate when it
+    is not the default), so each configuration keeps its own table."""
     name = f"{args.dataset}-{args.protocol}"
     if args.train_stride is not None:
         name += f"-stride{args.train_stride}"
@@ -428,6 +439,10 @@ def summary_path(args: argparse.Namespace) -> Path:
         name += f"-m{args.mdgr_m}"
     if args.mdgr_weighting is not None:
         name += f"-weighting-{args.mdgr_weighting}"
+    if getattr(args, "mdgr_cluster", None) is not None:
+        name += f"-cluster-{args.mdgr_cluster}"
+    if getattr(args, "mdgr_cluster_on", None) is not None:
+        name += f"-cluster-on-{args.mdgr_cluster_on}"
     if getattr(args, "mdgr_input_norm", None) is not None:
         name += f"-input-norm-{args.mdgr_input_norm}"
     if getattr(args, "query", None) is not None:

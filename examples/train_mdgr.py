@@ -92,6 +92,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="MDGR variants: balance of the encoder's item / time / position "
                         "inputs; none: the paper's concatenation; scale: item embedding x "
                         "sqrt(d); layer: a LayerNorm per part (docs/model.md)")
+    g.add_argument("--cluster-on", default="state", choices=["state", "item"],
+                   help="MDGR: build the clustering and the metric graph from the node "
+                        "states ('state', the paper) or from the item embeddings alone "
+                        "('item', not in the paper; docs/model.md)")
     g.add_argument("--query", default="last", choices=["last", "candidate"],
                    help="mdgr variants and surge: query of the graph attention (Eq. 11); "
                         "'last': the last history item (retrieval over the catalogue); "
@@ -183,7 +187,8 @@ def model_options(args: argparse.Namespace) -> dict:
     return {"dim": args.dim, "k": args.k, "m": args.m, "gamma": args.gamma,
             "delta": args.delta, "conv_heads": args.conv_heads, "dropout": args.dropout,
             "cluster": args.cluster, "pool": args.pool, "binary": args.binary,
-            "weighting": args.weighting, "input_norm": args.input_norm, "query": args.query,
+            "weighting": args.weighting, "input_norm": args.input_norm,
+            "cluster_on": args.cluster_on, "query": args.query,
             **train_sample_options(args)}
 
 

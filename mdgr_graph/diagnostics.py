@@ -676,7 +676,8 @@ def diagnose(
                 acc.add(prefix + "cos_previous",
                         F.cosine_similarity(states[i], states[i - 1], dim=1))
             z, weight, mask, cluster = model.pool_interests(
-                states[-1], batch.batch, batch.pos, batch.t, batch.num_graphs)
+                states[-1], batch.batch, batch.pos, batch.t, batch.num_graphs,
+                cluster=model.item_clusters(batch)[1])
             _clustering_values(acc, "final_", cluster, batch, node_genres, generator)
             acc.add("final_cosine", _interest_cosine_per_user(z, mask))
             ratio, cv = _weight_spread_per_user(weight, mask)

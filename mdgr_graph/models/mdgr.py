@@ -43,6 +43,9 @@ VARIANTS: dict[str, dict] = {
 #: How the encoder balances its input parts (:class:`SequenceEncoder`).
 INPUT_NORMS: tuple[str, ...] = ("none", "scale", "layer")
 
+#: What the clustering and the metric graph are built from (``MDGR(cluster_on=...)``).
+CLUSTER_INPUTS: tuple[str, ...] = ("state", "item")
+
 #: Where the query :math:`\phi_t` of Eq. 11 comes from (DESIGN.md decision 6).
 QUERIES: tuple[str, ...] = ("last", "candidate")
 
@@ -155,6 +158,13 @@ class MDGR(SequentialRecommender):
         use_time, use_position: include the time / position encodings in the encoder.
         input_norm: balance of the encoder's input parts, ``"none"`` (the paper),
             ``"scale"`` or ``"layer"`` (see :class:`SequenceEncoder`; not in the paper).
+        cluster_on: what the clustering of every iteration, its metric graph (Eq. 7-9)
+            and the final clustering of the interest pooling are built from.
+            ``"state"`` (default, the paper): the current node states. ``"item"``: the
+            item embeddings alone (:obj:`graph_x` of :class:`DynamicClusterConv`), so
+            that clusters and neighbours are decided by what was consumed, not by when
+            (the states mix in time and position); the states are still what the
+            layers update and the pooling averages. Not in the paper.
         query: the query :math:`\phi_t` of Eq. 11 (DESIGN.md decision 6). ``"last"``
             (default): the state of the last history item, recomputed every iteration;
             the interests do not depend on the candidate, so one pass scores the whole
@@ -201,6 +211,7 @@ class MDGR(SequentialRecommender):
         use_time: bool = True,
         use_position: bool = True,
         input_norm: str = "none",
+        cluster_on: str = "state",
         query: str = "last",
         train_positives: int | None = 1,
         train_negatives: int | None = 4,
@@ -211,9 +222,13 @@ class MDGR(SequentialRecommender):
             raise ValueError(f"m must be >= 0, got {m}")
         if query not in QUERIES:
             raise ValueError(f"unknown query {query!r}; choose from {', '.join(QUERIES)}")
+        if cluster_on not in CLUSTER_INPUTS:
+            raise ValueError(f"unknown cluster_on {cluster_on!r}; choose from "
+                             f"{', '.join(CLUSTER_INPUTS)}")
         if candidate_chunk < 1:
             raise ValueError(f"candidate_chunk must be >= 1, got {candidate_chunk}")
         self.query = query
+        self.cluster_on = cluster_on
         self.train_sample = check_train_sample(train_positives, train_negatives)
         self.candidate_chunk = candidate_chunk
         self.dim, self.k, self.m, self.max_len = dim, k, m, max_len
@@ -276,11 +291,13 @@ class MDGR(SequentialRecommender):
             ``(edge_index, edge_weight, cluster)`` per iteration.
         """
         x = self.encode(batch)
+        graph_x, cluster = self.item_clusters(batch)
         last = batch.ptr[1:] - 1
         graphs = []
         for conv in self.convs:
             q = x[last] if query is None else query
-            out = conv(x, batch.batch, query=q, return_graph=return_graphs)
+            out = conv(x, batch.batch, query=q, cluster=cluster, graph_x=graph_x,
+                       return_graph=return_graphs)
             if return_graphs:
                 x, edge_index, edge_weight, cluster = out
                 graphs.append((edge_index, edge_weight, cluster))
@@ -300,20 +317,33 @@ class MDGR(SequentialRecommender):
                              "use candidate_scores, or query='last' for candidate-free "
                              "interests (retrieval)")
         x = self.node_states(batch)
-        return self.pool_interests(x, batch.batch, batch.pos, batch.t, batch.num_graphs)
+        return self.pool_interests(x, batch.batch, batch.pos, batch.t, batch.num_graphs,
+                                   cluster=self.item_clusters(batch)[1])
+
+    def item_clusters(self, batch: Batch) -> tuple[Tensor | None, Tensor | None]:
+        """With ``cluster_on="item"``: the item embeddings ``[N, d]`` the graph is built
+        from and their cluster labels ``[N]`` (the same in every iteration, so computed
+        once); :obj:`None, None` with ``"state"``."""
+        if self.cluster_on == "state":
+            return None, None
+        graph_x = self.item_emb(batch.x)
+        cluster = cluster_nodes(graph_x.detach(), batch.batch, self.k, self.cluster,
+                                num_iters=self.kmeans_iters, batch_size=batch.num_graphs)
+        return graph_x, cluster
 
     def pool_interests(
         self, x: Tensor, batch: Tensor, pos: Tensor, t: Tensor | None, batch_size: int,
-        time_terms: Tensor | None = None,
+        time_terms: Tensor | None = None, cluster: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Final clustering, interest pooling (Eq. 14) and weights (Eq. 15) of node states
         ``x [N, d]``; returns what :meth:`interests` returns. ``time_terms``
         (:meth:`InterestWeight.node_terms`, computed once per original node in candidate
-        mode) replaces ``t``."""
-        cluster = cluster_nodes(
-            x.detach(), batch, self.k, self.cluster,
-            num_iters=self.kmeans_iters, batch_size=batch_size,
-        )
+        mode) replaces ``t``; given labels ``cluster [N]`` replace the final clustering."""
+        if cluster is None:
+            cluster = cluster_nodes(
+                x.detach(), batch, self.k, self.cluster,
+                num_iters=self.kmeans_iters, batch_size=batch_size,
+            )
         z, mask = self.pooling(x, batch, cluster, pos, batch_size)
         if self.weight_head is None:
             weight = torch.ones_like(mask, dtype=z.dtype)
@@ -354,7 +384,8 @@ class MDGR(SequentialRecommender):
         """
         x = self.encode(batch)
         num_seq, d = batch.num_graphs, self.dim
-        shared = self.convs[0].prepare(x, batch.batch, num_graphs=num_seq)
+        graph_x, cluster = self.item_clusters(batch)
+        shared = self.convs[0].prepare(x, batch.batch, cluster, num_seq, graph_x)
         time_terms = None
         if self.weight_head is not None:  # a node's time term is the same in every copy
             time_terms = self.weight_head.node_terms(
@@ -367,10 +398,13 @@ class MDGR(SequentialRecommender):
             flat_query = query.reshape(num_seq * num_cand, d)
             h = self.convs[0].update(shared, query)
             for conv in self.convs[1:]:
-                h = conv(h, graph, query=flat_query)
+                h = conv(h, graph, query=flat_query,
+                         cluster=None if cluster is None else cluster[node],
+                         graph_x=None if graph_x is None else graph_x[node])
             z, weight, mask, _ = self.pool_interests(
                 h, graph, batch.pos[node], None, num_seq * num_cand,
                 None if time_terms is None else time_terms[node],
+                None if cluster is None else cluster[node],
             )
             logit = self.scorer(z, weight, mask, flat_query.unsqueeze(1))
             scores.append(logit.view(num_seq, num_cand))
@@ -427,6 +461,7 @@ class MDGR(SequentialRecommender):
             f"weights={self.use_weights}"
             + (f", input_norm='{self.encoder.input_norm}'"
                if self.encoder.input_norm != "none" else "")
+            + (f", cluster_on='{self.cluster_on}'" if self.cluster_on != "state" else "")
             + (f", query='candidate', train_sample={self.train_sample}"
                if self.query == "candidate" else "")
             + ")"

@@ -348,9 +348,11 @@ class DynamicClusterConv(MessagePassing):
 
     # ------------------------------------------------------------------ forward
     def _sparsify(
-        self, x: Tensor, batch: Tensor, cluster: Tensor, num_graphs: int
+        self, x: Tensor, batch: Tensor, cluster: Tensor, num_graphs: int,
+        graph_x: Tensor | None = None,
     ) -> _DenseGraph | None:
-        """Eq. 7-9 in dense per-graph form; :obj:`None` when no graph has two nodes."""
+        """Eq. 7-9 in dense per-graph form (the metric on ``graph_x`` when given);
+        :obj:`None` when no graph has two nodes."""
         counts = torch.bincount(batch, minlength=num_graphs)
         n_max = int(counts.max()) if counts.numel() > 0 else 0
         if n_max < 2:
@@ -360,7 +362,11 @@ class DynamicClusterConv(MessagePassing):
         cd, _ = to_dense_batch(
             cluster, batch, fill_value=-1, batch_size=num_graphs, max_num_nodes=n_max
         )
-        sim = self._metric(xd)  # [B, n, n]
+        if graph_x is None:
+            sim = self._metric(xd)  # [B, n, n]
+        else:
+            sim = self._metric(to_dense_batch(
+                graph_x, batch, batch_size=num_graphs, max_num_nodes=n_max)[0])
 
         eye = torch.eye(n_max, dtype=torch.bool, device=x.device)
         cand = (cd.unsqueeze(2) == cd.unsqueeze(1)) & mask.unsqueeze(2) & mask.unsqueeze(1)
@@ -439,6 +445,7 @@ class DynamicClusterConv(MessagePassing):
         return_graph: bool = False,
         edge_index: Tensor | None = None,
         edge_weight: Tensor | None = None,
+        graph_x: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor, Tensor, Tensor]:
         """Run one MDGR iteration.
 
@@ -470,8 +477,15 @@ class DynamicClusterConv(MessagePassing):
             edge_weight (Tensor, optional): Weights :math:`(E)` of ``edge_index``, in
                 place of :math:`L_{ij}`; :obj:`None` gives unit weights.
                 (default: :obj:`None`)
+            graph_x (Tensor, optional): Features :math:`(N, d)` that the clustering
+                (step 1) and the metric graph (steps 2-3, and so :math:`L_{ij}`) are
+                built from, while steps 4-5 update ``x``. **Not in the paper**, which
+                builds both from the node states; e.g. the item embeddings alone, so that
+                time and position do not decide who is whose neighbour.
+                (default: :obj:`None`, ``x`` itself)
         """
         batch, num_graphs = self._check_inputs(x, batch, query, cluster)
+        self._check_graph_x(x, graph_x)
         if edge_index is None and edge_weight is not None:
             raise ValueError("'edge_weight' needs 'edge_index'")
         if edge_index is not None:
@@ -479,11 +493,12 @@ class DynamicClusterConv(MessagePassing):
                 raise ValueError("candidate queries [B, C, d] need the metric graph; with "
                                  "'edge_index' give one query per graph [B, d]")
             if cluster is None:
-                cluster = self.cluster_labels(x, batch, num_graphs)
+                cluster = self.cluster_labels(x if graph_x is None else graph_x, batch,
+                                              num_graphs)
             return self.forward_fixed(
                 x, batch, query, cluster, edge_index, edge_weight, return_graph
             )
-        shared = self._prepare(x, batch, cluster, num_graphs)
+        shared = self._prepare(x, batch, cluster, num_graphs, graph_x)
         out = self.update(shared, query)
         if return_graph:
             edge_index, edge_weight = self._graph_edges(shared)
@@ -492,26 +507,37 @@ class DynamicClusterConv(MessagePassing):
 
     def prepare(
         self, x: Tensor, batch: Tensor | None = None, cluster: Tensor | None = None,
-        num_graphs: int | None = None,
+        num_graphs: int | None = None, graph_x: Tensor | None = None,
     ) -> SharedIteration:
         """Steps 1-4 and :math:`\alpha_i` (Eq. 7-10): everything of the iteration that does
         not depend on the query. :meth:`update` finishes it for one or many queries, so
         in candidate mode the clustering, the metric graph and :math:`\alpha_i` are
         computed once per sequence and shared by all its candidates.
 
-        ``num_graphs`` (default: from ``batch``) counts trailing empty graphs as well.
+        ``num_graphs`` (default: from ``batch``) counts trailing empty graphs as well;
+        ``graph_x`` as in :meth:`forward`.
         """
         batch, found = self._check_inputs(x, batch, None, cluster)
-        return self._prepare(x, batch, cluster, max(found, num_graphs or 0))
+        self._check_graph_x(x, graph_x)
+        return self._prepare(x, batch, cluster, max(found, num_graphs or 0), graph_x)
+
+    def _check_graph_x(self, x: Tensor, graph_x: Tensor | None) -> None:
+        if graph_x is not None and (graph_x.shape != x.shape
+                                    or not graph_x.is_floating_point()):
+            raise ValueError(f"'graph_x' must be a floating point tensor of the shape of "
+                             f"'x' {tuple(x.shape)} (got {graph_x.dtype}, "
+                             f"{tuple(graph_x.shape)})")
 
     def _prepare(
-        self, x: Tensor, batch: Tensor, cluster: Tensor | None, num_graphs: int
+        self, x: Tensor, batch: Tensor, cluster: Tensor | None, num_graphs: int,
+        graph_x: Tensor | None = None,
     ) -> SharedIteration:
         if cluster is None:
-            cluster = self.cluster_labels(x, batch, num_graphs)
+            cluster = self.cluster_labels(x if graph_x is None else graph_x, batch,
+                                          num_graphs)
         if self.metric_weight is None:
             raise ValueError("this layer has no metric weights; pass 'edge_index'")
-        graph = self._sparsify(x, batch, cluster, num_graphs)
+        graph = self._sparsify(x, batch, cluster, num_graphs, graph_x)
         if graph is None:  # no graph has an edge
             return SharedIteration(x, batch, num_graphs, cluster, None, None)
         n = graph.n_max
@@ -661,6 +687,7 @@ def dynamic_cluster_conv_reference(
     batch: Tensor | None = None,
     query: Tensor | None = None,
     cluster: Tensor | None = None,
+    graph_x: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Slow, per-graph reference of :meth:`DynamicClusterConv.forward`.
 
@@ -677,8 +704,10 @@ def dynamic_cluster_conv_reference(
     if conv.training and conv.dropout > 0:
         raise ValueError("the reference does not model dropout; call conv.eval() first")
     batch, num_graphs = conv._check_inputs(x, batch, query, cluster)
+    conv._check_graph_x(x, graph_x)
+    gx = x if graph_x is None else graph_x
     if cluster is None:
-        cluster = conv.cluster_labels(x, batch, num_graphs)
+        cluster = conv.cluster_labels(gx, batch, num_graphs)
     d, heads = conv.channels, conv.heads
     outs, edges, weights = [], [], []
     offset = 0
@@ -693,7 +722,7 @@ def dynamic_cluster_conv_reference(
         # Eq. 7-9: metric, candidates, explicit ranking.
         sim = xg.new_zeros(n, n)
         for w_h in conv.metric_weight:  # Eq. 7, one head at a time
-            a = xg * w_h
+            a = gx[nodes] * w_h
             a = a / a.norm(dim=1, keepdim=True).clamp(min=1e-12)
             sim = sim + a @ a.t()
         sim = sim / conv.delta  # Eq. 8

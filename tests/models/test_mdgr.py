@@ -256,3 +256,44 @@ def test_encoder_input_norm_rejects_unknown_and_drops_unused_parts():
         small_model(input_norm="batch")
     model = small_model(input_norm="layer", use_time=False)
     assert len(model.encoder.part_norms) == 2
+
+
+@pytest.mark.parametrize("m", [0, 2])
+def test_cluster_on_item_depends_on_the_items_only(m):
+    items = [torch.tensor([3, 7, 3, 9, 7, 12, 3, 9]), torch.tensor([5, 5, 2])]
+    model = small_model(m=m, cluster_on="item").eval()
+    batch = make_batch([8, 3], items=items, seed=0)
+    other_times = make_batch([8, 3], items=items, seed=5)  # same items, other days
+    assert not torch.equal(batch.t, other_times.t)
+    with torch.no_grad():
+        labels = model.interests(batch)[3]
+        assert torch.equal(model.interests(other_times)[3], labels)
+    # duplicate items share a cluster
+    x = batch.x
+    for i in range(x.numel()):
+        for j in range(x.numel()):
+            if batch.batch[i] == batch.batch[j] and x[i] == x[j]:
+                assert labels[i] == labels[j]
+    if m > 0:  # the edges of every iteration are those of the item embeddings
+        _, graphs = model.node_states(batch, return_graphs=True)
+        _, graphs_other = model.node_states(other_times, return_graphs=True)
+        for (ei, _, c), (ei_o, _, c_o) in zip(graphs, graphs_other, strict=True):
+            assert torch.equal(ei, ei_o) and torch.equal(c, labels) and torch.equal(c_o, labels)
+    assert "cluster_on='item'" in repr(model)
+
+
+def test_cluster_on_item_trains_the_item_embeddings_through_the_metric():
+    model = small_model(m=1, cluster_on="item")
+    batch = make_batch([6, 9], seed=2)
+    model.loss(batch).backward()
+    assert model.convs[0].metric_weight.grad.abs().sum() > 0
+    assert torch.isfinite(model.item_emb.weight.grad).all()
+
+
+def test_cluster_on_rejects_unknown_values():
+    from mdgr_graph.models import StaticGraphRec
+
+    with pytest.raises(ValueError, match="cluster_on"):
+        small_model(cluster_on="time")
+    with pytest.raises(ValueError, match="cluster_on"):
+        StaticGraphRec(NUM_ITEMS, dim=16, k=3, m=1, max_len=12, cluster_on="item")

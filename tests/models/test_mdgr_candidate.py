@@ -16,7 +16,8 @@ def one_candidate_at_a_time(model: MDGR, batch) -> torch.Tensor:
         query = model.item_emb(batch.candidates[:, c])  # [B, d]
         x = model.node_states(batch, query=query)
         z, weight, mask, _ = model.pool_interests(
-            x, batch.batch, batch.pos, batch.t, batch.num_graphs)
+            x, batch.batch, batch.pos, batch.t, batch.num_graphs,
+            cluster=model.item_clusters(batch)[1])
         columns.append(model.scorer(z, weight, mask, query.unsqueeze(1))[:, 0])
     return torch.stack(columns, dim=1)
 
@@ -124,3 +125,13 @@ def test_bad_candidate_options():
         StaticGraphRec(NUM_ITEMS, dim=16, k=3, m=1, max_len=12, query="candidate")
     assert "query='candidate'" in repr(small_model(query="candidate"))
     assert "query" not in repr(small_model())  # last-item checkpoints keep their repr
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_candidate_mode_with_item_clusters_equals_reference(m):
+    model = small_model(m=m, query="candidate", cluster_on="item", candidate_chunk=3).eval()
+    batch = make_batch([1, 4, 9, 12], num_candidates=7, seed=4)
+    with torch.no_grad():
+        fast = model.score_candidates(batch)
+        ref = one_candidate_at_a_time(model, batch)
+    assert torch.allclose(fast, ref, atol=1e-5)

@@ -386,3 +386,73 @@ def test_candidate_mode_without_edges_and_bad_queries():
         conv(x, batch, torch.randn(3, 0, D))
     with pytest.raises(ValueError, match="candidate queries"):
         conv(x, batch, torch.randn(3, 4, D), edge_index=torch.zeros(2, 0, dtype=torch.long))
+
+
+# ---------------------------------------------------------------------- graph_x
+@pytest.mark.parametrize("use_query", [False, True])
+@pytest.mark.parametrize("cluster_given", [False, True])
+def test_graph_x_matches_reference(use_query, cluster_given):
+    x, batch, cluster, query = make_batch(seed=6)
+    graph_x = torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
+    conv = DynamicClusterConv(D, k=3, gamma=0.2).eval()
+    query = query if use_query else None
+    labels = cluster if cluster_given else None
+    out, ei, ew, used = conv(x, batch, query, labels, return_graph=True, graph_x=graph_x)
+    ref_out, ref_ei, ref_ew, ref_used = dynamic_cluster_conv_reference(
+        conv, x, batch, query, labels, graph_x=graph_x)
+    assert torch.equal(ei, ref_ei) and torch.equal(used, ref_used)
+    assert torch.allclose(ew, ref_ew, atol=1e-6)
+    assert torch.allclose(out, ref_out, atol=1e-5)
+    # the graph is the one graph_x alone gives: the same edges whatever x is
+    other = conv(torch.randn_like(x), batch, query, labels, return_graph=True,
+                 graph_x=graph_x)
+    assert torch.equal(other[1], ei) and torch.equal(other[3], used)
+    # and graph_x=x is the default
+    plain = conv(x, batch, query, labels, return_graph=True)
+    same = conv(x, batch, query, labels, return_graph=True, graph_x=x)
+    for a, b in zip(plain, same, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_graph_x_gradients_match_reference():
+    x, batch, cluster, query = make_batch(seed=8)
+    graph_x = torch.randn(x.shape, generator=torch.Generator().manual_seed(9))
+    conv = DynamicClusterConv(D, k=3, gamma=0.2)
+    proj = torch.randn(x.size(0), D)
+
+    def grads(fn):
+        conv.zero_grad()
+        xg, gg = x.clone().requires_grad_(), graph_x.clone().requires_grad_()
+        (fn(xg, gg) * proj).sum().backward()
+        return [xg.grad, gg.grad] + [p.grad.clone() for p in conv.parameters()]
+
+    fast = grads(lambda xg, gg: conv(xg, batch, query, cluster, graph_x=gg))
+    ref = grads(lambda xg, gg: dynamic_cluster_conv_reference(
+        conv, xg, batch, query, cluster, graph_x=gg)[0])
+    assert fast[1].abs().sum() > 0  # L_ij of graph_x weighs the messages
+    for a, b in zip(fast, ref, strict=True):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_graph_x_candidate_mode_equals_one_query_at_a_time():
+    x, batch, _, _ = make_batch(seed=10)
+    graph_x = torch.randn(x.shape, generator=torch.Generator().manual_seed(11))
+    queries = torch.randn(len(SIZES), 3, D, generator=torch.Generator().manual_seed(12))
+    conv = DynamicClusterConv(D, k=3, gamma=0.2).eval()
+    out = conv(x, batch, queries, graph_x=graph_x)
+    _, new_batch = candidate_graphs(batch, len(SIZES), 3)
+    shared = conv.prepare(x, batch, graph_x=graph_x)
+    assert torch.allclose(conv.update(shared, queries), out, atol=1e-6)
+    for c in range(3):
+        rows = (new_batch % 3) == c
+        one = conv(x, batch, queries[:, c], graph_x=graph_x)
+        assert torch.allclose(out[rows], one, atol=1e-5)
+
+
+def test_graph_x_bad_shapes():
+    x, batch, _, _ = make_batch(seed=0)
+    conv = DynamicClusterConv(D, k=3)
+    with pytest.raises(ValueError, match="graph_x"):
+        conv(x, batch, graph_x=x[:-1])
+    with pytest.raises(ValueError, match="graph_x"):
+        conv.prepare(x, batch, graph_x=x.long())

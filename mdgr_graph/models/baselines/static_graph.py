@@ -88,6 +88,9 @@ class StaticGraphRec(MDGR):
             )
         if kwargs.get("query", "last") != "last":
             raise ValueError("StaticGraphRec supports query='last' only")
+        if kwargs.get("cluster_on", "state") != "state":
+            raise ValueError("StaticGraphRec supports cluster_on='state' only (its edges "
+                             "are fixed; the option changes MDGR's metric graph)")
         super().__init__(num_items, **kwargs)
         for conv in self.convs:
             conv.register_parameter("metric_weight", None)  # unused without Eq. 7-8
