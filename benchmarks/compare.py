@@ -73,8 +73,9 @@ from mdgr_graph.train import (  # noqa: E402
 
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
 
-#: Dataset name -> (reader format, file inside the data folder).
-DATASETS = {
+#: Dataset name -> (reader format, file inside the data folder; None: generated).
+DATASETS: dict[str, tuple[str, str | None]] = {
+    "synthetic": ("synthetic", None),  # the embedded default log, planted interests
     "ml-1m-subset": ("movielens", "ml-1m-subset/ratings.dat.gz"),
     "ml-100k": ("movielens", "ml-100k/u.data.gz"),
     "amazon-beauty": ("amazon", "amazon-beauty/interactions.tsv.gz"),
@@ -361,11 +362,13 @@ def resolved_args(name: str, args: argparse.Namespace) -> argparse.Namespace | N
 
 def load_data(args: argparse.Namespace, seed: int) -> PreparedDataset:
     fmt, rel = DATASETS[args.dataset]
-    path = args.data_dir / rel
-    if not path.is_file():
-        raise FileNotFoundError(f"{args.dataset}: no such file {path}")
-    options = DataOptions(format=fmt, path=str(path), protocol=args.protocol, seed=seed,
-                          train_stride=args.train_stride)
+    path = None
+    if rel is not None:
+        path = args.data_dir / rel
+        if not path.is_file():
+            raise FileNotFoundError(f"{args.dataset}: no such file {path}")
+    options = DataOptions(format=fmt, path=None if path is None else str(path),
+                          protocol=args.protocol, seed=seed, train_stride=args.train_stride)
     prepared = prepare_dataset(options)
     if args.max_users is not None:
         prepared = prepared.subsample_users(args.max_users, seed=seed)

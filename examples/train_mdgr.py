@@ -88,6 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "log w (keeps more weight = higher score for every item)")
     g.add_argument("--binary", action="store_true",
                    help="binary adjacency (paper Eq. 9 literally) instead of weighted edges")
+    g.add_argument("--no-conv-residual", dest="conv_residual", action="store_false",
+                   help="MDGR: drop the residual connection around each iteration "
+                        "(DESIGN.md decision 7; the paper has none)")
+    g.add_argument("--no-conv-norm", dest="conv_norm", action="store_false",
+                   help="MDGR: drop the LayerNorm after each iteration (the paper has none)")
     g.add_argument("--input-norm", default="none", choices=["none", "scale", "layer"],
                    help="MDGR variants: balance of the encoder's item / time / position "
                         "inputs; none: the paper's concatenation; scale: item embedding x "
@@ -189,6 +194,7 @@ def model_options(args: argparse.Namespace) -> dict:
             "cluster": args.cluster, "pool": args.pool, "binary": args.binary,
             "weighting": args.weighting, "input_norm": args.input_norm,
             "cluster_on": args.cluster_on, "query": args.query,
+            "conv_residual": args.conv_residual, "conv_norm": args.conv_norm,
             **train_sample_options(args)}
 
 

@@ -335,3 +335,23 @@ def test_step_time_estimates_a_run_from_timed_steps(shared_data, tmp_path):
         step_time.main(["--steps", "0", *argv])
     with pytest.raises(ValueError, match="fewer than --warmup 100000"):
         step_time.main(["--warmup", "100000", *argv, "--models", "sasrec"])
+
+
+def test_compare_runs_on_the_embedded_synthetic_log_without_data(tmp_path):
+    argv = ["--dataset", "synthetic", "--quick", "--max-users", "60", "--models", "pop",
+            "--seeds", "0", "--data-dir", str(tmp_path / "absent"),
+            "--out", str(tmp_path / "r"), "--work-dir", str(tmp_path / "w"), "--no-progress"]
+    assert compare.main(argv) == 0
+    summary = json.loads((tmp_path / "r" / "quick" / "synthetic-paper.json").read_text())
+    assert [m["model"] for m in summary["models"]] == ["pop"]
+    assert 0.0 < summary["models"][0]["mean"]["AUC"] <= 1.0
+
+
+def test_compare_mdgr_options_reach_the_model_and_the_table_name():
+    args = compare.parse_args(["--models", "mdgr,mip", "--mdgr-m", "1", "--mdgr-cluster",
+                               "ward", "--mdgr-cluster-on", "item"])
+    assert compare.neural_kwargs("mdgr", args) == {
+        "dim": 32, "m": 1, "cluster": "ward", "cluster_on": "item"}
+    assert compare.neural_kwargs("mip", args) == {"dim": 32}  # MIP: Ward, no iterations
+    assert compare.summary_path(args).name == (
+        "ml-1m-subset-paper-m1-cluster-ward-cluster-on-item")

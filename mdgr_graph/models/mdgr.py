@@ -150,6 +150,9 @@ class MDGR(SequentialRecommender):
         kmeans_iters: Lloyd steps of the batched k-means. (default: :obj:`10`)
         pool: interest pooling, ``"attention"``, ``"last"`` or ``"mean"``.
         binary: use the paper's binary adjacency instead of weighted edges.
+        conv_residual, conv_norm: the residual connection and the LayerNorm around each
+            iteration's aggregation (Eq. 13, DESIGN.md decision 7; the paper has
+            neither). (default: :obj:`True`, :obj:`True`)
         use_weights: learn interest weights (False: all equal, ``mdgr-w``).
         weighting: how weights enter the score: ``"paper"`` (Eq. 16, multiplies the
             logit) or ``"log"`` (adds ``log w``; see :class:`InterestScore`).
@@ -205,6 +208,8 @@ class MDGR(SequentialRecommender):
         kmeans_iters: int = 10,
         pool: str = "attention",
         binary: bool = False,
+        conv_residual: bool = True,
+        conv_norm: bool = True,
         use_weights: bool = True,
         weighting: str = "paper",
         dynamic: bool = True,
@@ -243,6 +248,7 @@ class MDGR(SequentialRecommender):
             DynamicClusterConv(
                 dim, k=k, gamma=gamma, delta=delta, heads=conv_heads, hops=hops,
                 cluster=cluster, kmeans_iters=kmeans_iters, binary=binary,
+                residual=conv_residual, norm=conv_norm,
             )
             for _ in range(m if dynamic else 0)
         )

@@ -297,3 +297,13 @@ def test_cluster_on_rejects_unknown_values():
         small_model(cluster_on="time")
     with pytest.raises(ValueError, match="cluster_on"):
         StaticGraphRec(NUM_ITEMS, dim=16, k=3, m=1, max_len=12, cluster_on="item")
+
+
+def test_conv_residual_and_norm_switches_reach_every_iteration():
+    model = small_model(m=2, conv_residual=False, conv_norm=False)
+    assert all(not conv.residual and conv.norm is None for conv in model.convs)
+    batch = make_batch([4, 7])
+    model.loss(batch).backward()
+    assert torch.isfinite(model.item_emb.weight.grad).all()
+    default = small_model(m=2)
+    assert all(conv.residual and conv.norm is not None for conv in default.convs)
