@@ -62,7 +62,7 @@ MODELS = (*VARIANTS, MIP, STATIC_GRAPH)
 MODEL_DEFAULTS: dict[str, Any] = {
     "model": "mdgr", "dim": 32, "k": 8, "m": 5, "gamma": 0.1, "delta": 4, "conv_heads": 2,
     "dropout": 0.1, "cluster": "kmeans", "pool": "attention", "weighting": "paper",
-    "binary": False, "input_norm": "none",
+    "binary": False, "input_norm": "none", "cluster_on": "state",
 }
 
 
@@ -123,6 +123,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--input-norm", default=MODEL_DEFAULTS["input_norm"],
                    choices=["none", "scale", "layer"],
                    help="balance of the encoder's input parts (none: the paper)")
+    g.add_argument("--cluster-on", default=MODEL_DEFAULTS["cluster_on"],
+                   choices=["state", "item"],
+                   help="what the clusters and the metric graph are built from (state: the "
+                        "paper)")
     d = parser.add_argument_group("diagnostics")
     d.add_argument("--split", choices=SPLIT_NAMES, default="test", help="split to diagnose")
     d.add_argument("--max-windows", type=int, default=None, metavar="N",

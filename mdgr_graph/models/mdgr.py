@@ -297,16 +297,16 @@ class MDGR(SequentialRecommender):
             ``(edge_index, edge_weight, cluster)`` per iteration.
         """
         x = self.encode(batch)
-        graph_x, cluster = self.item_clusters(batch)
+        graph_x, item_cluster = self.item_clusters(batch)
         last = batch.ptr[1:] - 1
         graphs = []
         for conv in self.convs:
             q = x[last] if query is None else query
-            out = conv(x, batch.batch, query=q, cluster=cluster, graph_x=graph_x,
+            out = conv(x, batch.batch, query=q, cluster=item_cluster, graph_x=graph_x,
                        return_graph=return_graphs)
             if return_graphs:
-                x, edge_index, edge_weight, cluster = out
-                graphs.append((edge_index, edge_weight, cluster))
+                x, edge_index, edge_weight, labels = out
+                graphs.append((edge_index, edge_weight, labels))
             else:
                 x = out
         return (x, graphs) if return_graphs else x

@@ -307,3 +307,14 @@ def test_conv_residual_and_norm_switches_reach_every_iteration():
     assert torch.isfinite(model.item_emb.weight.grad).all()
     default = small_model(m=2)
     assert all(conv.residual and conv.norm is not None for conv in default.convs)
+
+
+@pytest.mark.parametrize("cluster_on", ["state", "item"])
+def test_node_states_are_the_same_with_and_without_the_graphs(cluster_on):
+    model = small_model(m=3, cluster_on=cluster_on).eval()
+    batch = make_batch([5, 9, 12], seed=3)
+    with torch.no_grad():
+        plain = model.node_states(batch)
+        traced, graphs = model.node_states(batch, return_graphs=True)
+    assert len(graphs) == 3
+    assert torch.equal(plain, traced)
