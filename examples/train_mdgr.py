@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from mdgr_graph.data.cli import (
     add_data_arguments,
     add_loo_training_arguments,
     cache_dir_from_args,
+    data_option_problem,
     loo_training_problem,
     options_from_args,
 )
@@ -149,8 +153,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "when several runs share the cores")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
-    if (problem := loo_training_problem(args)) is not None:
-        parser.error(problem)
+    for check in (data_option_problem, loo_training_problem, option_problem):
+        if (problem := check(args)) is not None:
+            parser.error(problem)
     if args.resume and args.out is None:
         parser.error("--resume needs --out")
     if args.history_targets and args.model not in CAUSAL_BASELINES:
@@ -160,6 +165,85 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda requested but CUDA is not available")
     return args
+
+
+#: ``--option``: the least value it takes.
+_MINIMA = {
+    "epochs": 0, "patience": 1, "batch_size": 1, "dim": 1, "k": 1, "m": 0, "delta": 1,
+    "conv_heads": 1, "train_positives": 0, "train_negatives": 0, "blocks": 1,
+    "neighbours": 0, "threads": 1, "max_users": 1,
+}
+#: ``--option``: ``(low, high, low included, high included)`` for the real-valued options.
+_INTERVALS = {
+    "lr": (0.0, math.inf, False, False),
+    "weight_decay": (0.0, math.inf, True, False),
+    "gamma": (0.0, 1.0, False, True),
+    "dropout": (0.0, 1.0, True, False),
+    "mask_prob": (0.0, 1.0, False, True),
+    "shrink": (0.0, math.inf, True, False),
+    "l2": (0.0, math.inf, False, False),
+}
+
+
+def _interval(low: float, high: float, low_in: bool, high_in: bool) -> str:
+    if math.isinf(high):
+        return f"{'>=' if low_in else '>'} {low:g} and finite"
+    return f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
+def writable_problem(path: Path, option: str, directory: bool) -> str | None:
+    """Why ``path`` cannot be written (a folder when ``directory``), or None.
+
+    Creates the missing folders and a temporary file in the folder that will hold the
+    output (removed again), so an unwritable output is found before any training."""
+    folder = path if directory else path.parent
+    if not directory and path.is_dir():
+        return f"{option} {path} is a directory, not a file"
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        return f"{option} {path} cannot be written: {existing} is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return f"{option} {path} cannot be written: {exc.strerror or exc} ({folder})"
+    if not directory and path.exists() and not os.access(path, os.W_OK):
+        return f"{option} {path} cannot be written: permission denied"
+    return None
+
+
+def option_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the model and training options, or None.
+
+    Every count against its least value, every real number finite and in its range, the
+    candidate draw non-empty, the paper protocol's validation split non-empty (it picks
+    the best epoch), and ``--out`` / ``--metrics-json`` writable. Runs before any work.
+    """
+    for name, least in _MINIMA.items():
+        value = getattr(args, name)
+        if value is not None and value < least:
+            return f"--{name.replace('_', '-')} must be >= {least}, got {value}"
+    for name, (low, high, low_in, high_in) in _INTERVALS.items():
+        value = getattr(args, name)
+        inside = (low <= value if low_in else low < value) and (
+            value <= high if high_in else value < high)
+        if not (math.isfinite(value) and inside):
+            return (f"--{name.replace('_', '-')} must be "
+                    f"{_interval(low, high, low_in, high_in)}, got {value}")
+    if not args.train_all_candidates and args.train_positives + args.train_negatives == 0:
+        return "--train-positives + --train-negatives must be > 0"
+    if args.protocol == "paper" and args.valid_frac == 0:
+        return "--valid-frac must be > 0: the validation split picks the best epoch"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and args.batch_size % world:
+        return (f"--batch-size {args.batch_size} is the global batch and must be a multiple "
+                f"of the {world} processes")
+    if args.out is not None and (problem := writable_problem(args.out, "--out", True)):
+        return problem
+    if args.metrics_json is not None:
+        return writable_problem(args.metrics_json, "--metrics-json", False)
+    return None
 
 
 def model_options(args: argparse.Namespace) -> dict:
@@ -269,7 +353,11 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    model = build_model(args.model, prepared, **model_options(args))
+    try:
+        model = build_model(args.model, prepared, **model_options(args))
+    except (ValueError, AssertionError) as exc:  # options the model's own checks refuse
+        print(f"error: --model {args.model}: {exc}", file=sys.stderr)
+        return 2
     say(model)
     if distributed.is_distributed():
         say(f"distributed: {distributed.world_size()} processes, "

@@ -13,7 +13,12 @@ import json
 import sys
 import time
 
-from mdgr_graph.data.cli import add_data_arguments, cache_dir_from_args, options_from_args
+from mdgr_graph.data.cli import (
+    add_data_arguments,
+    cache_dir_from_args,
+    data_option_problem,
+    options_from_args,
+)
 from mdgr_graph.data.prepare import prepare_dataset
 
 
@@ -26,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     add_data_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    if (problem := data_option_problem(args)) is not None:
+        parser.error(problem)
     start = time.perf_counter()
     try:
         options = options_from_args(args)

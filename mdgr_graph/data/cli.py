@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from mdgr_graph.data.dataset import LOO_TRAIN_TARGETS
@@ -132,4 +133,40 @@ def loo_training_problem(args: argparse.Namespace) -> str | None:
     if args.loo_train_positives < 1 or (args.loo_train_targets != "random"
                                         and args.loo_train_positives != 1):
         return "--loo-train-positives must be >= 1, and 1 unless --loo-train-targets random"
+    return None
+
+
+#: ``--option``: the least value it takes (counts and sizes of the data options).
+_DATA_MINIMA = {
+    "min_item_count": 1, "min_user_len": 1, "window": 2, "history": 1, "train_stride": 1,
+    "negatives": 1, "max_len": 1, "chunk_rows": 1, "synthetic_users": 1,
+    "synthetic_items": 1, "synthetic_topics": 1, "seed": 0,
+}
+
+
+def data_option_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options of :func:`add_data_arguments`, or None.
+
+    Checks every count against its least value, that the split fractions are finite,
+    in ``[0, 1)`` and sum to less than 1, and everything :class:`DataOptions` checks, so
+    a bad option is reported before any file is read.
+    """
+    for name, least in _DATA_MINIMA.items():
+        value = getattr(args, name, None)
+        if value is not None and value < least:
+            return f"--{name.replace('_', '-')} must be >= {least}, got {value}"
+    for name in ("valid_frac", "test_frac"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and 0 <= value < 1):
+            return f"--{name.replace('_', '-')} must lie in [0, 1), got {value}"
+    if args.valid_frac + args.test_frac >= 1:
+        return (f"--valid-frac + --test-frac must be < 1 (some users must train), got "
+                f"{args.valid_frac} + {args.test_frac}")
+    if args.format == "synthetic" and args.synthetic_items < args.synthetic_topics:
+        return (f"--synthetic-items ({args.synthetic_items}) must be >= --synthetic-topics "
+                f"({args.synthetic_topics})")
+    try:
+        options_from_args(args)
+    except ValueError as exc:
+        return str(exc)
     return None
