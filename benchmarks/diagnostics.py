@@ -285,6 +285,11 @@ def table(result: dict[str, Any]) -> str:
     lines += ["", f"final interests: mean pairwise cosine {_fmt(final['interest_cosine'])} "
               f"({final['interest_users']} users with >= 2 interests); weights max/min "
               f"{_fmt(final['weight_max_min'])}, std/mean {_fmt(final['weight_std_mean'])}"]
+    if "auc" in final:
+        lines.append(f"scores: AUC {_fmt(final['auc'])} with every interest (Eq. 16), "
+                     f"{_fmt(final['auc_mean_interest'])} with their mean alone; the "
+                     f"positives of a window take the max from {_fmt(final['positive_interests'])}"
+                     f" distinct interests")
     lines += ["", "step i: the clustering iteration i computed from its input and the edges "
               "it kept; cos(x,x0), cos(x,prev): its output against the encoder output and "
               "its input (mean over nodes); final: the clustering pooled into interests. "

@@ -40,6 +40,7 @@ from torch_geometric.loader import DataLoader
 from mdgr_graph.data.dataset import SequenceDataset
 from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.data.titles import read_movielens_titles
+from mdgr_graph.metrics import auc_per_row
 from mdgr_graph.models.mdgr import MDGR
 
 __all__ = [
@@ -95,6 +96,13 @@ class WeightSpread(NamedTuple):
 class IterationDrift(NamedTuple):
     to_encoder: list[float]  #: per iteration m: mean over nodes of cos(x_m, x_0)
     to_previous: list[float]  #: per iteration m: mean over nodes of cos(x_m, x_{m-1})
+
+
+class InterestUse(NamedTuple):
+    auc: float  # mean per-window AUC of the model's scores (max over interests, Eq. 16)
+    auc_mean_interest: float  # the same with one interest: the mean of the window's interests
+    positive_interests: float  # distinct interests that win (argmax) over a window's positives
+    windows: int
 
 
 class GenrePurity(NamedTuple):
@@ -412,6 +420,49 @@ def interest_weight_spread(weight: Tensor, mask: Tensor) -> WeightSpread:
     return WeightSpread(mean, _mean(cv)[0], count)
 
 
+def _interest_use_per_window(
+    scorer: torch.nn.Module, z: Tensor, weight: Tensor, mask: Tensor, items: Tensor,
+    labels: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per window: AUC with every interest, AUC with their mean only, and the number of
+    distinct interests that give the max (Eq. 16) over the positives."""
+    k = z.size(1)
+    per_interest = torch.stack([  # [B, k, C], -inf for empty interests
+        scorer(z[:, j : j + 1], weight[:, j : j + 1], mask[:, j : j + 1], items)
+        for j in range(k)
+    ], dim=1)
+    scores = per_interest.max(dim=1).values
+    count = mask.sum(1, keepdim=True).clamp(min=1)
+    z_mean = (z * mask.unsqueeze(-1)).sum(1, keepdim=True) / count.unsqueeze(-1)
+    w_mean = (weight * mask).sum(1, keepdim=True) / count
+    one = scorer(z_mean, w_mean, torch.ones_like(mask[:, :1]), items)
+    positive = labels > 0.5
+    winner = per_interest.argmax(dim=1)  # [B, C]
+    hits = torch.zeros(z.size(0), k, dtype=torch.bool, device=z.device)
+    rows = torch.arange(z.size(0), device=z.device).unsqueeze(1).expand_as(winner)
+    hits[rows[positive], winner[positive]] = True
+    return auc_per_row(scores, positive), auc_per_row(one, positive), hits.sum(1).float()
+
+
+def interest_use(
+    scorer: torch.nn.Module, z: Tensor, weight: Tensor, mask: Tensor, items: Tensor,
+    labels: Tensor,
+) -> InterestUse:
+    """Whether the scores use several interests: the per-window AUC of the candidates
+    scored as the model scores them (Eq. 16, the max over the non-empty interests) against
+    scored with a single interest, the mean of the window's non-empty interests (and the
+    mean weight); and how many distinct interests win the max over a window's positives.
+    A multi-interest model whose AUC barely moves with one interest does not need several.
+
+    Args:
+        scorer: the model's :class:`~mdgr_graph.nn.interest.InterestScore`.
+        z: ``[B, k, d]`` interests, ``weight`` ``[B, k]``, ``mask`` ``[B, k]`` non-empty.
+        items: ``[B, C, d]`` candidate embeddings; ``labels`` ``[B, C]`` (1 positive).
+    """
+    auc, one, winners = _interest_use_per_window(scorer, z, weight, mask, items, labels)
+    return InterestUse(_mean(auc)[0], _mean(one)[0], _mean(winners)[0], int(auc.numel()))
+
+
 def _trace(model: MDGR, batch: Batch) -> tuple[list[Tensor], list[tuple[Tensor, Tensor, Tensor]]]:
     """Node states ``[x_0, x_1, ..., x_m]`` (encoder output, then every iteration's
     output) and every iteration's ``(edge_index, edge_weight, cluster)``.
@@ -683,6 +734,13 @@ def diagnose(
             ratio, cv = _weight_spread_per_user(weight, mask)
             acc.add("final_max_min", ratio)
             acc.add("final_std_mean", cv)
+            if getattr(batch, "candidates", None) is not None:
+                auc, one, winners = _interest_use_per_window(
+                    model.scorer, z, weight, mask, model.item_emb(batch.candidates),
+                    batch.labels.view_as(batch.candidates))
+                acc.add("final_auc", auc)
+                acc.add("final_auc_mean_interest", one)
+                acc.add("final_positive_interests", winners)
     finally:
         model.train(was_training)
 
@@ -713,6 +771,10 @@ def diagnose(
     ratio, _ = acc.mean("final_max_min")
     final.update(interest_cosine=cosine, interest_users=users, weight_max_min=ratio,
                  weight_std_mean=acc.mean("final_std_mean")[0])
+    if "final_auc" in acc.values:
+        final.update(auc=acc.mean("final_auc")[0],
+                     auc_mean_interest=acc.mean("final_auc_mean_interest")[0],
+                     positive_interests=acc.mean("final_positive_interests")[0])
     return {
         "model": repr(model),
         "split": split,

@@ -14,10 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch_geometric.data import Batch
+from torch_geometric.loader import DataLoader
 
 from mdgr_graph import diagnostics as D
-from mdgr_graph.data.dataset import make_sequence_graph
+from mdgr_graph.data.dataset import SequenceDataset, make_sequence_graph
 from mdgr_graph.data.synthetic import generate_synthetic
+from mdgr_graph.metrics import auc_per_row
 from mdgr_graph.models import MDGR, SequentialRecommender, StaticGraphRec, build_model
 from mdgr_graph.nn.encoding import sinusoidal_encoding
 
@@ -323,6 +325,14 @@ def test_diagnose_on_tiny_synthetic_data(paper_data, name):
     assert 0 <= final["consecutive_chance"] <= 1 and 0 <= final["consecutive_same_cluster"] <= 1
     assert 1 <= final["clusters"] <= 3 and final["interest_users"] > 0
     assert -1 <= final["interest_cosine"] <= 1 and final["weight_max_min"] >= 1
+    assert 0 <= final["auc"] <= 1 and 0 <= final["auc_mean_interest"] <= 1
+    assert 1 <= final["positive_interests"] <= 3
+    with torch.no_grad():  # the model's own AUC on those windows
+        model.eval()
+        batch = next(iter(DataLoader(SequenceDataset(paper_data, "test")[:10], batch_size=10)))
+        own = auc_per_row(model.score_candidates(batch), batch.labels.view(10, -1) > 0.5)
+        model.train()
+    assert final["auc"] == pytest.approx(float(own.mean()), abs=1e-6)
     purity = final["genre_purity"]
     assert purity["sequences"] == 10
     assert all(0 < purity[key] <= 1 for key in ("clusters", "time_segments", "random"))
@@ -348,10 +358,6 @@ def test_diagnose_on_tiny_synthetic_data(paper_data, name):
     assert whole["final"]["interest_cosine"] == pytest.approx(final["interest_cosine"])
 
     # and equal the single-batch functions on the model's own final clustering
-    from torch_geometric.loader import DataLoader
-
-    from mdgr_graph.data.dataset import SequenceDataset
-
     batch = next(iter(DataLoader(SequenceDataset(paper_data, "test")[:10], batch_size=10)))
     model.eval()
     with torch.no_grad():
@@ -440,3 +446,28 @@ def test_command_errors_exit_2_with_one_error_line(tmp_path, capsys):
             command.parse_args(argv)
         assert exc.value.code == 2
         assert ": error: " in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+# ---------------------------------------------------------------------- interest use
+def test_interest_use_two_interests_each_serving_half_the_positives():
+    from mdgr_graph.nn.interest import InterestScore
+
+    scorer = InterestScore(2)
+    with torch.no_grad():
+        scorer.lin.weight.fill_(1.0)
+        scorer.lin.bias.zero_()
+    z = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])  # third interest empty
+    mask = torch.tensor([[True, True, False]])
+    weight = torch.ones(1, 3)
+    # positives along either interest, negatives against both
+    items = torch.tensor([[[2.0, -1.0], [-1.0, 2.0], [-1.0, -1.0], [0.2, 0.2]]])
+    labels = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    use = D.interest_use(scorer, z, weight, mask, items, labels)
+    assert use.windows == 1 and use.auc == 1.0
+    assert use.positive_interests == 2  # each positive has its own winning interest
+    # the mean interest (0.5, 0.5) scores both positives 0.5, the last negative 0.2
+    assert use.auc_mean_interest == 1.0
+    items[0, 3] = torch.tensor([0.6, 0.6])  # 0.6 beats both positives under the mean...
+    use = D.interest_use(scorer, z, weight, mask, items, labels)
+    assert use.auc == 1.0  # ...but not their own interest's max (2.0)
+    assert use.auc_mean_interest == 0.5
