@@ -47,7 +47,17 @@ from mdgr_graph.models import (
     build_model,
 )
 from mdgr_graph.models.base import SequentialRecommender
-from mdgr_graph.train import TrainConfig, atomic_write_text, evaluate, fit
+from mdgr_graph.train import (
+    RunDirError,
+    TrainConfig,
+    atomic_write_text,
+    check_run_dir,
+    evaluate,
+    fingerprint_differences,
+    fit,
+    load_checkpoint,
+    run_fingerprint,
+)
 
 #: Models that take ``--query`` (MDGR's graph layers; static-graph supports 'last' only).
 MDGR_QUERY_MODELS = (*VARIANTS, MIP)
@@ -304,7 +314,9 @@ def load_run(
     """Rebuild a finished ``--out`` run: its options, its dataset and its trained model.
 
     Reads ``run_dir/args.json`` and loads ``checkpoint`` (default ``run_dir/best.pt``).
-    Raises ``FileNotFoundError`` naming the missing file.
+    Raises ``FileNotFoundError`` naming the missing file, and
+    :class:`~mdgr_graph.train.RunDirError` (a ``ValueError``) when the checkpoint is
+    damaged or was trained on other data or with another model than ``args.json`` says.
     """
     run_dir = Path(run_dir)
     checkpoint = Path(checkpoint) if checkpoint is not None else run_dir / "best.pt"
@@ -321,7 +333,17 @@ def load_run(
     args.cache_dir = Path(args.cache_dir)
     prepared = prepare_from_args(args)
     model = build_model(args.model, prepared, **model_options(args))
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = load_checkpoint(checkpoint)
+    if "model" in state and "fingerprint" in state:
+        config = TrainConfig(run_options={"model": args.model, **model_options(args)})
+        now = run_fingerprint(model, prepared, config)
+        diffs = fingerprint_differences(
+            {part: state["fingerprint"].get(part) for part in ("data", "model")},
+            {part: now[part] for part in ("data", "model")})
+        if diffs:
+            raise RunDirError(
+                f"{checkpoint} was not trained with the options of {run_dir / 'args.json'} "
+                f"({'; '.join(diffs[:4])}); was args.json rewritten by another run?")
     model.load_state_dict(state["model"] if "model" in state else state)
     model.eval()
     return args, prepared, model
@@ -368,12 +390,20 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed, out_dir=str(args.out) if args.out else None, resume=args.resume,
         progress=not args.no_progress, loo_train_targets=args.loo_train_targets,
         loo_train_positives=args.loo_train_positives,
+        run_options={"model": args.model, **model_options(args)},
     )
-    if args.out is not None and main_rank:
-        atomic_write_text(args.out / "args.json", json.dumps(
-            {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, indent=2))
-    start = time.perf_counter()
-    result = fit(model, prepared, config)
+    try:
+        # refuse another run's folder (or a mismatched --resume) before writing args.json
+        check_run_dir(model, prepared, config)
+        if args.out is not None and main_rank:
+            atomic_write_text(args.out / "args.json", json.dumps(
+                {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                indent=2))
+        start = time.perf_counter()
+        result = fit(model, prepared, config)
+    except RunDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     test = evaluate(model, prepared, "test", config.eval_batch_size, config.device)
     say(f"test ({time.perf_counter() - start:.1f}s total):",
           " ".join(f"{k}={v:.4f}" for k, v in test.items()))

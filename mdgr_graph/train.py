@@ -66,8 +66,9 @@ class TrainConfig:
         device: ``cpu`` or ``cuda``.
         seed: seed of shuffling, dropout and negatives.
         out_dir: where checkpoints and the log go (None: keep nothing on disk).
-        resume: continue from ``out_dir/last.pt`` if it exists (a ``ValueError`` if it
-            was written by a model whose ``repr`` differs from the one given).
+        resume: continue from ``out_dir/last.pt`` if it exists (a :class:`RunDirError`
+            if it was written for other data, another model or other options). Without
+            it, a folder that already holds a run's files is refused.
         grad_clip: clip the gradient norm (None: no clipping).
         progress: show tqdm bars.
         deterministic: run with ``torch.use_deterministic_algorithms(True)`` (restored on
@@ -78,6 +79,9 @@ class TrainConfig:
             ComiRec); see :class:`~mdgr_graph.data.dataset.SequenceDataset`.
         loo_train_positives: under ``"random"``, the items after the cut point that are
             positives of a training example (1: the next item only).
+        run_options: options of the run that ``repr(model)`` does not show (e.g. the
+            model's constructor arguments), JSON-serialisable; stored in the checkpoints
+            with the data fingerprint and compared on resume.
         find_unused_parameters: passed to DistributedDataParallel in a process group; set
             it for a model whose loss leaves some parameters unused (the project's models
             use all of theirs).
@@ -99,6 +103,22 @@ class TrainConfig:
     find_unused_parameters: bool = False
     loo_train_targets: str = "last"
     loo_train_positives: int = 1
+    run_options: dict[str, Any] | None = None
+
+
+#: TrainConfig fields that decide the trained weights: stored in every checkpoint with the
+#: data and the model, and compared on resume (epochs, patience, device, ... may change).
+TRAIN_FINGERPRINT = ("seed", "batch_size", "lr", "weight_decay", "grad_clip",
+                     "loo_train_targets", "loo_train_positives")
+#: Files of a run in ``out_dir``; a fresh run refuses a folder that holds one of them.
+RUN_FILES = ("last.pt", "best.pt", "log.jsonl")
+#: Files written atomically into ``out_dir`` (their ``.NAME.*.tmp`` leftovers are removed).
+ATOMIC_FILES = (*RUN_FILES, "config.json", "args.json")
+
+
+class RunDirError(ValueError):
+    """``out_dir`` does not belong to this run (another run's files, a checkpoint of other
+    data or options), or one of its checkpoints cannot be read."""
 
 
 @dataclass
@@ -141,6 +161,159 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, lambda fh: torch.save(obj, fh))
+
+
+def remove_stale_temporaries(folder: Path, names: tuple[str, ...] = ATOMIC_FILES) -> list[Path]:
+    """Remove the ``.NAME.*.tmp`` files that :func:`atomic_write_bytes` leaves when a
+    process is killed mid-write, for each ``NAME`` of ``names``; return them."""
+    removed = []
+    for name in names:
+        for tmp in sorted(Path(folder).glob(f".{name}.*.tmp")):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+# ---------------------------------------------------------------------- run folders
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """``torch.load`` of a checkpoint on the CPU; a :class:`RunDirError` naming the file
+    when it is truncated or otherwise unreadable."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # BadZipFile, EOFError, UnpicklingError, RuntimeError, ...
+        raise RunDirError(
+            f"{path}: damaged checkpoint, cannot be read ({type(exc).__name__}: {exc}); "
+            "remove it (a run can --resume from last.pt alone) or use another out_dir"
+        ) from exc
+    if not isinstance(ckpt, dict):
+        raise RunDirError(f"{path}: not a checkpoint of this project "
+                          f"(holds a {type(ckpt).__name__}, not a dict)")
+    return ckpt
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON would give it back (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def run_fingerprint(
+    model: SequentialRecommender, prepared: PreparedDataset, config: TrainConfig
+) -> dict[str, Any]:
+    """What a run folder belongs to: the data (options, subsample and content digest; the
+    log's path is left out, its content is in the digest), the model (``repr`` and
+    ``config.run_options``) and the training options of :data:`TRAIN_FINGERPRINT`."""
+    options = dict(prepared.meta["options"])
+    options.pop("path", None)
+    return _plain({
+        "data": {"options": options, "subsample": prepared.meta.get("subsample"),
+                 "sha256": prepared.digest()},
+        "model": {"repr": repr(model), "options": config.run_options},
+        "train": {name: getattr(config, name) for name in TRAIN_FINGERPRINT},
+    })
+
+
+def fingerprint_differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
+    """``'key.path: A in the checkpoint, B now'`` for every leaf where ``saved`` and
+    ``now`` differ."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out = []
+        for key in sorted(set(saved) | set(now)):
+            out += fingerprint_differences(saved.get(key), now.get(key), f"{prefix}{key}.")
+        return out
+    if saved == now:
+        return []
+    if prefix.endswith("sha256."):
+        return [f"{prefix[:-1]}: the data's content differs"]
+    return [f"{prefix[:-1]}: {saved!r} in the checkpoint, {now!r} now"]
+
+
+def _check_checkpoint(path: Path, ckpt: dict[str, Any], fingerprint: dict[str, Any],
+                      parts: tuple[str, ...] = ("data", "model", "train")) -> None:
+    """A :class:`RunDirError` when ``ckpt`` was written for another run than
+    ``fingerprint`` (compared on ``parts``). Checkpoints of earlier versions carry only
+    the model's ``repr`` (``model_repr``), or nothing; what they carry is compared."""
+    model_repr = fingerprint["model"]["repr"]
+    saved_repr = ckpt.get("model_repr")
+    if "model" in parts and saved_repr is not None and saved_repr != model_repr:
+        raise RunDirError(
+            f"{path} was written by {saved_repr}, not by the model given ({model_repr}); "
+            "resume it with that configuration, or use another out_dir or resume=False")
+    saved = ckpt.get("fingerprint")
+    if saved is None:
+        return
+    diffs = fingerprint_differences({p: saved.get(p) for p in parts},
+                                    {p: fingerprint[p] for p in parts})
+    if diffs:
+        shown = "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "")
+        raise RunDirError(
+            f"{path} belongs to another run ({shown}); resume it with the options it was "
+            "written with, or use another out_dir")
+
+
+def _read_run_dir(out: Path, fingerprint: dict[str, Any], resume: bool) -> dict | None:
+    """Rank 0's part of :func:`check_run_dir`: reads, never writes."""
+    used = [name for name in RUN_FILES if (out / name).exists()]
+    if not resume:
+        if used:
+            raise RunDirError(
+                f"{out} already holds a run ({', '.join(used)}): continue it with --resume "
+                "(resume=True), or choose another --out (out_dir) or remove those files; "
+                "a new run never reuses an earlier run's files")
+        return None
+    ckpt = best = None
+    if (out / "last.pt").is_file():
+        ckpt = load_checkpoint(out / "last.pt")
+        _check_checkpoint(out / "last.pt", ckpt, fingerprint)
+        for key in ("model", "state"):
+            if key not in ckpt:
+                raise RunDirError(f"{out / 'last.pt'}: not a training checkpoint (no {key!r})")
+    if (out / "best.pt").is_file():
+        best = load_checkpoint(out / "best.pt")
+        _check_checkpoint(out / "best.pt", best, fingerprint)
+    if ckpt is not None and ckpt["state"]["best_epoch"] >= 0:
+        state = ckpt["state"]
+        # best.pt is written before last.pt: one of an epoch after the checkpoint comes
+        # from the interrupted epoch, which the resumed run repeats.
+        if best is None or (best.get("epoch") != state["best_epoch"]
+                            and best.get("epoch", -1) <= state["epoch"]):
+            held = "is missing" if best is None else f"holds epoch {best.get('epoch')}"
+            raise RunDirError(
+                f"{out / 'best.pt'} {held}, but {out / 'last.pt'} records epoch "
+                f"{state['best_epoch']} as the best: the folder was changed by hand or by "
+                "another run; use another out_dir")
+    return ckpt
+
+
+def check_run_dir(
+    model: SequentialRecommender, prepared: PreparedDataset, config: TrainConfig
+) -> dict[str, Any] | None:
+    """Check that ``config.out_dir`` may hold this run, before anything is written there.
+
+    Without ``config.resume`` the folder must not hold ``last.pt``, ``best.pt`` or
+    ``log.jsonl`` of an earlier run. With it, ``last.pt`` and ``best.pt`` must be readable
+    and written for the same data, model and training options
+    (:func:`run_fingerprint`), and ``best.pt`` must be the epoch ``last.pt`` records as
+    the best. Returns ``last.pt``'s content (None: start at epoch 0). Raises
+    :class:`RunDirError`. Reads on rank 0 only; every rank gets the same answer.
+    """
+    if config.out_dir is None:
+        return None
+    out = Path(config.out_dir)
+    answer: tuple[str, Any] | None = None
+    if distributed.is_main_process():
+        try:
+            answer = ("ok", _read_run_dir(out, run_fingerprint(model, prepared, config),
+                                          config.resume))
+        except RunDirError as exc:
+            answer = ("error", str(exc))
+    # rank 0's answer reaches every rank, also on machines that do not share out_dir
+    kind, value = distributed.broadcast_object(answer)
+    if kind == "error":
+        raise RunDirError(value)
+    return value
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -333,22 +506,16 @@ def _fit(
     )
     state = {"epoch": -1, "best_score": -float("inf"), "best_epoch": -1, "bad_epochs": 0,
              "history": [], "train_seconds": 0.0, "best_valid": {}}
-    best_weights = None
+    best_weights, best_weights_epoch = None, -1
+    fingerprint = run_fingerprint(model, prepared, config) if out is not None else None
     if out is not None:
+        ckpt = check_run_dir(model, prepared, config)  # before anything is written
         if main:
+            for tmp in remove_stale_temporaries(out):
+                if log:
+                    log(f"removed {tmp}, left by an interrupted write")
             atomic_write_text(out / "config.json", json.dumps(asdict(config), indent=2))
-        ckpt = None
-        if config.resume and main and (out / "last.pt").is_file():
-            ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
-        # rank 0's file reaches every rank, also on machines that do not share out_dir
-        ckpt = distributed.broadcast_object(ckpt)
         if ckpt is not None:
-            saved = ckpt.get("model_repr")  # absent in checkpoints of earlier versions
-            if saved is not None and saved != repr(model):
-                raise ValueError(
-                    f"{out / 'last.pt'} was written by {saved}, not by the model given "
-                    f"({model!r}); resume it with that configuration, or use another "
-                    "out_dir or resume=False")
             model.load_state_dict(ckpt["model"])
             if optimizer is not None:
                 optimizer.load_state_dict(ckpt["optimizer"])
@@ -381,6 +548,7 @@ def _fit(
         if improved:
             state.update(best_score=score, best_epoch=epoch, bad_epochs=0, best_valid=valid)
             best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_weights_epoch = epoch
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
@@ -393,22 +561,45 @@ def _fit(
                 + (" *" if improved else ""))
         if out is not None and main:
             if improved:
-                atomic_torch_save({"model": model.state_dict(), "epoch": epoch}, out / "best.pt")
+                atomic_torch_save({"model": model.state_dict(), "epoch": epoch,
+                                   "model_repr": repr(model), "fingerprint": fingerprint},
+                                  out / "best.pt")
             atomic_torch_save(
                 {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "state": state, "model_repr": repr(model)},
+                 "state": state, "model_repr": repr(model), "fingerprint": fingerprint},
                 out / "last.pt",
             )
             atomic_write_text(
                 out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"])
             )
 
-    best = None
-    if out is not None and main and (out / "best.pt").is_file():
-        best = torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"]
+    best: tuple[str, Any] | None = None
+    if out is not None and main and state["best_epoch"] >= 0:
+        best = ("error", f"{out / 'best.pt'} is missing: it should hold epoch "
+                         f"{state['best_epoch']}, the best on validation")
+        if (out / "best.pt").is_file():
+            try:
+                saved = load_checkpoint(out / "best.pt")
+            except RunDirError as exc:
+                saved = {"error": str(exc)}
+            if saved.get("epoch") == state["best_epoch"] and "model" in saved:
+                best = ("ok", saved["model"])
+            elif "error" in saved:
+                best = ("error", saved["error"])
+            else:
+                best = ("error", f"{out / 'best.pt'} holds epoch {saved.get('epoch')}, "
+                                 f"not epoch {state['best_epoch']}, the best on validation")
+        if best[0] == "error" and best_weights_epoch == state["best_epoch"]:
+            # this process trained the best epoch: its weights are in memory
+            atomic_torch_save({"model": best_weights, "epoch": best_weights_epoch,
+                               "model_repr": repr(model), "fingerprint": fingerprint},
+                              out / "best.pt")
+            best = ("ok", best_weights)
     best = distributed.broadcast_object(best)  # every rank ends with rank 0's best weights
     if best is not None:
-        model.load_state_dict(best)
+        if best[0] == "error":
+            raise RunDirError(best[1])
+        model.load_state_dict(best[1])
     elif best_weights is not None:
         model.load_state_dict(best_weights)
     return FitResult(

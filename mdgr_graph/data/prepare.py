@@ -377,6 +377,16 @@ class PreparedDataset:
         return PreparedDataset(arrays, meta)
 
     # ------------------------------------------------------------------ persistence
+    def digest(self) -> str:
+        """SHA-256 of every array (name, dtype, shape and bytes, in name order): equal for
+        equal content, whether prepared now or read from the cache."""
+        h = hashlib.sha256()
+        for name in sorted(self.arrays):
+            array = np.ascontiguousarray(self.arrays[name])
+            h.update(json.dumps([name, array.dtype.str, list(array.shape)]).encode())
+            h.update(array.data)  # the buffer itself, no copy
+        return h.hexdigest()
+
     def save(self, path: Path) -> None:
         """Write atomically: a temporary file in the same folder, then a rename."""
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -375,8 +375,10 @@ def test_cli_chunk_rows(tmp_path, capsys):
     whole = capsys.readouterr().out
     assert main([*args, "--chunk-rows", "3"]) == 0
     assert capsys.readouterr().out == whole
-    assert main([*args, "--chunk-rows", "0"]) == 2
-    assert "chunk_rows must be a positive integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # refused before any work
+        main([*args, "--chunk-rows", "0"])
+    assert exit_.value.code == 2
+    assert "--chunk-rows must be >= 1" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- without pyarrow

@@ -451,7 +451,9 @@ def test_cli_missing_file(tmp_path, capsys):
 
 
 def test_cli_missing_path(capsys):
-    assert main(["--format", "movielens", "--no-cache"]) != 0
+    with pytest.raises(SystemExit) as exit_:  # refused before any work, like argparse
+        main(["--format", "movielens", "--no-cache"])
+    assert exit_.value.code == 2
     assert "needs a path" in capsys.readouterr().err
 
 
@@ -465,7 +467,9 @@ def test_cli_malformed_file(tmp_path, capsys):
 
 
 def test_cli_bad_option_value(write_csv, capsys):
-    assert main(cli_csv(write_csv) + ["--history", "10"]) != 0
+    with pytest.raises(SystemExit) as exit_:
+        main(cli_csv(write_csv) + ["--history", "10"])
+    assert exit_.value.code == 2
     assert "history < window" in capsys.readouterr().err
 
 
