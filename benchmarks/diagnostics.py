@@ -60,7 +60,7 @@ MODELS = (*VARIANTS, MIP, STATIC_GRAPH)
 #: Model options of this command, with train_mdgr.py's names and defaults; with --run they
 #: are read from args.json.
 MODEL_DEFAULTS: dict[str, Any] = {
-    "model": "mdgr", "dim": 32, "k": 8, "m": 5, "gamma": 0.1, "delta": 4, "conv_heads": 2,
+    "model": "mdgr", "dim": 32, "k": 8, "m": 1, "gamma": 0.1, "delta": 4, "conv_heads": 2,
     "dropout": 0.1, "cluster": "kmeans", "pool": "attention", "weighting": "paper",
     "binary": False, "input_norm": "none", "cluster_on": "state",
 }
