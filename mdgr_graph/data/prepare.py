@@ -3,7 +3,10 @@
 ``prepare_dataset(DataOptions(...))`` reads a log (or generates the synthetic one),
 preprocesses it, applies the protocol and returns a :class:`PreparedDataset`. The result
 is cached under ``cache_dir`` keyed by the content of the input file and every option, so
-a changed option or file makes a new entry; entries are written atomically.
+a changed option or file makes a new entry; entries are written atomically and carry a
+checksum. An entry that cannot be read, fails its checksum or breaks the arrays' invariants
+is reported (a :class:`CacheRepairWarning` naming the file), deleted and rebuilt, never
+loaded.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +44,32 @@ FORMATS = ("movielens", "amazon", "taobao", "csv", "synthetic")
 PROTOCOLS = ("paper", "loo")
 CACHE_VERSION = 2  # bump when preparation changes what it produces
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mdgr_graph"
+
+#: Arrays every entry holds, and those of each protocol.
+COMMON_ARRAYS = ("seq_ptr", "seq_items", "seq_time", "user_ids", "item_ids")
+PROTOCOL_ARRAYS = {
+    "paper": ("window_user", "window_split", "window_start", "hist_items", "hist_time",
+              "targets", "negatives"),
+    "loo": ("loo_negatives",),
+}
+_CHECKSUM = "__sha256__"  # npz member holding the entry's checksum (beside ``__meta__``)
+
+
+class DamagedCacheEntry(ValueError):
+    """A cache entry that cannot be trusted; the message reads ``'<path>: <reason>'``."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason)
+
+
+class CacheRepairWarning(UserWarning):
+    """A damaged cache entry was deleted and is being rebuilt."""
+
 
 # Filter defaults per protocol: the paper's 10-core/100-interaction rule, and the
 # common 5-core rule of leave-one-out studies.
@@ -387,13 +417,22 @@ class PreparedDataset:
             h.update(array.data)  # the buffer itself, no copy
         return h.hexdigest()
 
+    def checksum(self) -> str:
+        """SHA-256 of the arrays (:meth:`digest`) and the metadata: what a cache entry
+        stores beside them and :meth:`load` compares."""
+        h = hashlib.sha256(self.digest().encode())
+        h.update(json.dumps(self.meta, sort_keys=True).encode())
+        return h.hexdigest()
+
     def save(self, path: Path) -> None:
-        """Write atomically: a temporary file in the same folder, then a rename."""
+        """Write atomically (a temporary file in the same folder, then a rename), with the
+        :meth:`checksum` that :meth:`load` verifies."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, __meta__=np.array(json.dumps(self.meta)), **self.arrays)
+                np.savez(fh, __meta__=np.array(json.dumps(self.meta)),
+                         **{_CHECKSUM: np.array(self.checksum())}, **self.arrays)
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -402,10 +441,137 @@ class PreparedDataset:
 
     @classmethod
     def load(cls, path: Path) -> PreparedDataset:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files if k != "__meta__"}
-            meta = json.loads(str(npz["__meta__"]))
-        return cls(arrays, meta)
+        """Read an entry written by :meth:`save` and check it.
+
+        Raises:
+            DamagedCacheEntry: the file is not a readable ``.npz`` (truncated, bad zip,
+                pickled or foreign content), lacks the metadata, the checksum or an array,
+                its checksum does not match, or its arrays are inconsistent.
+        """
+        try:
+            loaded = np.load(path, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise DamagedCacheEntry(path, "not an .npz archive")
+            with loaded as npz:
+                if "__meta__" not in npz.files:
+                    raise DamagedCacheEntry(path, "no metadata ('__meta__')")
+                if _CHECKSUM not in npz.files:
+                    raise DamagedCacheEntry(
+                        path, f"no checksum ({_CHECKSUM!r}): damaged, or written by an "
+                        "earlier version")
+                arrays = {k: npz[k] for k in npz.files if k not in ("__meta__", _CHECKSUM)}
+                meta = json.loads(str(npz["__meta__"]))
+                stored = str(npz[_CHECKSUM])
+        except DamagedCacheEntry:
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever breaks the read, the entry is bad
+            # truncated or foreign files give BadZipFile, EOFError, ValueError (bad header,
+            # short read, pickled data, bad JSON), zlib.error, OSError, ...
+            raise DamagedCacheEntry(path, f"unreadable ({type(err).__name__}: {err})") from err
+        problem = _entry_problem(arrays, meta)
+        if problem is not None:
+            raise DamagedCacheEntry(path, problem)
+        dataset = cls(arrays, meta)
+        if dataset.checksum() != stored:
+            raise DamagedCacheEntry(path, "checksum mismatch (the content was changed)")
+        return dataset
+
+
+def _entry_problem(arrays: dict[str, np.ndarray], meta: Any) -> str | None:
+    """The first broken invariant of a prepared dataset's arrays and metadata, or None.
+
+    Checks the metadata's shape, that every array of the protocol is there, and that the
+    arrays agree: ``seq_ptr`` runs from 0 to ``len(seq_items)`` without decreasing, one
+    time per item and one raw id per user and item, item ids in ``1..num_items``, and the
+    protocol's arrays sized by the windows (paper) or users (loo) and pointing inside.
+    """
+    if not isinstance(meta, dict) or not isinstance(meta.get("options"), dict):
+        return "metadata without options"
+    opts = meta["options"]
+    protocol = opts.get("protocol")
+    if protocol not in PROTOCOL_ARRAYS:
+        return f"metadata names an unknown protocol {protocol!r}"
+    missing = [k for k in COMMON_ARRAYS + PROTOCOL_ARRAYS[protocol] if k not in arrays]
+    if missing:
+        return f"missing arrays {', '.join(missing)}"
+    a = arrays
+    ptr, items = a["seq_ptr"], a["seq_items"]
+    for name in COMMON_ARRAYS:
+        if a[name].ndim != 1:
+            return f"{name} is not one-dimensional"
+    if not np.issubdtype(ptr.dtype, np.integer) or not np.issubdtype(items.dtype, np.integer):
+        return "seq_ptr and seq_items must hold integers"
+    num_users, num_items = len(ptr) - 1, len(a["item_ids"]) - 1
+    if num_users < 0 or ptr[0] != 0 or ptr[-1] != len(items) or np.any(np.diff(ptr) < 0):
+        return f"seq_ptr does not index the {len(items)} items of seq_items"
+    if len(a["seq_time"]) != len(items):
+        return f"seq_time has {len(a['seq_time'])} entries for {len(items)} items"
+    if len(a["user_ids"]) != num_users:
+        return f"user_ids has {len(a['user_ids'])} entries for {num_users} users"
+    if len(items) and (items.min() < 1 or items.max() > num_items):
+        return f"seq_items outside 1..{num_items}"
+    if protocol == "loo":
+        neg = a["loo_negatives"]
+        if neg.ndim != 3 or neg.shape[:2] != (2, num_users):
+            return f"loo_negatives has shape {neg.shape}, not (2, {num_users}, N)"
+        if not np.issubdtype(neg.dtype, np.integer):
+            return "loo_negatives must hold integers"
+        if neg.size and (neg.min() < 1 or neg.max() > num_items):
+            return f"loo_negatives outside 1..{num_items}"
+        return None
+    window, history = opts.get("window"), opts.get("history")
+    if not isinstance(window, int) or not isinstance(history, int):
+        return "metadata without the window and history lengths"
+    count = len(a["window_user"])
+    shapes = {
+        "window_user": (count,), "window_split": (count,), "window_start": (count,),
+        "hist_items": (count, history), "hist_time": (count, history),
+        "targets": (count, window - history),
+    }
+    for name, shape in shapes.items():
+        if a[name].shape != shape:
+            return f"{name} has shape {a[name].shape}, expected {shape}"
+    if a["negatives"].ndim != 2 or len(a["negatives"]) != count:
+        return f"negatives has shape {a['negatives'].shape}, expected ({count}, N)"
+    for name in ("window_user", "window_split", "window_start", "hist_items", "targets",
+                 "negatives"):
+        if not np.issubdtype(a[name].dtype, np.integer):
+            return f"{name} must hold integers"
+    if count:
+        if a["window_user"].min() < 0 or a["window_user"].max() >= num_users:
+            return f"window_user outside 0..{num_users - 1}"
+        if a["window_split"].min() < 0 or a["window_split"].max() >= len(SPLIT_NAMES):
+            return "window_split outside 0..2"
+        start, owner = a["window_start"], a["window_user"]
+        if np.any(start < ptr[owner]) or np.any(start + window > ptr[owner + 1]):
+            return "a window_start lies outside its user's sequence"
+        for name in ("hist_items", "targets", "negatives"):
+            if a[name].size and (a[name].min() < 1 or a[name].max() > num_items):
+                return f"{name} outside 1..{num_items}"
+    return None
+
+
+def _load_cached(entry: Path, options: DataOptions) -> PreparedDataset | None:
+    """The dataset of cache ``entry`` for ``options``; None when there is none. A damaged
+    entry, or one written for other options, is reported, deleted and treated as absent."""
+    if not entry.is_file():
+        return None
+    try:
+        dataset = PreparedDataset.load(entry)
+        expected = json.loads(json.dumps(options.to_json()))
+        if dataset.meta["options"] != expected or (
+            dataset.meta.get("cache_version") != CACHE_VERSION
+        ):
+            raise DamagedCacheEntry(entry, "written for other options or another version")
+        return dataset
+    except DamagedCacheEntry as err:
+        warnings.warn(f"damaged cache entry {err}; deleted, rebuilding it",
+                      CacheRepairWarning, stacklevel=3)
+        try:
+            entry.unlink()
+        except OSError:  # gone already (another process healed it), or not ours to delete:
+            pass  # the rebuilt entry replaces it either way
+        return None
 
 
 # ---------------------------------------------------------------------- preparation
@@ -507,8 +673,9 @@ def prepare_dataset(
     entry = None
     if cache_dir is not None:
         entry = Path(cache_dir) / f"{options.format}-{options.protocol}-{cache_key(options)}.npz"
-        if entry.is_file():
-            return PreparedDataset.load(entry)
+        cached = _load_cached(entry, options)
+        if cached is not None:
+            return cached
 
     seqs = _read_sequences(options)
     arrays = {
@@ -532,6 +699,8 @@ def prepare_dataset(
 __all__ = [
     "DataOptions",
     "PreparedDataset",
+    "DamagedCacheEntry",
+    "CacheRepairWarning",
     "prepare_dataset",
     "cache_key",
     "TRAIN",
