@@ -84,6 +84,7 @@ DATASETS: dict[str, tuple[str, str | None]] = {
 #: Validation grids of the closed-form baselines (every combination is fitted).
 GRIDS: dict[str, dict[str, list[Any]]] = {
     "pop": {},
+    "spop": {},
     "itemknn": {"neighbours": [20, 50, 100, 200, 500, None], "shrink": [0.0, 10.0, 50.0, 100.0]},
     "ease": {"l2": [10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0]},
 }
@@ -101,7 +102,7 @@ SEED_NOTE = {
            "seed.",
 }
 
-DEFAULT_MODELS = ("pop", "itemknn", "ease", "gru4rec", "sasrec", "mdgr")
+DEFAULT_MODELS = ("pop", "spop", "itemknn", "ease", "gru4rec", "sasrec", "mdgr")
 DEFAULT_LR = 2e-3
 
 

@@ -38,6 +38,7 @@ from mdgr_graph.train import SELECTION_METRIC, atomic_write_bytes, atomic_write_
 DEFAULT = "mdgr,mip,surge,comirec-sa,comirec-dr,static-graph,sasrec,ease"
 CLOSED_FORM_STYLE = {
     "pop": {"color": "grey", "ls": ":"},
+    "spop": {"color": "grey", "ls": "-."},
     "itemknn": {"color": "black", "ls": "-."},
     "ease": {"color": "black", "ls": "--"},
 }

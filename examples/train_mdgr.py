@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "tisasrec, bert4rec, dcrec, maerec, comirec-sa, comirec-dr, mip, "
                         "pintext, surge, bigcf, static-graph, din; pintext, bigcf, dcrec and "
                         "maerec take --dim and keep their own defaults otherwise) or a "
-                        "closed-form one (pop, itemknn, ease)")
+                        "closed-form one (pop, spop = S-POP, itemknn, ease)")
     g.add_argument("--dim", type=int, default=32, help="model width d")
     g.add_argument("--k", type=int, default=8, help="number of interests (MDGR, ComiRec)")
     g.add_argument("--m", "--iterations", dest="m", type=int, default=1,
@@ -263,7 +263,7 @@ def option_problem(args: argparse.Namespace) -> str | None:
 
 def model_options(args: argparse.Namespace) -> dict:
     """The keyword arguments of ``build_model`` that ``args.model`` takes."""
-    if args.model == "pop":
+    if args.model in ("pop", "spop"):
         return {}
     if args.model == "itemknn":
         return {"neighbours": args.neighbours or None, "shrink": args.shrink}

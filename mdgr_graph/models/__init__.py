@@ -21,6 +21,7 @@ from mdgr_graph.models.baselines import (
     PinText2,
     Popularity,
     SASRec,
+    SessionPopularity,
     StaticGraphRec,
     TargetAttentionRec,
     TiSASRec,
@@ -28,7 +29,7 @@ from mdgr_graph.models.baselines import (
 from mdgr_graph.models.mdgr import MDGR, VARIANTS, SequenceEncoder
 
 #: Baselines fitted in closed form (no gradient training), by name.
-CLOSED_FORM: tuple[str, ...] = ("pop", "itemknn", "ease")
+CLOSED_FORM: tuple[str, ...] = ("pop", "spop", "itemknn", "ease")
 
 #: Neural baselines trained by the same loop as MDGR, by name.
 NEURAL_BASELINES: dict[str, type] = {
@@ -82,14 +83,14 @@ def build_model(name: str, prepared: PreparedDataset, **kwargs: Any) -> Sequenti
     :meth:`MAERec.from_prepared`; ``din`` those of :class:`TargetAttentionRec` (DIN-style
     target attention without a graph, a control); ``itemknn`` ``neighbours`` and
     ``shrink``, ``ease``
-    ``l2``; ``pop`` takes none.
+    ``l2``; ``pop`` and ``spop`` (S-POP) take none.
     Closed-form models are fitted on the training interactions here; a neural baseline
     with a ``from_prepared(prepared, max_len, **kwargs)`` class method (one that builds a
     global item graph or reads item labels) is built through it.
     """
     cls = model_class(name)
-    if name == "pop" and kwargs:
-        raise TypeError(f"pop takes no options, got {sorted(kwargs)}")
+    if name in ("pop", "spop") and kwargs:
+        raise TypeError(f"{name} takes no options, got {sorted(kwargs)}")
     if name in CLOSED_FORM:
         return cls.from_prepared(prepared, **kwargs)
     max_len = history_length(prepared)
@@ -107,7 +108,8 @@ def variant_of(name: str) -> str:
 
 def model_class(name: str) -> type:
     """The class :func:`build_model` builds for model ``name``."""
-    classes: dict[str, type] = {"pop": Popularity, "itemknn": ItemKNN, "ease": EASE,
+    classes: dict[str, type] = {"pop": Popularity, "spop": SessionPopularity,
+                                "itemknn": ItemKNN, "ease": EASE,
                                 STATIC_GRAPH: StaticGraphRec, MIP: MDGR,
                                 **NEURAL_BASELINES, **dict.fromkeys(VARIANTS, MDGR)}
     if name not in classes:
@@ -162,6 +164,7 @@ __all__ = [
     "Popularity",
     "SASRec",
     "SequenceEncoder",
+    "SessionPopularity",
     "SequentialRecommender",
     "STATIC_GRAPH",
     "StaticGraphRec",

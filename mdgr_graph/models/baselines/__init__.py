@@ -17,6 +17,7 @@ from mdgr_graph.models.baselines.maerec import MAERec
 from mdgr_graph.models.baselines.pintext import PinText2
 from mdgr_graph.models.baselines.pop import Popularity, training_item_counts
 from mdgr_graph.models.baselines.sasrec import CausalSequenceRecommender, SASRec
+from mdgr_graph.models.baselines.spop import SessionPopularity, occurrences, popularity_tiebreak
 from mdgr_graph.models.baselines.static_graph import StaticGraphRec, consecutive_edges
 from mdgr_graph.models.baselines.surge import SURGE
 from mdgr_graph.models.baselines.tisasrec import TiSASRec, time_interval_matrix
@@ -37,6 +38,7 @@ __all__ = [
     "PinText2",
     "Popularity",
     "SASRec",
+    "SessionPopularity",
     "StaticGraphRec",
     "SURGE",
     "TargetAttentionRec",
@@ -45,5 +47,7 @@ __all__ = [
     "training_item_counts",
     "time_interval_matrix",
     "cooccurrence",
+    "occurrences",
+    "popularity_tiebreak",
     "training_matrix",
 ]
