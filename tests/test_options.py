@@ -49,6 +49,10 @@ BAD_OPTIONS = [
     (["--seed", "-1"], "--seed must be >= 0"),
     (["--synthetic-users", "0"], "--synthetic-users must be >= 1"),
     (["--synthetic-topics", "500"], "must be >= --synthetic-topics"),
+    (["--synthetic-repeat-prob", "1.5"], "--synthetic-repeat-prob must lie in [0, 1]"),
+    (["--synthetic-repeat-prob", "-0.1"], "--synthetic-repeat-prob must lie in [0, 1]"),
+    (["--synthetic-repeat-prob", "nan"], "--synthetic-repeat-prob must lie in [0, 1]"),
+    (["--synthetic-repeat-window", "0"], "--synthetic-repeat-window must be >= 1"),
     (["--min-item-count", "0"], "--min-item-count must be >= 1"),
     (["--format", "movielens"], "needs a path"),
 ]
@@ -76,6 +80,8 @@ def test_train_refuses_out_of_range_options_before_any_work(options, message, tm
     (["--valid-frac", "1.5"], "--valid-frac must lie in [0, 1)"),
     (["--seed", "-3"], "--seed must be >= 0"),
     (["--negatives", "0"], "--negatives must be >= 1"),
+    (["--synthetic-repeat-prob", "2"], "--synthetic-repeat-prob must lie in [0, 1]"),
+    (["--synthetic-repeat-window", "0"], "--synthetic-repeat-window must be >= 1"),
 ])
 def test_data_cli_refuses_out_of_range_options(options, message, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -61,6 +61,12 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                    help="synthetic: number of items")
     g.add_argument("--synthetic-topics", type=int, default=20,
                    help="synthetic: number of planted topics")
+    g.add_argument("--synthetic-repeat-prob", type=float, default=0.0,
+                   help="synthetic: probability that an interaction repeats one of the "
+                        "user's last --synthetic-repeat-window items (repeat consumption; "
+                        "0 keeps the log of earlier versions)")
+    g.add_argument("--synthetic-repeat-window", type=int, default=10,
+                   help="synthetic: how many previous items a repeat chooses from")
     g.add_argument("--seed", type=int, default=0, help="seed of splits, negatives and training")
     g.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
                    help="where prepared datasets are cached")
@@ -78,6 +84,10 @@ def options_from_args(args: argparse.Namespace) -> DataOptions:
             "num_topics": args.synthetic_topics,
             "topics_per_user": (min(2, args.synthetic_topics), min(4, args.synthetic_topics)),
         }
+        repeat_prob = getattr(args, "synthetic_repeat_prob", 0.0)
+        if repeat_prob:  # only then: the options (and cache key) of other logs stay as they were
+            synthetic.update(repeat_prob=repeat_prob,
+                             repeat_window=getattr(args, "synthetic_repeat_window", 10))
     behaviors = tuple(b.strip() for b in args.behaviors.split(",")) if args.behaviors else None
     return DataOptions(
         format=args.format,
@@ -140,7 +150,7 @@ def loo_training_problem(args: argparse.Namespace) -> str | None:
 _DATA_MINIMA = {
     "min_item_count": 1, "min_user_len": 1, "window": 2, "history": 1, "train_stride": 1,
     "negatives": 1, "max_len": 1, "chunk_rows": 1, "synthetic_users": 1,
-    "synthetic_items": 1, "synthetic_topics": 1, "seed": 0,
+    "synthetic_items": 1, "synthetic_topics": 1, "synthetic_repeat_window": 1, "seed": 0,
 }
 
 
@@ -148,7 +158,8 @@ def data_option_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the options of :func:`add_data_arguments`, or None.
 
     Checks every count against its least value, that the split fractions are finite,
-    in ``[0, 1)`` and sum to less than 1, and everything :class:`DataOptions` checks, so
+    in ``[0, 1)`` and sum to less than 1, that ``--synthetic-repeat-prob`` lies in
+    ``[0, 1]``, and everything :class:`DataOptions` checks, so
     a bad option is reported before any file is read.
     """
     for name, least in _DATA_MINIMA.items():
@@ -159,6 +170,9 @@ def data_option_problem(args: argparse.Namespace) -> str | None:
         value = getattr(args, name)
         if not (math.isfinite(value) and 0 <= value < 1):
             return f"--{name.replace('_', '-')} must lie in [0, 1), got {value}"
+    repeat_prob = getattr(args, "synthetic_repeat_prob", 0.0)
+    if not (math.isfinite(repeat_prob) and 0 <= repeat_prob <= 1):
+        return f"--synthetic-repeat-prob must lie in [0, 1], got {repeat_prob}"
     if args.valid_frac + args.test_frac >= 1:
         return (f"--valid-frac + --test-frac must be < 1 (some users must train), got "
                 f"{args.valid_frac} + {args.test_frac}")

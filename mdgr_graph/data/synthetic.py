@@ -5,6 +5,11 @@ consumes items in sessions: a session picks one of the user's topics, then a han
 items of that topic (Zipf-like popularity within the topic) a few minutes apart; sessions
 are days apart. The generator returns the ground truth so that tests can check that a
 model recovers the interests.
+
+Repeat consumption: Zipf popularity inside small topics already makes users come back to
+the same items; ``repeat_prob`` adds explicit repeats (the next item is one of the user's
+last ``repeat_window`` items with that probability), for logs where "this again" decides
+the score (docs/data.md, "Repeat consumption").
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ def generate_synthetic(
     session_mean: float = 6.0,
     zipf: float = 1.0,
     seed: int = 0,
+    repeat_prob: float = 0.0,
+    repeat_window: int = 10,
 ) -> SyntheticLog:
     """Generate a log with planted interests.
 
@@ -55,6 +62,13 @@ def generate_synthetic(
         session_mean: mean number of items in one session (geometric).
         zipf: exponent of item popularity within a topic (0: uniform).
         seed: seed of the generator; the same seed gives the same log.
+        repeat_prob: probability that an interaction (any but a user's first) repeats one
+            of the user's ``repeat_window`` previous items, drawn uniformly, instead of
+            the drawn item; repeats can repeat repeats. Drawn from a generator of its own
+            after everything else, so topics, sessions and times do not change, and ``0``
+            (the default) gives exactly the log of earlier versions.
+        repeat_window: how many previous items a repeat chooses from (at most those the
+            user has).
     """
     if num_items < num_topics:
         raise ValueError("num_items must be >= num_topics")
@@ -63,6 +77,10 @@ def generate_synthetic(
         raise ValueError("topics_per_user must satisfy 1 <= lo <= hi <= num_topics")
     if not 1 <= length[0] <= length[1]:
         raise ValueError("length must satisfy 1 <= lo <= hi")
+    if not 0.0 <= repeat_prob <= 1.0:  # also refuses NaN
+        raise ValueError(f"repeat_prob must lie in [0, 1], got {repeat_prob}")
+    if repeat_window < 1:
+        raise ValueError(f"repeat_window must be >= 1, got {repeat_window}")
     rng = np.random.default_rng(seed)
 
     item_topic = rng.permutation(np.arange(num_items) % num_topics)
@@ -109,6 +127,9 @@ def generate_synthetic(
     cum = np.cumsum(gap)
     cum -= np.repeat(cum[np.cumsum(lengths) - lengths], lengths)
     timestamp = np.floor(np.repeat(start, lengths) + cum)
+    if repeat_prob > 0:
+        item = _add_repeats(item, lengths, repeat_prob, repeat_window,
+                            np.random.default_rng([seed, 1]))
 
     log = Interactions(
         user=user.astype(str),
@@ -118,3 +139,22 @@ def generate_synthetic(
         source=f"synthetic(seed={seed})",
     )
     return SyntheticLog(log, item_topic, user_topics, weights)
+
+
+def _add_repeats(item: np.ndarray, lengths: np.ndarray, prob: float, window: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """``item`` (users' sequences concatenated, ``lengths`` each) where every interaction
+    but a user's first is, with probability ``prob``, a copy of one of the user's
+    ``window`` previous items (uniform), in sequence order; one vectorised step per
+    position."""
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    col = np.arange(len(item)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    seqs = np.zeros((len(lengths), int(lengths.max())), dtype=item.dtype)
+    seqs[row, col] = item
+    repeat = rng.random(seqs.shape) < prob
+    back = rng.random(seqs.shape)
+    for pos in range(1, seqs.shape[1]):
+        users = np.flatnonzero(repeat[:, pos] & (lengths > pos))
+        offset = 1 + (back[users, pos] * min(window, pos)).astype(np.int64)
+        seqs[users, pos] = seqs[users, pos - offset]
+    return seqs[row, col]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
@@ -112,4 +113,54 @@ def test_uniform_popularity_option():
 )
 def test_invalid_arguments(kw):
     with pytest.raises(ValueError):
+        generate_synthetic(**{"num_users": 10, **kw})
+
+
+# ---------------------------------------------------------------------- repeat consumption
+def log_digest(log: SyntheticLog) -> str:
+    h = hashlib.sha256()
+    for array in (log.interactions.user, log.interactions.item, log.interactions.timestamp,
+                  log.item_topic, log.user_topics, log.user_topic_weights):
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
+
+
+def test_without_repeats_the_log_is_byte_identical_to_earlier_versions():
+    # digest of the generator before the repeat knob existed (commit da7f0d4)
+    expected = "2fc2d62b21f63c0f23a1d32354791169e3e061736c02a113087d860d0a266078"
+    assert log_digest(generate_synthetic(seed=3, **SMALL)) == expected
+    assert log_digest(generate_synthetic(seed=3, repeat_prob=0.0, repeat_window=4,
+                                         **SMALL)) == expected
+
+
+def test_repeat_prob_one_repeats_the_first_item_forever():
+    inter = generate_synthetic(seed=1, repeat_prob=1.0, repeat_window=3, **SMALL).interactions
+    first = {}
+    for user, item in zip(inter.user, inter.item, strict=True):
+        assert first.setdefault(user, item) == item
+
+
+def test_repeats_come_from_the_window_and_leave_everything_else_alone():
+    plain = generate_synthetic(seed=2, **SMALL)
+    log = generate_synthetic(seed=2, repeat_prob=0.5, repeat_window=5, **SMALL)
+    for name in ("user", "timestamp"):
+        np.testing.assert_array_equal(getattr(log.interactions, name),
+                                      getattr(plain.interactions, name))
+    np.testing.assert_array_equal(log.user_topic_weights, plain.user_topic_weights)
+    changed = in_window = 0
+    user, item, before = log.interactions.user, log.interactions.item, plain.interactions.item
+    for pos in range(1, len(item)):
+        if user[pos] != user[pos - 1] or item[pos] == before[pos]:
+            continue  # a user's first item, or the drawn item kept (or repeated by chance)
+        changed += 1
+        start = max(pos - 5, 0)
+        in_window += item[pos] in item[start:pos][user[start:pos] == user[pos]]
+    assert changed == in_window  # every replaced item is one of the last 5 of its user
+    assert 0.4 < changed / len(item) < 0.5  # about half the items, minus drawn == repeated
+
+
+@pytest.mark.parametrize("kw", [{"repeat_prob": -0.1}, {"repeat_prob": 1.5},
+                                {"repeat_prob": float("nan")}, {"repeat_window": 0}])
+def test_invalid_repeat_options(kw):
+    with pytest.raises(ValueError, match=next(iter(kw))):
         generate_synthetic(**{"num_users": 10, **kw})
