@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import os
 import shutil
 import statistics
@@ -53,6 +54,7 @@ from mdgr_graph.data.cli import (  # noqa: E402
     loo_training_problem,
 )
 from mdgr_graph.data.prepare import DataOptions, PreparedDataset, prepare_dataset  # noqa: E402
+from mdgr_graph.data.repeats import repeat_share  # noqa: E402
 from mdgr_graph.models import (  # noqa: E402
     CAUSAL_BASELINES,
     CLOSED_FORM,
@@ -560,12 +562,39 @@ def summarize(folder: Path, args: argparse.Namespace,
             "config": rs[0]["config"],
             "commands": sorted({r["environment"]["command"] for r in rs}),
         })
+    seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
     summary = {"dataset": args.dataset, "protocol": args.protocol,
-               "environment": environment(args), "models": entries}
+               "environment": environment(args), "models": entries,
+               "test_repeat_share": repeat_shares(args, seeds)}
     atomic_write_text(folder.with_name(folder.name + ".json"),
                       json.dumps(summary, indent=2) + "\n")
     atomic_write_text(folder.with_name(folder.name + ".md"), markdown_table(summary, keys))
     return summary
+
+
+def repeat_shares(args: argparse.Namespace, seeds: list[int]
+                       ) -> dict[str, float | None] | None:
+    """Per seed, the share of test positives that repeat an item of their history
+    (:func:`~mdgr_graph.data.repeats.repeat_share`; None for an empty split); None when
+    the data cannot be loaded."""
+    try:
+        shares = {str(seed): repeat_share(load_data(args, seed), "test") for seed in seeds}
+    except (OSError, ValueError):
+        return None
+    return {seed: None if math.isnan(v) else v for seed, v in shares.items()}
+
+
+def repeat_line(shares: dict[str, float | None] | None) -> str | None:
+    """The table's sentence on :func:`repeat_shares`, or None without them."""
+    known = {seed: v for seed, v in (shares or {}).items() if v is not None}
+    if not known:
+        return None
+    per_seed = ", ".join(f"{100 * v:.1f}" for v in known.values())
+    return (f"Test positives that repeat an item of their history (the window's under "
+            f"paper, the user's earlier items under loo): "
+            f"{100 * statistics.fmean(known.values()):.1f} % (seeds {', '.join(known)}: "
+            f"{per_seed} %); the sampled negatives never do, so where this is large "
+            f"S-POP (`spop`) is the baseline to beat (docs/data.md, repeat consumption).")
 
 
 def markdown_table(summary: dict[str, Any], keys: list[tuple[str, str]]) -> str:
@@ -584,6 +613,8 @@ def markdown_table(summary: dict[str, Any], keys: list[tuple[str, str]]) -> str:
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
+    if (repeats := repeat_line(summary.get("test_repeat_share"))) is not None:
+        lines[3:3] = ["", repeats]
     neural = [e["config"] for e in summary["models"] if e["model"] not in CLOSED_FORM]
     if neural:
         config = neural[0]

@@ -338,13 +338,32 @@ def test_step_time_estimates_a_run_from_timed_steps(shared_data, tmp_path):
 
 
 def test_compare_runs_on_the_embedded_synthetic_log_without_data(tmp_path):
-    argv = ["--dataset", "synthetic", "--quick", "--max-users", "60", "--models", "pop",
+    argv = ["--dataset", "synthetic", "--quick", "--max-users", "60", "--models", "pop,spop",
             "--seeds", "0", "--data-dir", str(tmp_path / "absent"),
             "--out", str(tmp_path / "r"), "--work-dir", str(tmp_path / "w"), "--no-progress"]
     assert compare.main(argv) == 0
     summary = json.loads((tmp_path / "r" / "quick" / "synthetic-paper.json").read_text())
-    assert [m["model"] for m in summary["models"]] == ["pop"]
-    assert 0.0 < summary["models"][0]["mean"]["AUC"] <= 1.0
+    assert [m["model"] for m in summary["models"]] == ["pop", "spop"]
+    pop, spop = (m["mean"]["AUC"] for m in summary["models"])
+    assert 0.0 < pop < spop <= 1.0  # S-POP counts the repeats, Pop cannot
+    # the embedded log repeats items within topics: the table says how often a test
+    # positive is in its window's history (mdgr_graph/data/repeats.py)
+    share = summary["test_repeat_share"]["0"]
+    assert 0.3 < share < 1.0
+    table = (tmp_path / "r" / "quick" / "synthetic-paper.md").read_text()
+    assert f"{100 * share:.1f} % (seeds 0: {100 * share:.1f} %)" in table
+
+
+def test_compare_table_states_the_repeat_share_in_one_line():
+    summary = {"dataset": "d", "protocol": "paper", "models": [],
+               "environment": {"platform": "p", "cpu_count": 2, "threads": 1, "torch": "t"}}
+    keys = compare.REPORTED["paper"]
+    plain = compare.markdown_table(summary, keys)
+    with_share = compare.markdown_table(
+        {**summary, "test_repeat_share": {"0": 0.5, "1": 0.25, "2": None}}, keys)
+    extra = [line for line in with_share.splitlines() if line not in plain.splitlines()]
+    assert len(extra) == 1 and "37.5 % (seeds 0, 1: 50.0, 25.0 %)" in extra[0]
+    assert compare.markdown_table({**summary, "test_repeat_share": None}, keys) == plain
 
 
 def test_compare_mdgr_options_reach_the_model_and_the_table_name():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
@@ -20,6 +21,7 @@ from mdgr_graph.data.cli import (
     options_from_args,
 )
 from mdgr_graph.data.prepare import prepare_dataset
+from mdgr_graph.data.repeats import repeat_share
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, ImportError) as exc:  # DataFormatError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    stats = dataset.stats()
+    stats: dict[str, float | None] = dict(dataset.stats())
+    share = repeat_share(dataset, "test")  # positives that repeat a history item
+    stats["test_repeat_share"] = None if math.isnan(share) else share
     if args.json:
         print(json.dumps(stats))
         return 0
@@ -49,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
           f"({time.perf_counter() - start:.2f} s)")
     unit = "windows" if options.protocol == "paper" else "users"
     for key, value in stats.items():
+        if key == "test_repeat_share":
+            shown = "-" if value is None else f"{value:.1%}"
+            print(f"  {'test repeats':<13}{shown:>12} of the test positives are in their "
+                  "history")
+            continue
         suffix = f" {unit}" if key in ("sequences", "train", "valid", "test") else ""
         print(f"  {key:<13}{value:>12,}{suffix}")
     return 0

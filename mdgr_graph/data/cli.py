@@ -65,7 +65,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                    help="synthetic: probability that an interaction repeats one of the "
                         "user's last --synthetic-repeat-window items (repeat consumption; "
                         "0 keeps the log of earlier versions)")
-    g.add_argument("--synthetic-repeat-window", type=int, default=10,
+    g.add_argument("--synthetic-repeat-window", type=int, default=50,
                    help="synthetic: how many previous items a repeat chooses from")
     g.add_argument("--seed", type=int, default=0, help="seed of splits, negatives and training")
     g.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
@@ -87,7 +87,7 @@ def options_from_args(args: argparse.Namespace) -> DataOptions:
         repeat_prob = getattr(args, "synthetic_repeat_prob", 0.0)
         if repeat_prob:  # only then: the options (and cache key) of other logs stay as they were
             synthetic.update(repeat_prob=repeat_prob,
-                             repeat_window=getattr(args, "synthetic_repeat_window", 10))
+                             repeat_window=getattr(args, "synthetic_repeat_window", 50))
     behaviors = tuple(b.strip() for b in args.behaviors.split(",")) if args.behaviors else None
     return DataOptions(
         format=args.format,

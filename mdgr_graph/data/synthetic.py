@@ -49,7 +49,7 @@ def generate_synthetic(
     zipf: float = 1.0,
     seed: int = 0,
     repeat_prob: float = 0.0,
-    repeat_window: int = 10,
+    repeat_window: int = 50,
 ) -> SyntheticLog:
     """Generate a log with planted interests.
 
@@ -68,7 +68,8 @@ def generate_synthetic(
             after everything else, so topics, sessions and times do not change, and ``0``
             (the default) gives exactly the log of earlier versions.
         repeat_window: how many previous items a repeat chooses from (at most those the
-            user has).
+            user has). The default, 50, is the paper protocol's history: with a short
+            window a window's positives mostly repeat each other, not its history.
     """
     if num_items < num_topics:
         raise ValueError("num_items must be >= num_topics")

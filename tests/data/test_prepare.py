@@ -419,7 +419,7 @@ def test_cli_json(write_csv, capsys):
     out, err = capsys.readouterr()
     assert out.count("\n") == 1
     stats = json.loads(out)
-    assert list(stats) == STATS_KEYS
+    assert list(stats) == [*STATS_KEYS, "test_repeat_share"]  # see tests/data/test_repeats.py
     assert stats["users"] == 20 and stats["interactions"] == sum(20 + u for u in range(20))
     assert stats["sequences"] == sum((20 + u) // 10 for u in range(20))
 
@@ -429,9 +429,10 @@ def test_cli_table(write_csv, capsys):
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].startswith("dataset: ") and "protocol: paper" in lines[0]
-    assert len(lines) == 1 + len(STATS_KEYS)
-    for key, line in zip(STATS_KEYS, lines[1:], strict=True):
+    assert len(lines) == 1 + len(STATS_KEYS) + 1
+    for key, line in zip(STATS_KEYS, lines[1:], strict=False):
         assert line.split()[0] == key
+    assert lines[-1].split()[:2] == ["test", "repeats"]
     assert "windows" in out and "interactions" in out and "590" in out
 
 
@@ -534,7 +535,7 @@ def test_cli_subprocess(write_csv, tmp_path):
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert list(json.loads(proc.stdout)) == STATS_KEYS
+    assert list(json.loads(proc.stdout)) == [*STATS_KEYS, "test_repeat_share"]
     bad = subprocess.run(
         [sys.executable, "-m", "mdgr_graph.data", "--format", "amazon", "--path", "absent"],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120, check=False,
