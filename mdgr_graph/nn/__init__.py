@@ -13,6 +13,7 @@ from mdgr_graph.nn.dynamic_cluster_conv import (
 )
 from mdgr_graph.nn.encoding import SinusoidalEncoding, sinusoidal_encoding
 from mdgr_graph.nn.interest import InterestPooling, InterestScore, InterestWeight
+from mdgr_graph.nn.metric import top_pairs, weighted_cosine
 
 __all__ = [
     "CLUSTER_METHODS",
@@ -27,4 +28,6 @@ __all__ = [
     "SinusoidalEncoding",
     "sinusoidal_encoding",
     "sklearn_cluster",
+    "top_pairs",
+    "weighted_cosine",
 ]

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.utils import to_dense_batch
 
+from mdgr_graph.nn.metric import pow2_rescale
+
 SKLEARN_METHODS = ("ward", "kmeans", "birch")
 CLUSTER_METHODS = ("kmeans", "ward", "sklearn-kmeans", "birch")
 
@@ -79,7 +81,9 @@ def batched_kmeans(
     once no node of the batch changes group, since the remaining steps would change
     nothing; the labels are those of all ``num_iters`` steps.
 
-    Runs under :func:`torch.no_grad` on ``x.detach()``; padding never takes part.
+    Runs under :func:`torch.no_grad` on ``x.detach()``; padding never takes part. Each
+    graph is first multiplied by a power of two (:func:`~mdgr_graph.nn.metric.pow2_rescale`),
+    which leaves the labels unchanged and keeps any finite input finite.
 
     Args:
         x (Tensor): Node features :math:`(N, d)`.
@@ -107,6 +111,9 @@ def batched_kmeans(
     batch, batch_size, counts = _batch_info(num_nodes, batch, x.device, batch_size)
     max_num_nodes = int(counts.max())
     xd, mask = to_dense_batch(x, batch, batch_size=batch_size, max_num_nodes=max_num_nodes)
+    # Each graph scaled by a power of two (exact: the same labels) so that squared
+    # distances of features near 1e20 or 1e-20 neither overflow nor underflow.
+    xd = pow2_rescale(xd, dim=(1, 2))
     B, _, d = xd.shape
     arange = torch.arange(B, device=x.device)
     maskf = mask.unsqueeze(-1).to(xd.dtype)

@@ -12,16 +12,20 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter, softmax, to_dense_batch
 
 from mdgr_graph.nn.cluster import CLUSTER_METHODS, cluster_nodes
+from mdgr_graph.nn.metric import (
+    edge_budget,
+    pow2_rescale,
+    top_pairs,
+    weighted_cosine,
+)
 
-
-def edge_budget(num_nodes: Tensor, gamma: float) -> Tensor:
-    r"""Per-graph edge budget :math:`\lceil \gamma n^2 \rceil` (Eq. 9) as a LongTensor.
-
-    A tolerance of :math:`10^{-9}` absorbs floating-point noise, so that e.g.
-    ``gamma=0.1, n=10`` gives 10 and not 11 (``0.1 * 100 == 10.000000000000002``).
-    """
-    value = num_nodes.to(torch.float64).pow(2) * gamma
-    return torch.ceil(value - 1e-9).clamp(min=0).long()
+#: Inputs of the attention MLPs are clamped to this magnitude. Far above anything a
+#: trained layer sees (its tanh saturates near 10), it keeps the first linear map of
+#: every MLP finite when the product term of features near 1e30 would overflow.
+_MLP_INPUT_LIMIT = 2.0**64
+#: Rows above :math:`2^{40}` are scaled down by a power of two before the LayerNorm, whose
+#: variance would overflow from about 1e19 on; at that size its eps is negligible.
+_NORM_INPUT_EXPONENT = 40
 
 
 class _DenseGraph(NamedTuple):
@@ -67,6 +71,10 @@ def candidate_graphs(batch: Tensor, num_graphs: int, num_candidates: int) -> tup
     return ptr[new_batch // num_candidates] + local, new_batch
 
 
+def _bounded(t: Tensor) -> Tensor:
+    return t.clamp(-_MLP_INPUT_LIMIT, _MLP_INPUT_LIMIT)
+
+
 def _attention_mlp(channels: int, heads: int) -> Sequential:
     return Sequential(Linear(3 * channels, channels), Tanh(), Linear(channels, heads))
 
@@ -98,7 +106,9 @@ class DynamicClusterConv(MessagePassing):
        (``binary=True``, the paper's literal form). :math:`L` is exactly symmetric, so
        :math:`(i, j)` and :math:`(j, i)` tie; ties are broken towards the lower
        row-major position :math:`(i, j)`, so at the budget boundary one direction of a
-       pair can be kept without the other.
+       pair can be kept without the other. Pairs of *identical* rows also tie in exact
+       arithmetic, but the batched matrix product behind :math:`L` may round a row
+       differently depending on its position; such ties are decided by that rounding.
 
     4. **Cluster vector** (Eq. 10, DESIGN.md decision 5), with :math:`\hat{\mathbf{A}}`
        the row-normalised binary adjacency of the kept edges (isolated nodes get 0):
@@ -141,8 +151,32 @@ class DynamicClusterConv(MessagePassing):
     first step) while the heads differ slightly, so they can specialise. Linear layers
     use PyTorch's default (Kaiming-uniform) initialisation.
 
-    Everything is vectorised over the batch; :math:`L` is computed densely per graph,
-    so memory grows as :math:`O(B \, n_{\max}^2)`.
+    **Two paths, one function.** Both build the graph of steps 1-3 the same way: the
+    weighted cosine :math:`L` of every graph in dense form
+    (:func:`~mdgr_graph.nn.metric.weighted_cosine`, :math:`O(B \, n_{\max}^2)`) and the
+    per-graph top pairs (:func:`~mdgr_graph.nn.metric.top_pairs`), so they keep the same
+    edges with the same weights, bit for bit. By default (``sparse=False``) steps 4-5
+    are batched matrix products on dense per-graph tensors (the adjacency and the
+    attention coefficients, :math:`O(B \, C \, n_{\max}^2 H)`), fast on the CPU for
+    :math:`n` up to a few hundred. With ``sparse=True`` the layer passes messages on the
+    rebuilt ``edge_index`` (:meth:`build_graph`): the cluster vector is a scatter-mean
+    over it (:meth:`cluster_vector`) and :meth:`propagate` runs :meth:`message` =
+    :math:`E^h_{ij} L_{ij} \mathbf{W}^h_v \mathbf{x}_j`, with :math:`E` normalised by
+    PyG's :func:`~torch_geometric.utils.softmax` over the incoming edges of :math:`i`
+    (memory :math:`O(|\mathcal{E}| \, C H d)`). The outputs and gradients of the two
+    paths are equal up to float rounding (tested, also against the per-graph
+    :func:`dynamic_cluster_conv_reference`). :meth:`prepare` and :meth:`update` are
+    the dense path's.
+
+    **Magnitudes.** The clustering and :math:`L` are computed on copies scaled by a power
+    of two per graph and per node (exact, so the same labels, edges and weights, bit for
+    bit, on ordinary inputs), the inputs of the two attention MLPs are clamped to
+    :math:`\pm 2^{64}` and rows above :math:`2^{40}` are scaled down by a power of two
+    before the LayerNorm (both no-ops below those sizes). Outputs and gradients are
+    then finite for features and queries of any magnitude from 1e-38 to 1e36 in float32
+    (tested); only the linear maps themselves are left: beyond about
+    :math:`3 \cdot 10^{38} / \lVert \mathbf{W} \rVert`, :math:`\mathbf{W}
+    \mathbf{x}` is not a float32 number.
 
     Args:
         channels (int): Size :math:`d` of each node feature (input = output).
@@ -169,6 +203,9 @@ class DynamicClusterConv(MessagePassing):
             (default: :obj:`0.2`)
         dropout (float, optional): Dropout probability of the attention coefficients
             :math:`E`. (default: :obj:`0.0`)
+        sparse (bool, optional): Build the graph as an edge list and update the nodes
+            with :meth:`propagate` instead of the dense batched path.
+            (default: :obj:`False`)
 
     Shapes:
         - **input:**
@@ -197,6 +234,7 @@ class DynamicClusterConv(MessagePassing):
         norm: bool = True,
         negative_slope: float = 0.2,
         dropout: float = 0.0,
+        sparse: bool = False,
     ):
         super().__init__(aggr="add", flow="source_to_target", node_dim=0)
         if channels < 1 or k < 1 or delta < 1 or heads < 1 or hops < 1:
@@ -226,6 +264,7 @@ class DynamicClusterConv(MessagePassing):
         self.residual = residual
         self.negative_slope = negative_slope
         self.dropout = dropout
+        self.sparse = sparse
 
         self.metric_weight = Parameter(torch.empty(delta, channels))
         self.lin_c = Linear(channels, channels, bias=False)  # W_c
@@ -302,16 +341,10 @@ class DynamicClusterConv(MessagePassing):
             )
         return batch, num_graphs
 
-    def _metric(self, xd: Tensor) -> Tensor:
-        """Weighted cosine of Eq. 7-8 for dense ``xd [..., n, d]`` -> ``[..., n, n]``."""
-        xh = F.normalize(xd.unsqueeze(-3) * self.metric_weight.unsqueeze(-2), dim=-1)
-        sim = (xh @ xh.transpose(-1, -2)).mean(dim=-3)
-        return 0.5 * (sim + sim.transpose(-1, -2))  # exactly symmetric
-
     def _alpha(self, x: Tensor, phi_c: Tensor) -> Tensor:
         """Cluster-aware scores ``alpha [N, H]`` (Eq. 10)."""
         xc = self.lin_c(x)
-        return self.att_c(torch.cat([xc, phi_c, xc * phi_c], dim=-1))
+        return self.att_c(_bounded(torch.cat([xc, phi_c, xc * phi_c], dim=-1)))
 
     def _beta(self, x: Tensor, query: Tensor, batch: Tensor) -> Tensor:
         r"""Query-aware scores (Eq. 11): ``[N, H]`` for ``query [B, d]``, ``[N, C, H]`` for
@@ -325,25 +358,17 @@ class DynamicClusterConv(MessagePassing):
         xq = self.lin_q(x)
         if query.dim() == 2:
             q = query[batch]
-            return self.att_q(torch.cat([xq, q, xq * q], dim=-1))
+            return self.att_q(_bounded(torch.cat([xq, q, xq * q], dim=-1)))
         first, act, last = self.att_q
         w_x, w_q, w_xq = first.weight.split(self.channels, dim=1)
-        per_query = query @ w_q.t() + first.bias  # [B, C, d]
-        pair = (xq.unsqueeze(1) * query[batch]) @ w_xq.t()  # [N, C, d]
-        return last(act((xq @ w_x.t()).unsqueeze(1) + per_query[batch] + pair))
-
-    def _attention_scores(
-        self, x: Tensor, phi_c: Tensor, query: Tensor | None, batch: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """``alpha [N, H]`` (cluster-aware, Eq. 10) and ``beta [N, H]`` (Eq. 11)."""
-        alpha = self._alpha(x, phi_c)
-        beta = alpha.new_zeros(alpha.shape) if query is None else self._beta(x, query, batch)
-        return alpha, beta
+        per_query = _bounded(query) @ w_q.t() + first.bias  # [B, C, d]
+        pair = _bounded(xq.unsqueeze(1) * query[batch]) @ w_xq.t()  # [N, C, d]
+        return last(act((_bounded(xq) @ w_x.t()).unsqueeze(1) + per_query[batch] + pair))
 
     def _output(self, x: Tensor, agg: Tensor) -> Tensor:
         out = x + agg if self.residual else agg
         if self.norm is not None:
-            out = self.norm(out)
+            out = self.norm(pow2_rescale(out, -1, _NORM_INPUT_EXPONENT, only_down=True))
         return out
 
     # ------------------------------------------------------------------ forward
@@ -362,31 +387,23 @@ class DynamicClusterConv(MessagePassing):
         cd, _ = to_dense_batch(
             cluster, batch, fill_value=-1, batch_size=num_graphs, max_num_nodes=n_max
         )
-        if graph_x is None:
-            sim = self._metric(xd)  # [B, n, n]
-        else:
-            sim = self._metric(to_dense_batch(
-                graph_x, batch, batch_size=num_graphs, max_num_nodes=n_max)[0])
+        gxd = xd if graph_x is None else to_dense_batch(
+            graph_x, batch, batch_size=num_graphs, max_num_nodes=n_max)[0]
+        sim = weighted_cosine(gxd, self.metric_weight)  # [B, n, n]
 
         eye = torch.eye(n_max, dtype=torch.bool, device=x.device)
         cand = (cd.unsqueeze(2) == cd.unsqueeze(1)) & mask.unsqueeze(2) & mask.unsqueeze(1)
-        cand = (cand & ~eye).view(num_graphs, -1)
+        # Candidates in row-major order of (graph, i, j): ties go to the lower (i, j).
+        graph, flat = (cand & ~eye).view(num_graphs, -1).nonzero(as_tuple=True)
+        kept = top_pairs(sim.view(num_graphs, -1)[graph, flat], graph,
+                         edge_budget(counts, self.gamma))
+        # flat = i * n_max + j for the edge j -> i, by graph in ranking order
+        return _DenseGraph(xd, mask, sim, ptr, graph[kept], flat[kept], n_max)
 
-        budget = edge_budget(counts, self.gamma)  # [B]
-        num_keep = min(int(budget.max()), n_max * n_max)
-        scores = sim.detach().view(num_graphs, -1).masked_fill(~cand, float("-inf"))
-        # A stable sort breaks ties deterministically towards the lower flat position
-        # (topk does not specify its tie order), so the edge set is reproducible.
-        order = torch.sort(scores, dim=1, descending=True, stable=True)[1][:, :num_keep]
-        rank = torch.arange(num_keep, device=x.device).unsqueeze(0)
-        keep = (rank < budget.unsqueeze(1)) & cand.gather(1, order)
-
-        graph = torch.arange(num_graphs, device=x.device).unsqueeze(1).expand_as(order)[keep]
-        flat = order[keep]  # i * n_max + j for the edge j -> i, in ranking order
-        return _DenseGraph(xd, mask, sim, ptr, graph, flat, n_max)
-
-    def _edges(self, graph: _DenseGraph) -> tuple[Tensor, Tensor]:
+    def _edges(self, graph: _DenseGraph | None, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(edge_index, edge_weight)`` of the kept pairs, in ranking order."""
+        if graph is None:
+            return torch.empty(2, 0, dtype=torch.long, device=x.device), x.new_empty(0)
         offset = graph.ptr[graph.graph]
         dst = offset + graph.flat // graph.n_max
         src = offset + graph.flat % graph.n_max
@@ -398,21 +415,29 @@ class DynamicClusterConv(MessagePassing):
         return edge_index, edge_weight
 
     def build_graph(
-        self, x: Tensor, batch: Tensor, cluster: Tensor, num_graphs: int
+        self, x: Tensor, batch: Tensor, cluster: Tensor, num_graphs: int,
+        graph_x: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Sparsified per-graph metric graph (Eq. 7-9), vectorised over the batch.
+        """The metric graph of Eq. 7-9 as an edge list: the graph the sparse path passes
+        messages on. It is the dense path's computation (the weighted cosine per graph
+        and :func:`~mdgr_graph.nn.metric.top_pairs`), so both paths keep the same edges
+        in the same order with the same weights, bit for bit, ties included.
+
+        Args:
+            x: node features ``[N, d]``.
+            batch: sorted batch vector ``[N]``.
+            cluster: cluster labels ``[N]``.
+            num_graphs: number of graphs :math:`B`.
+            graph_x: features the metric is computed on (default: ``x``).
 
         Returns:
-            ``(edge_index [2, E], edge_weight [E])``, edges ``j -> i`` with weight
-            :math:`L_{ij}` (differentiable) or 1 when ``binary``.
+            ``(edge_index [2, E], edge_weight [E])``, edges ``j -> i`` stored as
+            ``[j, i]``, by graph in ranking order, with weight :math:`L_{ij}`
+            (differentiable) or 1 when ``binary``.
         """
-        graph = self._sparsify(x, batch, cluster, num_graphs)
-        if graph is None:
-            return (
-                torch.empty(2, 0, dtype=torch.long, device=x.device),
-                x.new_empty(0),
-            )
-        return self._edges(graph)
+        if self.metric_weight is None:
+            raise ValueError("this layer has no metric weights; pass 'edge_index'")
+        return self._edges(self._sparsify(x, batch, cluster, num_graphs, graph_x), x)
 
     def cluster_vector(self, x: Tensor, edge_index: Tensor) -> Tensor:
         r""":math:`\boldsymbol{\phi}_{i_c}`: mean over :math:`s = 1..S` of
@@ -498,10 +523,13 @@ class DynamicClusterConv(MessagePassing):
             return self.forward_fixed(
                 x, batch, query, cluster, edge_index, edge_weight, return_graph
             )
+        if self.sparse:
+            return self._forward_sparse(x, batch, query, cluster, num_graphs, graph_x,
+                                        return_graph)
         shared = self._prepare(x, batch, cluster, num_graphs, graph_x)
         out = self.update(shared, query)
         if return_graph:
-            edge_index, edge_weight = self._graph_edges(shared)
+            edge_index, edge_weight = self._edges(shared.graph, x)
             return out, edge_index, edge_weight, shared.cluster
         return out
 
@@ -553,8 +581,12 @@ class DynamicClusterConv(MessagePassing):
         phi_c = (acc / self.hops)[graph.mask]
         return SharedIteration(x, batch, num_graphs, cluster, graph, self._alpha(x, phi_c))
 
-    def update(self, shared: SharedIteration, query: Tensor | None = None) -> Tensor:
+    def update(self, shared: SharedIteration | Tensor, query: Tensor | None = None) -> Tensor:
         """Eq. 11-13 on the output of :meth:`prepare`.
+
+        ``update`` is also the hook :meth:`propagate` calls on the aggregated messages
+        (:class:`~torch_geometric.nn.conv.MessagePassing`); given a tensor, it returns
+        it unchanged, as the base class does.
 
         Args:
             shared: the output of :meth:`prepare`.
@@ -566,6 +598,8 @@ class DynamicClusterConv(MessagePassing):
         Returns:
             ``[N, d]``, or ``[C N, d]`` in the layout of :func:`candidate_graphs`.
         """
+        if isinstance(shared, Tensor):  # called by propagate
+            return shared
         x, batch, num_graphs, graph = shared.x, shared.batch, shared.num_graphs, shared.graph
         num_cand = 1 if query is None or query.dim() == 2 else query.size(1)
         if query is not None:
@@ -607,12 +641,6 @@ class DynamicClusterConv(MessagePassing):
         mask = graph.mask.unsqueeze(1).expand(num_graphs, num_cand, n)
         xe = graph.xd.unsqueeze(1).expand(num_graphs, num_cand, n, d)[mask]
         return self._output(xe, agg[mask])
-
-    def _graph_edges(self, shared: SharedIteration) -> tuple[Tensor, Tensor]:
-        if shared.graph is None:
-            x = shared.x
-            return torch.empty(2, 0, dtype=torch.long, device=x.device), x.new_empty(0)
-        return self._edges(shared.graph)
 
     def forward_fixed(
         self,
@@ -661,23 +689,68 @@ class DynamicClusterConv(MessagePassing):
 
         same = cluster[src] == cluster[dst]
         phi_c = self.cluster_vector(x, edge_index[:, same])  # Eq. 10
-        alpha, beta = self._attention_scores(x, phi_c, query, batch)  # Eq. 10-11
-        logit = F.leaky_relu(alpha[dst] + beta[src], self.negative_slope)  # [E, H]
-        att = softmax(logit, dst, num_nodes=num_nodes)  # Eq. 12
-        att = F.dropout(att, p=self.dropout, training=self.training)
-        att = att * edge_weight.unsqueeze(-1)
-        v = self.lin_v(x).view(num_nodes, self.heads, self.channels)
-        msg = att.unsqueeze(-1) * v[src]  # [E, H, d], Eq. 13
-        agg = scatter(msg, dst, dim=0, dim_size=num_nodes, reduce="sum").mean(dim=1)
-        out = self._output(x, agg)
+        out = self._attend(x, batch, query, edge_index, edge_weight, phi_c)
         if return_graph:
             return out, edge_index, edge_weight, cluster
         return out
 
+    def _forward_sparse(
+        self, x: Tensor, batch: Tensor, query: Tensor | None, cluster: Tensor | None,
+        num_graphs: int, graph_x: Tensor | None, return_graph: bool,
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The message-passing path (``sparse=True``) of :meth:`forward`."""
+        gx = x if graph_x is None else graph_x
+        if cluster is None:
+            cluster = self.cluster_labels(gx, batch, num_graphs)  # step 1
+        edge_index, edge_weight = self.build_graph(x, batch, cluster, num_graphs,
+                                                   graph_x)  # steps 2-3
+        phi_c = self.cluster_vector(x, edge_index)  # Eq. 10: the kept edges are in-cluster
+        out = self._attend(x, batch, query, edge_index, edge_weight, phi_c)
+        if return_graph:
+            return out, edge_index, edge_weight, cluster
+        return out
+
+    def _attend(
+        self, x: Tensor, batch: Tensor, query: Tensor | None, edge_index: Tensor,
+        edge_weight: Tensor | None, phi_c: Tensor,
+    ) -> Tensor:
+        """Eq. 10-13 by message passing on ``edge_index``: ``[N, d]``, or with
+        candidate queries ``[B, C, d]`` ``[C N, d]`` in the layout of
+        :func:`candidate_graphs` (the messages of all candidates travel together)."""
+        num_nodes = x.size(0)
+        alpha = self._alpha(x, phi_c).unsqueeze(1)  # [N, 1, H]
+        if query is None:
+            beta = alpha.new_zeros(alpha.shape)
+        else:
+            beta = self._beta(x, query, batch)  # [N, H] or [N, C, H]
+            beta = beta.unsqueeze(1) if beta.dim() == 2 else beta
+        v = self.lin_v(x).view(num_nodes, self.heads, self.channels)
+        agg = self.propagate(edge_index, v=v, alpha=alpha, beta=beta,
+                             edge_weight=edge_weight, size=(num_nodes, num_nodes))
+        agg = agg.mean(dim=2)  # [N, C, d]: mean over the heads (Eq. 13)
+        if query is None or query.dim() == 2:
+            return self._output(x, agg[:, 0])
+        num_cand = query.size(1)
+        node, new_batch = candidate_graphs(batch, query.size(0), num_cand)
+        return self._output(x[node], agg[node, new_batch % num_cand])
+
+    def message(self, v_j: Tensor, alpha_i: Tensor, beta_j: Tensor,
+                edge_weight: Tensor | None, index: Tensor, ptr: Tensor | None,
+                size_i: int | None) -> Tensor:
+        r"""Eq. 12-13 on the edges ``j -> i``: :math:`E^h_{ij} L_{ij} \mathbf{W}^h_v
+        \mathbf{x}_j`, ``[E, C, H, d]``."""
+        logit = F.leaky_relu(alpha_i + beta_j, self.negative_slope)  # [E, C, H]
+        coef = softmax(logit, index, ptr, size_i)  # over the in-neighbours j of i
+        coef = F.dropout(coef, p=self.dropout, training=self.training)
+        if edge_weight is not None:
+            coef = coef * edge_weight.view(-1, 1, 1)
+        return coef.unsqueeze(-1) * v_j.unsqueeze(1)
+
     def __repr__(self) -> str:
         return (
             f"{self.__class__.__name__}({self.channels}, k={self.k}, gamma={self.gamma}, "
-            f"delta={self.delta}, heads={self.heads}, cluster='{self.cluster}')"
+            f"delta={self.delta}, heads={self.heads}, cluster='{self.cluster}'"
+            f"{', sparse=True' if self.sparse else ''})"
         )
 
 

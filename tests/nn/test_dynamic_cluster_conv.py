@@ -6,6 +6,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.nn import GCNConv, global_mean_pool
 
 from mdgr_graph.nn import DynamicClusterConv, dynamic_cluster_conv_reference, edge_budget
+from mdgr_graph.nn.metric import weighted_cosine
 
 SIZES = [1, 3, 7, 20, 50]
 D = 16
@@ -148,7 +149,7 @@ def test_graph_invariants():
     for g in (3, 4):
         nodes = (batch == g).nonzero().view(-1)
         local = labels[nodes]
-        sim = conv._metric(x[nodes]).detach()
+        sim = weighted_cosine(x[nodes], conv.metric_weight).detach()
         cand = (local.unsqueeze(0) == local.unsqueeze(1)) & ~torch.eye(len(nodes), dtype=bool)
         kept = torch.zeros_like(cand)
         mask = batch[dst] == g
