@@ -12,12 +12,14 @@ from mdgr_graph.nn.dynamic_cluster_conv import (
     edge_budget,
 )
 from mdgr_graph.nn.encoding import SinusoidalEncoding, sinusoidal_encoding
+from mdgr_graph.nn.gnn import DynamicClusterGNN
 from mdgr_graph.nn.interest import InterestPooling, InterestScore, InterestWeight
 from mdgr_graph.nn.metric import top_pairs, weighted_cosine
 
 __all__ = [
     "CLUSTER_METHODS",
     "DynamicClusterConv",
+    "DynamicClusterGNN",
     "batched_kmeans",
     "cluster_nodes",
     "dynamic_cluster_conv_reference",
