@@ -39,7 +39,11 @@ from mdgr_graph.viz import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_mdgr import load_run  # noqa: E402
+from train_mdgr import load_run, writable_problem  # noqa: E402
+
+#: ``--dpi`` above this makes pictures of hundreds of megapixels (matplotlib then fails
+#: to allocate them); 300-600 is print quality.
+MAX_DPI = 600
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,8 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.step < 1:
         parser.error(f"--step must be >= 1, got {args.step}")
-    if args.dpi < 1:
-        parser.error(f"--dpi must be >= 1, got {args.dpi}")
+    if not 1 <= args.dpi <= MAX_DPI:
+        parser.error(f"--dpi must be in 1..{MAX_DPI}, got {args.dpi}")
+    if args.prefix is not None and (not args.prefix or any(c in args.prefix for c in "/\\\0")
+                                    or args.prefix in (".", "..")):
+        parser.error(f"--prefix must be a file name prefix without '/', got {args.prefix!r} "
+                     "(choose the folder with --out-dir)")
     return args
 
 
@@ -113,8 +121,17 @@ def main(argv: list[str] | None = None) -> int:
                              "last-item runs (--query last)")
         user, items, stamps = user_history(prepared, args.user)
         titles = read_movielens_titles(args.titles) if args.titles else None
+    except json.JSONDecodeError as exc:
+        print(f"error: {args.run / 'args.json'}: not valid JSON ({exc})", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (TypeError, RuntimeError, KeyError, AttributeError) as exc:
+        # an args.json edited by hand (values of the wrong type), weights of another model
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        print(f"error: {args.run}: its args.json and {args.checkpoint or 'best.pt'} do not "
+              f"rebuild a trained model ({type(exc).__name__}: {reason})", file=sys.stderr)
         return 2
     labels = item_labels(prepared.arrays["item_ids"], titles)
     window = model.max_len if args.window is None else args.window
@@ -122,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --window must be in 1..{model.max_len}", file=sys.stderr)
         return 2
     prefix = args.prefix or f"user{user}"
+    for name in ("-graphs.png", "-weights.png", "-interests.json"):  # before any drawing
+        if problem := writable_problem(args.out_dir / f"{prefix}{name}", "--out-dir", False):
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     days = (stamps - stamps[0]) / 86400.0
 
     recent = slice(max(0, len(items) - window), len(items))

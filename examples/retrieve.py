@@ -100,9 +100,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--nlist must be >= 1, got {args.nlist}")
     if args.rerank is not None and args.rerank_n < args.n:
         parser.error(f"--rerank-n ({args.rerank_n}) must be >= --n ({args.n})")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     if args.out is not None and args.out.suffix.lower() not in (".json", ".csv"):
         parser.error(f"--out must end in .json or .csv, got {args.out}")
+    if (problem := device_problem(args.device)) is not None:
+        parser.error(problem)
     return args
+
+
+def device_problem(name: str) -> str | None:
+    """Why ``--device name`` cannot be used here, or None."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return f"--device {name!r} is not a device (cpu, cuda or cuda:N)"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return f"--device {name} requested but CUDA is not available"
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        return f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)"
+    if device.type not in ("cpu", "cuda"):
+        return f"--device must be cpu or cuda, got {name!r}"
+    return None
+
+
+def load_run(run: Path, checkpoint: Path | None = None):
+    """:func:`train_mdgr.load_run`; an ``args.json`` edited by hand (values of the wrong
+    type, not a JSON object) or weights of another model become a ``ValueError`` naming
+    the run, as the other ways a run folder can be wrong already are."""
+    try:
+        return train_mdgr.load_run(run, checkpoint)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{run / 'args.json'}: not valid JSON ({exc})") from exc
+    except (TypeError, RuntimeError, KeyError, AttributeError) as exc:
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise ValueError(f"{run}: its args.json and {checkpoint or run / 'best.pt'} do not "
+                         f"rebuild a trained model ({type(exc).__name__}: {reason})") from exc
+
+
+def output_problem(args: argparse.Namespace, out: Path) -> str | None:
+    """Why ``out`` or ``--export`` cannot be written, or None (checked before the search;
+    missing folders are created)."""
+    for path, option in ((out, "--out"), (args.export, "--export")):
+        if path is not None and (problem := train_mdgr.writable_problem(path, option, False)):
+            return problem
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,10 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         if retrieval.WITH_FAISS:
             retrieval.faiss.omp_set_num_threads(args.threads)
     try:
-        train, prepared, model = train_mdgr.load_run(args.run, args.run / args.checkpoint)
+        train, prepared, model = load_run(args.run, args.run / args.checkpoint)
         reranker = None
         if args.rerank is not None:
-            second, _, reranker = train_mdgr.load_run(args.rerank)
+            second, _, reranker = load_run(args.rerank)
             if train_mdgr.options_from_args(second) != train_mdgr.options_from_args(train) or (
                 second.max_users, second.seed) != (train.max_users, train.seed):
                 raise ValueError(f"{args.rerank} was trained on other data than {args.run} "
@@ -137,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     if not callable(getattr(model, "interest_queries", None)):
         print(f"error: retrieval supports MDGR, its variants, static-graph, mip and ComiRec; "
               f"the run trained {train.model!r}", file=sys.stderr)
+        return 2
+    out = args.out or args.run / f"top{args.n}-{args.split}.json"
+    if (problem := output_problem(args, out)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     model.to(args.device)
 
@@ -170,7 +216,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.evaluate:
         report_stages(prepared, args.split, stages, args.n)
 
-    out = args.out or args.run / f"top{args.n}-{args.split}.json"
     user_ids = prepared.arrays["user_ids"][exported.users.numpy()]
     item_ids = prepared.arrays["item_ids"][found.items.numpy()]  # id 0 -> "" (padding)
     text = (to_csv if out.suffix.lower() == ".csv" else to_json)(
