@@ -399,6 +399,8 @@ def _read_amazon_jsonl(lines: Iterator[tuple[int, str]], path: str) -> Interacti
             record = json.loads(line)
         except ValueError as exc:
             raise DataFormatError(f"invalid JSON ({exc})", path, lineno) from exc
+        except RecursionError as exc:
+            raise DataFormatError("invalid JSON (nested too deeply)", path, lineno) from exc
         if not isinstance(record, dict):
             raise DataFormatError(
                 f"expected a JSON object, found {type(record).__name__}", path, lineno
@@ -420,17 +422,23 @@ def _read_amazon_jsonl(lines: Iterator[tuple[int, str]], path: str) -> Interacti
         cols.lines.append(lineno)
         cols.user.append(str(user))
         cols.item.append(str(item))
-        cols.timestamp.append(_json_number(record["unixReviewTime"]))
+        cols.timestamp.append(_json_number(record["unixReviewTime"], "unixReviewTime",
+                                           path, lineno))
         if cols.rating is not None:
-            cols.rating.append(_json_number(record["overall"]))
+            cols.rating.append(_json_number(record["overall"], "overall", path, lineno))
     if cols is None:
         raise DataFormatError("no interactions", path)
     return cols.finish(integer_ids=False)
 
 
-def _json_number(value: Any) -> Any:
-    """Numbers pass; anything else is kept as text so the checks report it."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
+def _json_number(value: Any, key: str, path: str, lineno: int) -> Any:
+    """Numbers pass (an integer beyond float64 is a :class:`DataFormatError`); anything else
+    is kept as text so the checks report it."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > 2**1023:  # float() would raise OverflowError
+            raise DataFormatError(f"{key} is too large ({str(value)[:20]}...)", path, lineno)
+        return value
+    if isinstance(value, float):
         return value
     return value if isinstance(value, str) else json.dumps(value)
 

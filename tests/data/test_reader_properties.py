@@ -12,8 +12,8 @@
 * The chunked readers (when pyarrow is installed) agree with the in-memory ones on any
   bytes.
 
-Two inputs that no draw reaches escape the Amazon JSON reader as OverflowError and
-RecursionError; they are kept at the end as strict xfails until ``readers.py`` is fixed.
+Inputs that no draw reaches, which used to escape the Amazon JSON reader as OverflowError
+and RecursionError, are tested at the end.
 """
 
 from __future__ import annotations
@@ -378,24 +378,21 @@ def test_chunked_readers_agree_on_any_bytes(fmt, data, chunk_rows, folder):
 
 
 # ---------------------------------------------------------------------- found by probing
-# Two inputs no random draw above reaches, which escape the Amazon JSON reader as another
-# exception than DataFormatError (mdgr_graph/data/readers.py is not changed here; strict
-# xfail, so the day they are fixed these tests say so and the marks come off).
-AMAZON_ESCAPES = {
-    # an integer too large for a float64: OverflowError from np.array / float()
+# Inputs no random draw above reaches, which used to escape the Amazon JSON reader as
+# OverflowError / RecursionError.
+AMAZON_EXTREMES = {
+    # an integer too large for a float64
     "huge-int-time": '{"reviewerID": "a", "asin": "b", "unixReviewTime": 1' + "0" * 400 + "}\n",
     "huge-int-rating": ('{"reviewerID": "a", "asin": "b", "unixReviewTime": 1, "overall": 1'
                         + "0" * 400 + "}\n"),
-    # nesting deeper than Python's recursion limit: RecursionError from json.loads
+    # nesting deeper than Python's recursion limit
     "deep-nesting": '{"reviewerID": ' + "[" * 100_000 + "\n",
 }
 
 
-@pytest.mark.xfail(strict=True, raises=(OverflowError, RecursionError),
-                   reason="read_amazon lets OverflowError/RecursionError escape (issue 31)")
-@pytest.mark.parametrize("case", list(AMAZON_ESCAPES))
+@pytest.mark.parametrize("case", list(AMAZON_EXTREMES))
 def test_amazon_json_extremes_are_clean_errors(case, tmp_path):
     path = tmp_path / "reviews.json"
-    path.write_text(AMAZON_ESCAPES[case])
+    path.write_text(AMAZON_EXTREMES[case])
     with pytest.raises(DataFormatError, match=rf"^{path}:1: "):
         read_amazon(path)
