@@ -167,6 +167,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also train sasrec/gru4rec on next-item targets inside the history "
                         "(MDGR has no causal states, so it cannot use them)")
     add_loo_training_arguments(p)
+    p.add_argument("--no-mask-seen", dest="mask_seen", action="store_false",
+                   help="loo: rank the target against every item, the user's earlier items "
+                        "included (default: excluded); its own run files and table")
     p.add_argument("--max-users", type=int, default=None,
                    help="restrict to a seeded subsample of users (for quick runs)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -263,6 +266,8 @@ def run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """What decides a run's result, besides the seed: part of its file name's hash."""
     config: dict[str, Any] = {"model": name, "train_stride": args.train_stride,
                               "max_users": args.max_users}
+    if not getattr(args, "mask_seen", True):  # only then: earlier runs keep their hashes
+        config["mask_seen"] = False
     if name in CLOSED_FORM:
         config["grid"] = quick_grid(name) if args.quick else GRIDS[name]
     else:
@@ -378,9 +383,10 @@ def load_data(args: argparse.Namespace, seed: int) -> PreparedDataset:
     return prepared
 
 
-def run_closed_form(name: str, prepared: PreparedDataset, grid: dict[str, list[Any]]
-                    ) -> dict[str, Any]:
-    """Fit every grid point, keep the best on validation, evaluate it on test."""
+def run_closed_form(name: str, prepared: PreparedDataset, grid: dict[str, list[Any]],
+                    mask_seen: bool = True) -> dict[str, Any]:
+    """Fit every grid point, keep the best on validation, evaluate it on test
+    (``mask_seen``: see :func:`~mdgr_graph.train.evaluate`)."""
     metric = SELECTION_METRIC[prepared.protocol]
     tried, best = [], None
     start = time.perf_counter()
@@ -389,13 +395,14 @@ def run_closed_form(name: str, prepared: PreparedDataset, grid: dict[str, list[A
         t0 = time.perf_counter()
         model = build_model(name, prepared, **params)
         fit_seconds = time.perf_counter() - t0
-        valid = evaluate(model, prepared, "valid")
+        valid = evaluate(model, prepared, "valid", mask_seen=mask_seen)
         tried.append({"params": params, "valid": valid, "fit_seconds": fit_seconds})
         if best is None or valid[metric] > best[2][metric]:
             best = (params, model, valid, fit_seconds)
     params, model, valid, fit_seconds = best
     return {
-        "selected": params, "valid": valid, "test": evaluate(model, prepared, "test"),
+        "selected": params, "valid": valid,
+        "test": evaluate(model, prepared, "test", mask_seen=mask_seen),
         "train_seconds": fit_seconds, "tuning_seconds": time.perf_counter() - start,
         "grid": tried, "epochs": 0, "best_epoch": 0, **model.num_parameters(),
     }
@@ -412,7 +419,7 @@ def neural_setup(name: str, prepared: PreparedDataset, seed: int, config: dict[s
                         batch_size=config["batch_size"], seed=seed,
                         loo_train_targets=config.get("loo_train_targets", "last"),
                         loo_train_positives=config.get("loo_train_positives", 1),
-                        **train_options)
+                        mask_seen=config.get("mask_seen", True), **train_options)
     return model, train
 
 
@@ -422,7 +429,8 @@ def run_neural(name: str, prepared: PreparedDataset, seed: int, config: dict[str
                                 resume=True, progress=progress)
     result = fit(model, prepared, train, log=None)
     return {
-        "valid": result.best_valid, "test": evaluate(model, prepared, "test"),
+        "valid": result.best_valid,
+        "test": evaluate(model, prepared, "test", mask_seen=train.mask_seen),
         "train_seconds": result.train_seconds, "epochs": result.epochs,
         "best_epoch": result.best_epoch, **model.num_parameters(),
         "valid_curve": [row["valid"][SELECTION_METRIC[prepared.protocol]]
@@ -433,7 +441,8 @@ def run_neural(name: str, prepared: PreparedDataset, seed: int, config: dict[str
 def summary_path(args: argparse.Namespace) -> Path:
     """``<out>/<dataset>-<protocol>`` (``.json`` / ``.md``), with ``-stride<S>``, ``-k<K>``,
     ``-m<M>``, ``-weighting-<W>``, ``-cluster-<C>``, ``-cluster-on-<I>``,
-    ``-targets-<T>[-p<P>]`` (loo training targets other than ``last``) and ``-lr<LR>``
+    ``-targets-<T>[-p<P>]`` (loo training targets other than ``last``), ``-unmasked``
+    (``--no-mask-seen``) and ``-lr<LR>``
     (or ``-lrgrid-<LRs>``) appended when those options are set (the learning rate when it
     is not the default), so each configuration keeps its own table."""
     name = f"{args.dataset}-{args.protocol}"
@@ -461,6 +470,8 @@ def summary_path(args: argparse.Namespace) -> Path:
         name += f"-targets-{args.loo_train_targets}"
         if args.loo_train_positives > 1:
             name += f"-p{args.loo_train_positives}"
+    if not getattr(args, "mask_seen", True):
+        name += "-unmasked"
     if getattr(args, "lr_grid", None):
         name += "-lrgrid-" + "-".join(_dotless(lr) for lr in args.lr_grid)
     elif args.lr != DEFAULT_LR:
@@ -674,7 +685,8 @@ def run_all(tasks: list[tuple[str, int, argparse.Namespace]], args: argparse.Nam
             lock.unlink(missing_ok=True)
             return False
         if name in CLOSED_FORM:
-            result = run_closed_form(name, prepared, config["grid"])
+            result = run_closed_form(name, prepared, config["grid"],
+                                     config.get("mask_seen", True))
         else:
             result = run_neural(name, prepared, seed, config, checkpoint_dir(tag, task_args),
                                 progress=not args.no_progress)

@@ -155,6 +155,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "MIP and SASRec on ml-1m-subset; the paper uses 1e-3)")
     t.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay")
     add_loo_training_arguments(t)
+    t.add_argument("--no-mask-seen", dest="mask_seen", action="store_false",
+                   help="loo: rank the target against every item, the user's earlier items "
+                        "included (default: those are excluded and the target competes with "
+                        "unseen items only; docs/data.md, repeat consumption)")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--max-users", type=int, default=None,
                    help="train and evaluate on a seeded subsample of this many users")
@@ -394,7 +398,7 @@ def _run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, batch_size=args.batch_size, device=device,
         seed=args.seed, out_dir=str(args.out) if args.out else None, resume=args.resume,
         progress=not args.no_progress, loo_train_targets=args.loo_train_targets,
-        loo_train_positives=args.loo_train_positives,
+        loo_train_positives=args.loo_train_positives, mask_seen=args.mask_seen,
         run_options={"model": args.model, **model_options(args)},
     )
     try:
@@ -409,7 +413,8 @@ def _run(args: argparse.Namespace) -> int:
     except RunDirError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    test = evaluate(model, prepared, "test", config.eval_batch_size, config.device)
+    test = evaluate(model, prepared, "test", config.eval_batch_size, config.device,
+                    mask_seen=config.mask_seen)
     say(f"test ({time.perf_counter() - start:.1f}s total):",
           " ".join(f"{k}={v:.4f}" for k, v in test.items()))
 

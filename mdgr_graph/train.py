@@ -79,6 +79,9 @@ class TrainConfig:
             ComiRec); see :class:`~mdgr_graph.data.dataset.SequenceDataset`.
         loo_train_positives: under ``"random"``, the items after the cut point that are
             positives of a training example (1: the next item only).
+        mask_seen: leave-one-out validation ranks the target against the items the user
+            has not had before it (True, as RecBole) or against every item (False); see
+            :func:`evaluate`.
         run_options: options of the run that ``repr(model)`` does not show (e.g. the
             model's constructor arguments), JSON-serialisable; stored in the checkpoints
             with the data fingerprint and compared on resume.
@@ -103,6 +106,7 @@ class TrainConfig:
     find_unused_parameters: bool = False
     loo_train_targets: str = "last"
     loo_train_positives: int = 1
+    mask_seen: bool = True
     run_options: dict[str, Any] | None = None
 
 
@@ -211,7 +215,10 @@ def run_fingerprint(
         "data": {"options": options, "subsample": prepared.meta.get("subsample"),
                  "sha256": prepared.digest()},
         "model": {"repr": repr(model), "options": config.run_options},
-        "train": {name: getattr(config, name) for name in TRAIN_FINGERPRINT},
+        "train": {name: getattr(config, name) for name in TRAIN_FINGERPRINT}
+                 # the validation ranking picks the best epoch; recorded only when it is
+                 # not the default, so the runs of earlier versions still resume
+                 | ({} if config.mask_seen else {"mask_seen": False}),
     })
 
 
@@ -342,13 +349,15 @@ def evaluate(
     device: str | torch.device = "cpu",
     progress: bool = False,
     max_batches: int | None = None,
+    mask_seen: bool = True,
 ) -> dict[str, float]:
     """Metrics of ``model`` on ``split`` under the dataset's protocol.
 
     Paper: ``auc/sampled`` and ``recall@50/sampled`` per window, averaged. Leave-one-out:
     ``hr@K/full``, ``ndcg@K/full``, ``recall@K/full``, ``mrr/full`` over all items with
-    the user's earlier items excluded, and ``auc/sampled`` against the fixed sampled
-    negatives (reported separately).
+    the user's earlier items excluded (``mask_seen``; the target stays rankable even when
+    it repeats one of them) or, with ``mask_seen=False``, over every item, and
+    ``auc/sampled`` against the fixed sampled negatives (reported separately).
 
     In a process group, rank ``r`` of ``W`` scores examples ``r, r + W, ...`` and every rank
     returns the metrics of the whole split (sums and counts merged across ranks).
@@ -373,7 +382,7 @@ def evaluate(
             acc.update_many(window_metrics_per_row(scores, batch.labels.cpu(), ks=(50,)))
         else:
             scores = model.score_all(batch).float().cpu()
-            exclude = _seen_mask(prepared, batch.sample.cpu(), prefix_end)
+            exclude = _seen_mask(prepared, batch.sample.cpu(), prefix_end) if mask_seen else None
             rank = rank_of_target(scores, batch.target.cpu(), exclude)
             acc.update_many(full_ranking_per_row(rank, ks=(10, 50)))
             sampled = torch.gather(scores, 1, batch.candidates.cpu())
@@ -524,7 +533,8 @@ def _fit(
                 log(f"resumed from {out / 'last.pt'} after epoch {state['epoch']}")
 
     if not trainable:
-        valid = evaluate(model, prepared, "valid", config.eval_batch_size, config.device)
+        valid = evaluate(model, prepared, "valid", config.eval_batch_size, config.device,
+                         mask_seen=config.mask_seen)
         return FitResult(0, 0, 0.0, valid, [{"epoch": 0, "valid": valid}])
 
     step = None
@@ -540,7 +550,8 @@ def _fit(
         start = time.perf_counter()
         loss = _train_epoch(model, optimizer, dataset, config, epoch, step)
         train_time = time.perf_counter() - start
-        valid = evaluate(model, prepared, "valid", config.eval_batch_size, config.device)
+        valid = evaluate(model, prepared, "valid", config.eval_batch_size, config.device,
+                         mask_seen=config.mask_seen)
         seconds = time.perf_counter() - start
         state["train_seconds"] += train_time
         score = valid.get(metric, float("nan"))
