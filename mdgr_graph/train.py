@@ -295,7 +295,8 @@ def _read_run_dir(out: Path, fingerprint: dict[str, Any], resume: bool) -> dict 
 
 
 def check_run_dir(
-    model: SequentialRecommender, prepared: PreparedDataset, config: TrainConfig
+    model: SequentialRecommender, prepared: PreparedDataset, config: TrainConfig,
+    fingerprint: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Check that ``config.out_dir`` may hold this run, before anything is written there.
 
@@ -305,6 +306,8 @@ def check_run_dir(
     (:func:`run_fingerprint`), and ``best.pt`` must be the epoch ``last.pt`` records as
     the best. Returns ``last.pt``'s content (None: start at epoch 0). Raises
     :class:`RunDirError`. Reads on rank 0 only; every rank gets the same answer.
+    ``fingerprint``: :func:`run_fingerprint` of these arguments when the caller has it
+    already (it hashes every array of the data).
     """
     if config.out_dir is None:
         return None
@@ -312,8 +315,9 @@ def check_run_dir(
     answer: tuple[str, Any] | None = None
     if distributed.is_main_process():
         try:
-            answer = ("ok", _read_run_dir(out, run_fingerprint(model, prepared, config),
-                                          config.resume))
+            if fingerprint is None:
+                fingerprint = run_fingerprint(model, prepared, config)
+            answer = ("ok", _read_run_dir(out, fingerprint, config.resume))
         except RunDirError as exc:
             answer = ("error", str(exc))
     # rank 0's answer reaches every rank, also on machines that do not share out_dir
@@ -518,7 +522,7 @@ def _fit(
     best_weights, best_weights_epoch = None, -1
     fingerprint = run_fingerprint(model, prepared, config) if out is not None else None
     if out is not None:
-        ckpt = check_run_dir(model, prepared, config)  # before anything is written
+        ckpt = check_run_dir(model, prepared, config, fingerprint)  # before any write
         if main:
             for tmp in remove_stale_temporaries(out):
                 if log:
