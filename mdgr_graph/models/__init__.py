@@ -84,6 +84,9 @@ def build_model(name: str, prepared: PreparedDataset, **kwargs: Any) -> Sequenti
     target attention without a graph, a control); ``itemknn`` ``neighbours`` and
     ``shrink``, ``ease``
     ``l2``; ``pop`` and ``spop`` (S-POP) take none.
+    ``loss`` (any neural model) sets :attr:`~SequentialRecommender.candidate_loss_kind`:
+    ``"bce"`` (Eq. 17 over the given candidates), ``"sampled_softmax"`` or ``"ce"`` (a
+    softmax over the whole catalogue, issue 27); not given, the model's own default.
     Closed-form models are fitted on the training interactions here; a neural baseline
     with a ``from_prepared(prepared, max_len, **kwargs)`` class method (one that builds a
     global item graph or reads item labels) is built through it.
@@ -93,6 +96,15 @@ def build_model(name: str, prepared: PreparedDataset, **kwargs: Any) -> Sequenti
         raise TypeError(f"{name} takes no options, got {sorted(kwargs)}")
     if name in CLOSED_FORM:
         return cls.from_prepared(prepared, **kwargs)
+    loss = kwargs.pop("loss", None)
+    model = _build_neural(name, cls, prepared, **kwargs)
+    if loss is not None:
+        model.candidate_loss_kind = loss
+    return model
+
+
+def _build_neural(name: str, cls: type, prepared: PreparedDataset,
+                  **kwargs: Any) -> SequentialRecommender:
     max_len = history_length(prepared)
     if name in VARIANTS or name == MIP:
         return MDGR.from_variant(variant_of(name), prepared.num_items, max_len=max_len, **kwargs)

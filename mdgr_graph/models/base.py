@@ -16,10 +16,12 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from torch_geometric.data import Batch
 
-#: Losses over ``batch.candidates`` a model can train with (see :func:`candidate_loss`).
-CANDIDATE_LOSSES: tuple[str, ...] = ("bce", "sampled_softmax")
+#: Losses a model can train with: over ``batch.candidates`` (see :func:`candidate_loss`)
+#: or, ``"ce"``, a softmax over the whole catalogue (:func:`catalogue_softmax_loss`).
+CANDIDATE_LOSSES: tuple[str, ...] = ("bce", "sampled_softmax", "ce")
 
 
 def sampled_softmax_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -47,6 +49,46 @@ def sampled_softmax_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return nn.functional.softplus(gap[positive]).mean()
 
 
+def catalogue_softmax_loss(logits: Tensor, rows: Tensor, targets: Tensor,
+                           chunk_size: int | None = None) -> Tensor:
+    r"""Cross-entropy of a softmax over every real item, one term per positive.
+
+    For a positive item :math:`p` of row :math:`b`,
+    :math:`-\log \frac{e^{s_{b,p}}}{\sum_{v=1}^{I} e^{s_{b,v}}}` (the padding column 0 is
+    left out), averaged over the positives. Used by ``loss="ce"`` (issue 27): the field's
+    strong training of SASRec-style models, against Eq. 17's one sampled negative.
+
+    Args:
+        logits: ``[B, I + 1]`` scores of every item, column 0 the padding, or a callable
+            ``rows -> [len(rows), I + 1]`` that computes them for some rows only (then
+            ``chunk_size`` rows at a time, each chunk checkpointed, so memory holds one
+            chunk's logits).
+        rows: ``[P]`` row of each positive.
+        targets: ``[P]`` item id of each positive (``>= 1``).
+        chunk_size: positives per chunk when ``logits`` is a callable.
+    """
+    if rows.numel() == 0:
+        raise ValueError("catalogue_softmax_loss needs at least one positive")
+    if not callable(logits):
+        return _softmax_terms(logits[rows], targets).mean()
+    step = rows.numel() if chunk_size is None else chunk_size
+
+    def chunk_terms(chunk_rows: Tensor, chunk_targets: Tensor) -> Tensor:
+        return _softmax_terms(logits(chunk_rows), chunk_targets).sum()
+
+    # checkpointed: a chunk's [chunk, I + 1] logits are recomputed in the backward pass
+    # instead of kept, so memory holds one chunk of them, not all positives' at once
+    total = sum(checkpoint(chunk_terms, rows[i : i + step], targets[i : i + step],
+                           use_reentrant=False)
+                for i in range(0, rows.numel(), step))
+    return total / rows.numel()
+
+
+def _softmax_terms(logits: Tensor, targets: Tensor) -> Tensor:
+    real = logits[:, 1:]
+    return torch.logsumexp(real, dim=1) - real.gather(1, (targets - 1).unsqueeze(1)).squeeze(1)
+
+
 def check_candidate_loss(kind: str) -> None:
     """Raise a ``ValueError`` unless ``kind`` is one of :data:`CANDIDATE_LOSSES`."""
     if kind not in CANDIDATE_LOSSES:
@@ -59,6 +101,9 @@ def candidate_loss(logits: Tensor, labels: Tensor, kind: str = "bce") -> Tensor:
     ``"bce"`` is Eq. 17 (mean binary cross-entropy against ``labels``), ``"sampled_softmax"``
     is :func:`sampled_softmax_loss`."""
     check_candidate_loss(kind)
+    if kind == "ce":
+        raise ValueError("loss 'ce' is a softmax over the catalogue, not over the candidates: "
+                         "use catalogue_softmax_loss")
     if kind == "bce":
         return nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
     return sampled_softmax_loss(logits, labels)
@@ -178,10 +223,20 @@ class SequentialRecommender(nn.Module):
         raise NotImplementedError
 
     def loss(self, batch: Batch) -> Tensor | None:
-        """:func:`candidate_loss` of the candidate logits against the labels (by default
+        """:func:`candidate_loss` of the candidate logits against the labels, or with
+        ``"ce"`` :func:`catalogue_softmax_loss` of each positive candidate (by default
         Eq. 17, the mean binary cross-entropy)."""
         labels = self.candidate_labels(batch)
+        if self.candidate_loss_kind == "ce":
+            return self.catalogue_loss(batch, labels)
         return candidate_loss(self.score_candidates(batch), labels, self.candidate_loss_kind)
+
+    def catalogue_loss(self, batch: Batch, labels: Tensor, logits: Tensor | None = None) -> Tensor:
+        """:func:`catalogue_softmax_loss` of every positive of ``batch.candidates`` against
+        all items, from ``logits [B, num_items + 1]`` (default: :meth:`score_all`)."""
+        rows, column = labels.bool().nonzero(as_tuple=True)
+        logits = self.score_all(batch) if logits is None else logits
+        return catalogue_softmax_loss(logits, rows, batch.candidates[rows, column])
 
     def candidate_labels(self, batch: Batch) -> Tensor:
         """``batch.labels [B, C]``, checked to exist and to match ``batch.candidates``."""

@@ -29,6 +29,7 @@ from mdgr_graph.nn.interest import (
     InterestWeight,
     group_index,
 )
+from mdgr_graph.nn.repeat import RepeatScore, check_repeat_mode, interest_summary
 
 #: The paper's Table 3 variants as constructor overrides.
 VARIANTS: dict[str, dict] = {
@@ -187,6 +188,14 @@ class MDGR(SequentialRecommender):
             trains on all candidates as before. (default: :obj:`1`, :obj:`4`)
         candidate_chunk: candidates per graph pass in candidate mode (memory grows as
             ``batch x candidate_chunk`` graphs). (default: :obj:`16`)
+        repeat: ``"none"`` (default, the paper) or ``"gate"``: add
+            :class:`~mdgr_graph.nn.repeat.RepeatScore`'s term to every logit, a learned,
+            user-gated bonus for a candidate already in the input sequence (more for
+            more and more recent occurrences), so the model can say "this again" on logs
+            with repeat consumption (issue 30). Not in the paper. An item absent from the
+            sequence gets exactly 0, so on a log without repeats, or when earlier items are
+            excluded from the ranking (leave-one-out's default, and FAISS retrieval, which
+            uses :meth:`interest_queries` without the term), nothing changes.
     """
 
     def __init__(
@@ -221,6 +230,7 @@ class MDGR(SequentialRecommender):
         train_positives: int | None = 1,
         train_negatives: int | None = 4,
         candidate_chunk: int = 16,
+        repeat: str = "none",
     ) -> None:
         super().__init__(num_items)
         if m < 0:
@@ -255,6 +265,11 @@ class MDGR(SequentialRecommender):
         self.pooling = InterestPooling(dim, k, pool)
         self.weight_head = InterestWeight(dim, time_dim, max_len) if use_weights else None
         self.scorer = InterestScore(dim, weighting)
+        check_repeat_mode(repeat)
+        self.repeat = repeat
+        # created last and initialised without random draws: the other parameters, and a
+        # seeded run on a repeat-free log, stay exactly as without it
+        self.repeat_score = RepeatScore(dim) if repeat == "gate" else None
         self.reset_parameters()
 
     @classmethod
@@ -412,8 +427,13 @@ class MDGR(SequentialRecommender):
                 None if time_terms is None else time_terms[node],
                 None if cluster is None else cluster[node],
             )
-            logit = self.scorer(z, weight, mask, flat_query.unsqueeze(1))
-            scores.append(logit.view(num_seq, num_cand))
+            logit = self.scorer(z, weight, mask, flat_query.unsqueeze(1)).view(num_seq, num_cand)
+            if self.repeat_score is not None:  # the gate reads each pair's own interests
+                chunk = candidates[:, start : start + self.candidate_chunk]
+                evidence = self.repeat_score.evidence(batch.x, batch.ptr, chunk)
+                logit = logit + self.repeat_score(
+                    interest_summary(z, mask), evidence.reshape(-1, 1)).view(num_seq, num_cand)
+            scores.append(logit)
         return torch.cat(scores, dim=1)
 
     def score_candidates(self, batch: Batch) -> Tensor:
@@ -422,7 +442,11 @@ class MDGR(SequentialRecommender):
             self._check_candidates(batch)
             return self.candidate_scores(batch, batch.candidates)
         z, weight, mask, _ = self.interests(batch)
-        return self.scorer(z, weight, mask, self.item_emb(batch.candidates))
+        logit = self.scorer(z, weight, mask, self.item_emb(batch.candidates))
+        if self.repeat_score is not None:
+            evidence = self.repeat_score.evidence(batch.x, batch.ptr, batch.candidates)
+            logit = logit + self.repeat_score(interest_summary(z, mask), evidence)
+        return logit
 
     def loss(self, batch: Batch) -> Tensor:
         """Eq. 17 (or :attr:`candidate_loss_kind`) over the candidates; in candidate mode
@@ -442,9 +466,13 @@ class MDGR(SequentialRecommender):
             items = torch.arange(self.num_items + 1, device=batch.x.device)
             return self.candidate_scores(batch, items.expand(batch.num_graphs, -1))
         z, weight, mask, _ = self.interests(batch)
-        return self.score_item_chunks(
+        logit = self.score_item_chunks(
             lambda items: self.scorer(z, weight, mask, items), self.item_emb.weight, chunk_size
         )
+        if self.repeat_score is not None:
+            evidence = self.repeat_score.evidence(batch.x, batch.ptr, num_items=self.num_items)
+            logit = logit + self.repeat_score(interest_summary(z, mask), evidence)
+        return logit
 
     def _check_batch(self, batch: Batch) -> None:
         for key in ("x", "t", "pos", "batch", "ptr"):
@@ -470,5 +498,6 @@ class MDGR(SequentialRecommender):
             + (f", cluster_on='{self.cluster_on}'" if self.cluster_on != "state" else "")
             + (f", query='candidate', train_sample={self.train_sample}"
                if self.query == "candidate" else "")
+            + (f", repeat='{self.repeat}'" if self.repeat != "none" else "")
             + ")"
         )

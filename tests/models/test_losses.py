@@ -1,14 +1,21 @@
-"""The candidate losses of models.base: binary cross-entropy and sampled softmax."""
+"""The losses of models.base: binary cross-entropy, sampled softmax over the candidates,
+and the softmax over the whole catalogue (``"ce"``, issue 27)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from torch_geometric.data import Batch
 
+from mdgr_graph.data.dataset import make_sequence_graph
+from mdgr_graph.models import MDGR, BERT4Rec, DCRec, GRU4Rec, SASRec
 from mdgr_graph.models.base import (
     CANDIDATE_LOSSES,
     SequentialRecommender,
     candidate_loss,
+    catalogue_softmax_loss,
     sampled_softmax_loss,
 )
 
@@ -58,7 +65,9 @@ def test_edge_cases_and_errors():
         sampled_softmax_loss(logits, torch.ones(2, 4))
     with pytest.raises(ValueError, match="unknown candidate loss 'hinge'"):
         candidate_loss(logits, torch.ones(2, 3), "hinge")
-    assert CANDIDATE_LOSSES == ("bce", "sampled_softmax")
+    assert CANDIDATE_LOSSES == ("bce", "sampled_softmax", "ce")
+    with pytest.raises(ValueError, match="softmax over the catalogue"):
+        candidate_loss(logits, torch.ones(2, 3), "ce")
     labels = torch.tensor([[1.0, 0, 0], [0, 1, 0]])
     assert torch.allclose(candidate_loss(logits, labels),
                           torch.nn.functional.binary_cross_entropy_with_logits(logits, labels))
@@ -73,3 +82,98 @@ def test_candidate_loss_kind_is_checked_when_set():
         model.candidate_loss_kind = "hinge"
     assert model.candidate_loss_kind == "sampled_softmax"
     assert SequentialRecommender(5).candidate_loss_kind == "bce"  # per instance
+
+
+def test_catalogue_softmax_is_cross_entropy_over_the_real_items():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 11, generator=gen, requires_grad=True)
+    rows, targets = torch.tensor([0, 1, 1, 3]), torch.tensor([3, 1, 10, 7])
+    loss = catalogue_softmax_loss(logits, rows, targets)
+    expected = torch.nn.functional.cross_entropy(logits[rows, 1:], targets - 1)
+    assert torch.allclose(loss, expected, atol=1e-6)
+    # padding column 0 takes no part: changing it changes nothing
+    shifted = logits.detach().clone()
+    shifted[:, 0] = 100.0
+    assert torch.allclose(catalogue_softmax_loss(shifted, rows, targets), expected, atol=1e-6)
+    (grad,) = torch.autograd.grad(loss, logits)
+    # chunked and checkpointed: the same value and gradient
+    chunked = catalogue_softmax_loss(lambda r: logits[r], rows, targets, chunk_size=3)
+    assert torch.allclose(chunked, loss, atol=1e-6)
+    (chunk_grad,) = torch.autograd.grad(chunked, logits)
+    assert torch.allclose(chunk_grad, grad, atol=1e-6)
+    with pytest.raises(ValueError, match="at least one positive"):
+        catalogue_softmax_loss(logits, rows[:0], targets[:0])
+
+
+NUM_ITEMS = 25
+
+
+def _batch(num_graphs=3, length=6, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    graphs = []
+    for _ in range(num_graphs):
+        x = torch.randint(1, NUM_ITEMS + 1, (length,), generator=gen)
+        cand = torch.randint(1, NUM_ITEMS + 1, (4,), generator=gen)
+        graphs.append(make_sequence_graph(x, torch.arange(length, dtype=torch.float),
+                                          candidates=cand,
+                                          labels=torch.tensor([1.0, 0, 0, 0])))
+    return Batch.from_data_list(graphs)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SASRec(NUM_ITEMS, max_len=8, dim=8),
+    lambda: GRU4Rec(NUM_ITEMS, max_len=8, dim=8),
+    lambda: BERT4Rec(NUM_ITEMS, max_len=8, dim=8, cloze_weight=0.0),
+    lambda: MDGR(NUM_ITEMS, dim=8, k=2, m=1, max_len=8, time_dim=4, pos_dim=4),
+], ids=["sasrec", "gru4rec", "bert4rec", "mdgr"])
+def test_ce_loss_is_the_catalogue_softmax_of_score_all(make):
+    torch.manual_seed(0)
+    model = make()
+    model.eval()  # no dropout: the loss and score_all see the same network
+    model.candidate_loss_kind = "ce"
+    batch = _batch()
+    loss = model.loss(batch)
+    targets = batch.candidates.view(3, -1)[:, 0]
+    every = model.score_all(batch)
+    expected = torch.nn.functional.cross_entropy(every[:, 1:], targets - 1)
+    assert torch.allclose(loss, expected, atol=1e-5)
+    loss.backward()
+    assert model.item_emb.weight.grad.abs().sum() > 0
+
+
+def test_ce_history_targets_softmax_over_every_position():
+    torch.manual_seed(0)
+    model = SASRec(NUM_ITEMS, max_len=8, dim=8, history_targets=True)
+    model.eval()
+    batch = _batch()
+    model.candidate_loss_kind = "ce"
+    states, mask = model.sequence_states(batch)
+    items, _ = model.dense_items(batch)
+    logits = states[:, :-1] @ model.item_emb.weight[1:].t()
+    history = torch.nn.functional.cross_entropy(logits[mask[:, 1:]], items[:, 1:][mask[:, 1:]] - 1)
+    every = model.score_all(batch)
+    target = torch.nn.functional.cross_entropy(every[:, 1:], batch.candidates.view(3, -1)[:, 0] - 1)
+    assert torch.allclose(model.loss(batch), target + history, atol=1e-5)
+    model.HISTORY_CHUNK = 4  # several checkpointed chunks: the same loss
+    assert torch.allclose(model.loss(batch), target + history, atol=1e-5)
+
+
+def test_dcrec_ce_loss_runs_and_build_model_sets_the_kind():
+    from mdgr_graph.data.prepare import DataOptions, prepare_dataset
+    from mdgr_graph.models import build_model
+
+    synthetic = {"num_users": 30, "num_items": 40, "num_topics": 2, "length": (10, 20),
+                 "topics_per_user": (1, 2)}
+    prepared = prepare_dataset(DataOptions(protocol="loo", max_len=10, negatives=5,
+                                           synthetic=synthetic), cache_dir=None)
+    model = build_model("sasrec", prepared, dim=8, loss="ce")
+    assert model.candidate_loss_kind == "ce"
+    assert build_model("sasrec", prepared, dim=8).candidate_loss_kind == "bce"
+    with pytest.raises(ValueError, match="unknown candidate loss"):
+        build_model("gru4rec", prepared, dim=8, loss="hinge")
+    dcrec = build_model("dcrec", prepared, dim=8, loss="ce")
+    assert isinstance(dcrec, DCRec)
+    from mdgr_graph.train import TrainConfig, fit
+
+    result = fit(dcrec, prepared, TrainConfig(epochs=1, progress=False, batch_size=16))
+    assert math.isfinite(result.history[0]["loss"]) and result.history[0]["loss"] > 0

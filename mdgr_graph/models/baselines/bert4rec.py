@@ -235,14 +235,19 @@ class BERT4Rec(SequentialRecommender):
         return nn.functional.cross_entropy(logits, items[masked] - 1)
 
     def loss(self, batch: Batch) -> Tensor:
-        """Candidate BCE at the appended [mask] plus ``cloze_weight`` x cloze loss."""
+        """Candidate BCE at the appended [mask] (``candidate_loss_kind = "ce"``: a softmax
+        over every item) plus ``cloze_weight`` x cloze loss."""
         self._check_candidates(batch)
         labels = self.candidate_labels(batch)
         items, mask = self.dense_items(batch)
         ext_items, ext_mask, appended = self.append_mask(items, mask)
         user = self.output(self.encode(ext_items, ext_mask, appended)[appended])
-        logits = self._score(user, batch.candidates)
-        loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+        if self.candidate_loss_kind == "ce":  # issue 27: softmax over every item
+            every = user @ self.item_emb.weight.t() + self.out_bias
+            loss = self.catalogue_loss(batch, labels, every)
+        else:
+            logits = self._score(user, batch.candidates)
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
         if self.cloze_weight > 0:
             loss = loss + self.cloze_weight * self.cloze_loss(items, mask)
         return loss

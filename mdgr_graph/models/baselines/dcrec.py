@@ -743,8 +743,11 @@ class DCRec(SequentialRecommender):
         items, mask = self.dense_items(batch)
         adj_view, sim_view = self.graph_views()
         user = self._user(items, mask, adj_view, sim_view)
-        logits = torch.einsum("bd,bcd->bc", user, self.item_emb(batch.candidates))
-        loss = candidate_loss(logits, labels, self.candidate_loss_kind)
+        if self.candidate_loss_kind == "ce":  # issue 27: softmax over every item
+            loss = self.catalogue_loss(batch, labels, user @ self.item_emb.weight.t())
+        else:
+            logits = torch.einsum("bd,bcd->bc", user, self.item_emb(batch.candidates))
+            loss = candidate_loss(logits, labels, self.candidate_loss_kind)
         if self.cl_weight or self.kl_weight:
             cl, kl = self.auxiliary_losses(items, mask, adj_view, sim_view)
             loss = loss + cl + kl

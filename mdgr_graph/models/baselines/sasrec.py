@@ -19,7 +19,11 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 from torch_geometric.utils import to_dense_batch
 
-from mdgr_graph.models.base import SequentialRecommender, check_positive
+from mdgr_graph.models.base import (
+    SequentialRecommender,
+    catalogue_softmax_loss,
+    check_positive,
+)
 
 
 def recent_nodes(value: Tensor, index: Tensor, batch_size: int, max_len: int
@@ -76,12 +80,22 @@ class CausalSequenceRecommender(SequentialRecommender):
     the window targets only; the option lets a model learn from the inside of the history
     too, as SASRec and GRU4Rec are trained in their own papers.
 
+    With ``candidate_loss_kind = "ce"`` (``loss="ce"`` of ``build_model``; issue 27) both
+    terms become a softmax over the whole catalogue instead
+    (:func:`~mdgr_graph.models.base.catalogue_softmax_loss`): the target against every
+    item, and every history position's next item against every item, in checkpointed
+    chunks of :attr:`HISTORY_CHUNK` positions. This is the strong training the
+    leave-one-out literature compares against (SASRec with a full or sampled softmax).
+
     Args:
         num_items: number of real items (ids ``1..num_items``; 0 is padding).
         max_len: longest history the model reads (longer ones are cut).
         dim: width :math:`d` of states and item embeddings.
         history_targets: add the next-item loss inside the history (see above).
     """
+
+    #: History positions per chunk of the catalogue softmax (``loss="ce"``).
+    HISTORY_CHUNK = 1024
 
     def __init__(self, num_items: int, max_len: int, dim: int, history_targets: bool) -> None:
         super().__init__(num_items)
@@ -148,14 +162,19 @@ class CausalSequenceRecommender(SequentialRecommender):
         self._check_candidates(batch)
         labels = self.candidate_labels(batch)
         states, mask, items = self._states(batch)
-        logits = self._score(self._last(states, mask), batch.candidates)
-        loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+        user = self._last(states, mask)
+        if self.candidate_loss_kind == "ce":
+            loss = self.catalogue_loss(batch, labels, user @ self.item_emb.weight.t())
+        else:
+            logits = self._score(user, batch.candidates)
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
         if self.history_targets:
             loss = loss + self.history_loss(states, mask, items)
         return loss
 
     def history_loss(self, states: Tensor, mask: Tensor, items: Tensor) -> Tensor:
-        """Next-item BCE inside the history, one uniform negative per position.
+        """Next-item BCE inside the history, one uniform negative per position (with
+        ``candidate_loss_kind = "ce"``: a softmax over every item per position).
 
         Args:
             states: ``[B, L, d]`` states (:meth:`sequence_states`).
@@ -173,6 +192,10 @@ class CausalSequenceRecommender(SequentialRecommender):
             return states.sum() * 0.0
         h = states[:, :-1][valid]  # [P, d]
         pos = target[valid]
+        if self.candidate_loss_kind == "ce":  # every item, HISTORY_CHUNK positions at a time
+            return catalogue_softmax_loss(lambda rows: h[rows] @ self.item_emb.weight.t(),
+                                          torch.arange(pos.numel(), device=pos.device), pos,
+                                          chunk_size=self.HISTORY_CHUNK)
         neg = torch.randint(1, self.num_items + 1, pos.shape, device=pos.device)
         pos_logit = (h * self.item_emb(pos)).sum(-1)
         neg_logit = (h * self.item_emb(neg)).sum(-1)
