@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 from mdgr_graph.data.protocols import ragged_ranges
+from mdgr_graph.io import atomic_torch_save
 
 try:
     import faiss
@@ -516,8 +517,6 @@ class InterestExport:
 
     def save(self, path: str | Path) -> None:
         """Write every field with ``torch.save``, atomically."""
-        from mdgr_graph.train import atomic_torch_save
-
         atomic_torch_save(asdict(self), Path(path))
 
     @classmethod

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -40,6 +38,8 @@ from mdgr_graph import distributed
 from mdgr_graph.data.dataset import SequenceDataset
 from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.data.protocols import ragged_ranges
+from mdgr_graph.io import atomic_torch_save, atomic_write_text, remove_stale_temporaries
+from mdgr_graph.io import atomic_write_bytes as atomic_write_bytes  # re-export (scripts)
 from mdgr_graph.metrics import (
     MetricAccumulator,
     full_ranking_per_row,
@@ -132,50 +132,6 @@ class FitResult:
     train_seconds: float
     best_valid: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------------- atomic files
-def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through ``write(fileobj)`` into a temporary file, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    atomic_write_bytes(path, lambda fh: torch.save(obj, fh))
-
-
-def remove_stale_temporaries(folder: Path, names: tuple[str, ...] = ATOMIC_FILES) -> list[Path]:
-    """Remove the ``.NAME.*.tmp`` files that :func:`atomic_write_bytes` leaves when a
-    process is killed mid-write, for each ``NAME`` of ``names``; return them."""
-    removed = []
-    for name in names:
-        for tmp in sorted(Path(folder).glob(f".{name}.*.tmp")):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
 
 
 # ---------------------------------------------------------------------- run folders
@@ -524,7 +480,7 @@ def _fit(
     if out is not None:
         ckpt = check_run_dir(model, prepared, config, fingerprint)  # before any write
         if main:
-            for tmp in remove_stale_temporaries(out):
+            for tmp in remove_stale_temporaries(out, ATOMIC_FILES):
                 if log:
                     log(f"removed {tmp}, left by an interrupted write")
             atomic_write_text(out / "config.json", json.dumps(asdict(config), indent=2))

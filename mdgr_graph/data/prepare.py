@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from mdgr_graph.data.protocols import (
 )
 from mdgr_graph.data.readers import read_interactions
 from mdgr_graph.data.synthetic import generate_synthetic
+from mdgr_graph.io import atomic_write_bytes
 
 FORMATS = ("movielens", "amazon", "taobao", "csv", "synthetic")
 PROTOCOLS = ("paper", "loo")
@@ -425,19 +425,12 @@ class PreparedDataset:
         return h.hexdigest()
 
     def save(self, path: Path) -> None:
-        """Write atomically (a temporary file in the same folder, then a rename), with the
-        :meth:`checksum` that :meth:`load` verifies."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, __meta__=np.array(json.dumps(self.meta)),
-                         **{_CHECKSUM: np.array(self.checksum())}, **self.arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Write atomically (:func:`~mdgr_graph.io.atomic_write_bytes`: a temporary file
+        in the same folder, then a rename), with the :meth:`checksum` that :meth:`load`
+        verifies."""
+        atomic_write_bytes(path, lambda fh: np.savez(
+            fh, __meta__=np.array(json.dumps(self.meta)),
+            **{_CHECKSUM: np.array(self.checksum())}, **self.arrays))
 
     @classmethod
     def load(cls, path: Path) -> PreparedDataset:
