@@ -585,27 +585,15 @@ def export_interests(
 
 
 def history_items(prepared, split: str) -> tuple[Tensor, Tensor]:
-    """Items each example of ``split`` has already seen, as ``(ptr [U + 1], items [M])``.
+    """Items each example of ``split`` has already seen, as ``(ptr [U + 1], items [M])``:
+    :meth:`~mdgr_graph.data.prepare.PreparedDataset.seen_items` as LongTensors.
 
     Paper protocol: the window's history (the model's input). Leave-one-out: the user's
     whole sequence before the split's target (what full-ranking evaluation excludes).
     Rows follow :class:`~mdgr_graph.data.dataset.SequenceDataset` order, so the pair can be
     passed to :func:`retrieve` as ``exclude``.
     """
-    from mdgr_graph.data.protocols import SPLIT_NAMES, ragged_ranges
-
-    if split not in SPLIT_NAMES:
-        raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLIT_NAMES)}")
-    a = prepared.arrays
-    if prepared.protocol == "paper":
-        rows = np.flatnonzero(a["window_split"] == SPLIT_NAMES.index(split))
-        hist = a["hist_items"][rows]
-        ptr = np.arange(len(rows) + 1) * hist.shape[1]
-        return torch.from_numpy(ptr).long(), torch.from_numpy(hist.reshape(-1)).long()
-    start = a["seq_ptr"][:-1]
-    end = prepared.loo_example(split)["prefix_end"]
-    items = a["seq_items"][ragged_ranges(start, end)[1]]
-    ptr = np.concatenate([[0], np.cumsum(end - start)])
+    ptr, items = prepared.seen_items(split)
     return torch.from_numpy(ptr).long(), torch.from_numpy(items).long()
 
 

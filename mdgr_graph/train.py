@@ -284,19 +284,17 @@ def check_run_dir(
 
 
 # ---------------------------------------------------------------------- evaluation
-def _seen_mask(prepared: PreparedDataset, rows: Tensor, prefix_end: np.ndarray) -> Tensor:
-    """``[B, num_items + 1]``: items of each user's sequence before the split's target.
+def _seen_mask(seen: tuple[np.ndarray, np.ndarray], rows: Tensor, num_items: int) -> Tensor:
+    """``[B, num_items + 1]``: True at the items each of ``rows`` has already seen.
 
-    ``rows`` are leave-one-out examples (one per user, so row == user) and ``prefix_end``
-    the offset of every user's target in ``seq_items`` (``loo_example(split)``).
+    ``seen`` is :meth:`~mdgr_graph.data.prepare.PreparedDataset.seen_items` of the split
+    and ``rows`` its examples (leave-one-out: one per user, so row == user).
     """
-    ptr = prepared.arrays["seq_ptr"]
-    users = rows.cpu().numpy()
-    start, end = ptr[users], prefix_end[users]
-    row_of, index = ragged_ranges(start, end)
-    items = prepared.arrays["seq_items"][index]
-    mask = torch.zeros(len(users), prepared.num_items + 1, dtype=torch.bool)
-    mask[torch.from_numpy(row_of), torch.from_numpy(items)] = True
+    ptr, items = seen
+    rows = rows.cpu().numpy()
+    row_of, index = ragged_ranges(ptr[rows], ptr[rows + 1])
+    mask = torch.zeros(len(rows), num_items + 1, dtype=torch.bool)
+    mask[torch.from_numpy(row_of), torch.from_numpy(items[index])] = True
     return mask
 
 
@@ -330,7 +328,7 @@ def evaluate(
         )
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     acc = MetricAccumulator()
-    prefix_end = prepared.loo_example(split)["prefix_end"] if prepared.protocol == "loo" else None
+    seen = prepared.seen_items(split) if prepared.protocol == "loo" and mask_seen else None
     show = progress and distributed.is_main_process()
     for i, batch in enumerate(tqdm(loader, desc=f"eval {split}", disable=not show,
                                    leave=False)):
@@ -342,7 +340,8 @@ def evaluate(
             acc.update_many(window_metrics_per_row(scores, batch.labels.cpu(), ks=(50,)))
         else:
             scores = model.score_all(batch).float().cpu()
-            exclude = _seen_mask(prepared, batch.sample.cpu(), prefix_end) if mask_seen else None
+            exclude = (None if seen is None
+                       else _seen_mask(seen, batch.sample.cpu(), prepared.num_items))
             rank = rank_of_target(scores, batch.target.cpu(), exclude)
             acc.update_many(full_ranking_per_row(rank, ks=(10, 50)))
             sampled = torch.gather(scores, 1, batch.candidates.cpu())

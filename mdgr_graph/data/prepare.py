@@ -219,6 +219,28 @@ class PreparedDataset:
             self._seen = SeenItems(user, self.arrays["seq_items"], self.num_items)
         return self._seen
 
+    def seen_items(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """Items each example of ``split`` has already seen, ragged: ``(ptr [R + 1],
+        items [M])``, example ``r`` holding ``items[ptr[r]:ptr[r + 1]]`` in time order
+        (repeats kept).
+
+        Paper protocol: the window's history (the model's input). Leave-one-out: the
+        user's whole sequence before the split's target, not cut to ``max_len`` (what the
+        full ranking excludes, and retrieval by default). Rows follow
+        :class:`~mdgr_graph.data.dataset.SequenceDataset` order, so row ``r`` is the
+        ``r``-th window of the split (paper) or user ``r`` (leave-one-out).
+        """
+        if split not in SPLIT_NAMES:
+            raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLIT_NAMES)}")
+        a = self.arrays
+        if self.protocol == "paper":
+            hist = a["hist_items"][a["window_split"] == SPLIT_NAMES.index(split)]
+            ptr = np.arange(len(hist) + 1) * hist.shape[1]
+            return ptr, hist.reshape(-1)
+        start, end = a["seq_ptr"][:-1], self._loo_target_pos(split)
+        items = a["seq_items"][ragged_ranges(start, end)[1]]
+        return np.concatenate([[0], np.cumsum(end - start)]), items
+
     def split_size(self, split: str) -> int:
         code = SPLIT_NAMES.index(split)
         if self.protocol == "paper":
@@ -292,8 +314,12 @@ class PreparedDataset:
             ``prefix_end [U]`` (offset of the target in ``seq_items``).
         """
         self._require_loo("loo_example")
+        return self.loo_rows(self._loo_target_pos(split))
+
+    def _loo_target_pos(self, split: str) -> np.ndarray:
+        """``[U]`` offset in ``seq_items`` of every user's target of a leave-one-out split."""
         offset = {"train": 3, "valid": 2, "test": 1}[split]
-        return self.loo_rows(self.arrays["seq_ptr"][1:] - offset)
+        return self.arrays["seq_ptr"][1:] - offset
 
     def loo_rows(self, target_pos: np.ndarray) -> dict[str, np.ndarray]:
         """Like :meth:`loo_example`, for user ``u`` the target at offset ``target_pos[u]``
