@@ -75,6 +75,34 @@ def test_weighted_cosine_is_the_mean_of_head_cosines():
     assert torch.all(sim[1, 3:] == 0)  # padding
 
 
+def test_weighted_cosine_is_mdgrs_and_equals_surges_former_copy_bit_for_bit():
+    """SURGE uses the layer's weighted cosine (nn/metric.py); it replaced a copy without
+    the power-of-two rescaling, which it equals bit for bit, gradients too, at the
+    magnitudes of embeddings (trained SURGE runs reproduce)."""
+    from mdgr_graph.nn import metric
+
+    assert weighted_cosine is metric.weighted_cosine
+
+    def former(x, weight):
+        xh = F.normalize(x.unsqueeze(1) * weight.unsqueeze(0).unsqueeze(2), dim=-1)
+        sim = (xh @ xh.transpose(-1, -2)).mean(dim=1)
+        return 0.5 * (sim + sim.transpose(-1, -2))
+
+    gen = torch.Generator().manual_seed(3)
+    for scale in (1e-3, 0.05, 1.0, 30.0):
+        x = (torch.randn(4, 7, D, generator=gen) * scale)
+        x[1, 5:] = 0  # padding rows
+        w = torch.randn(3, D, generator=gen) * 0.1 + 1.0
+        grads = []
+        for fn in (weighted_cosine, former):
+            xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+            sim = fn(xs, ws)
+            (sim * torch.linspace(-1, 1, sim.numel()).view_as(sim)).sum().backward()
+            grads.append((sim.detach(), xs.grad, ws.grad))
+        for new, old in zip(*grads, strict=True):
+            assert torch.equal(new, old)
+
+
 @pytest.mark.parametrize("epsilon", [0.0, 0.1, 0.3, 0.5, 1.0])
 def test_interest_graph_keeps_the_budget_symmetric_and_matches_a_reference(epsilon):
     sizes = [1, 2, 5, 9, 7]

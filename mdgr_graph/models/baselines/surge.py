@@ -7,7 +7,8 @@ interests, and a target-attentive GRU reads the pooled interests in time order:
 
 1. **Interest graph** (Sec. 3.2): weighted cosine metric with :math:`\phi` learnable heads,
    :math:`M_{ij} = \frac{1}{\phi} \sum_\delta \cos(\mathbf{w}_\delta \odot \mathbf{h}_i,
-   \mathbf{w}_\delta \odot \mathbf{h}_j)` over the item embeddings, sparsified by a
+   \mathbf{w}_\delta \odot \mathbf{h}_j)` over the item embeddings (the same weighted
+   cosine as MDGR's Eq. 7-8, :func:`mdgr_graph.nn.metric.weighted_cosine`), sparsified by a
    *relative ranking of the whole graph*: the :math:`\varepsilon n^2` largest entries of
    :math:`M` become edges (:func:`interest_graph`).
 2. **Interest fusion** (Sec. 3.3): graph convolution with cluster-aware attention
@@ -50,32 +51,13 @@ from mdgr_graph.models.base import (
     sample_candidates,
 )
 from mdgr_graph.models.baselines.sasrec import dense_recent
-from mdgr_graph.nn.dynamic_cluster_conv import edge_budget
+from mdgr_graph.nn.metric import edge_budget, weighted_cosine
 
 #: Where the query of the fusion, extraction and AUGRU attention comes from.
 QUERIES = ("last", "candidate")
 
 
 # ---------------------------------------------------------------------- interest graph
-def weighted_cosine(x: Tensor, weight: Tensor) -> Tensor:
-    r"""Multi-head weighted cosine similarity (SURGE Eq. 1-2), exactly symmetric.
-
-    :math:`M_{ij} = \frac{1}{\phi} \sum_{\delta=1}^{\phi} \cos(\mathbf{w}_\delta \odot
-    \mathbf{x}_i, \mathbf{w}_\delta \odot \mathbf{x}_j)`; a zero row (padding) has
-    similarity 0 with everything.
-
-    Args:
-        x: dense node features ``[B, n, d]``.
-        weight: metric weights ``[phi, d]``.
-
-    Returns:
-        ``[B, n, n]``.
-    """
-    xh = F.normalize(x.unsqueeze(1) * weight.unsqueeze(0).unsqueeze(2), dim=-1)  # [B,phi,n,d]
-    sim = (xh @ xh.transpose(-1, -2)).mean(dim=1)
-    return 0.5 * (sim + sim.transpose(-1, -2))
-
-
 def pair_budget(num_nodes: Tensor, epsilon: float) -> Tensor:
     r"""Unordered pairs kept per graph: :math:`\min(\lceil \varepsilon n^2 / 2 \rceil,
     n(n-1)/2)`, i.e. :math:`\varepsilon n^2` entries of the symmetric :math:`M`, as a
