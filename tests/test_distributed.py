@@ -14,6 +14,8 @@ import torch
 from torch_geometric.loader import DataLoader
 
 from mdgr_graph import distributed
+from mdgr_graph.cli import train as train_cli
+from mdgr_graph.cli.model_options import model_options
 from mdgr_graph.data.cli import cache_dir_from_args, options_from_args
 from mdgr_graph.data.dataset import SequenceDataset
 from mdgr_graph.data.prepare import prepare_dataset
@@ -22,8 +24,6 @@ from mdgr_graph.models import build_model
 from mdgr_graph.train import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "examples"))
-import train_mdgr  # noqa: E402
 
 
 def test_single_process_helpers(monkeypatch):
@@ -83,9 +83,9 @@ def _torchrun(argv: list[str]) -> subprocess.CompletedProcess:
 
 def _single_process_test_metrics(argv: list[str], checkpoint: Path) -> dict[str, float]:
     """Rebuild the run's data and model in this process and evaluate ``checkpoint``."""
-    args = train_mdgr.parse_args(argv)
+    args = train_cli.parse_args(argv)
     prepared = prepare_dataset(options_from_args(args), cache_dir=cache_dir_from_args(args))
-    model = build_model(args.model, prepared, **train_mdgr.model_options(args))
+    model = build_model(args.model, prepared, **model_options(args))
     model.load_state_dict(torch.load(checkpoint, weights_only=False)["model"])
     return evaluate(model, prepared, "test")
 

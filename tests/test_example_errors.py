@@ -8,16 +8,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import explain_user  # noqa: E402
-import retrieve  # noqa: E402
-import train_mdgr  # noqa: E402
+from mdgr_graph.cli import explain as explain_cli
+from mdgr_graph.cli import retrieve as retrieve_cli
+from mdgr_graph.cli import train as train_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUIET = ["--no-progress", "--threads", "1"]
@@ -30,7 +28,7 @@ def run(tmp_path_factory) -> Path:
     argv = ["--protocol", "loo", "--synthetic-users", "60", "--synthetic-items", "200",
             "--synthetic-topics", "3", "--max-len", "10", "--negatives", "10", "--dim", "8",
             "--k", "3", "--m", "1", "--epochs", "1", "--no-cache", "--out", str(out), *QUIET]
-    assert train_mdgr.main(argv) == 0
+    assert train_cli.main(argv) == 0
     return out
 
 
@@ -85,7 +83,7 @@ DAMAGE_IDS = ["args-number", "args-not-json", "dim-string", "k-null", "foreign-w
 @pytest.mark.parametrize(("edit", "message"), RUN_DAMAGE, ids=DAMAGE_IDS)
 def test_retrieve_hand_edited_run(edit, message, run, tmp_path, capsys):
     folder = edited_copy(run, tmp_path, edit)
-    line = one_error(retrieve.main, [str(folder), *QUIET], capsys)
+    line = one_error(retrieve_cli.main, [str(folder), *QUIET], capsys)
     assert message in line and str(folder) in line
 
 
@@ -93,7 +91,7 @@ def test_retrieve_hand_edited_run(edit, message, run, tmp_path, capsys):
 def test_explain_hand_edited_run(edit, message, run, tmp_path, capsys):
     folder = edited_copy(run, tmp_path, edit)
     out = tmp_path / "pictures"
-    line = one_error(explain_user.main, ["--run", str(folder), "--out-dir", str(out)], capsys)
+    line = one_error(explain_cli.main, ["--run", str(folder), "--out-dir", str(out)], capsys)
     assert message in line and str(folder) in line
     assert not out.exists()
 
@@ -113,15 +111,15 @@ def test_retrieve_bad_options(run, capsys):
     if not torch.cuda.is_available():
         cases.append((["--device", "cuda"], "CUDA is not available"))
     for options, message in cases:
-        assert message in one_error(retrieve.main, [str(run), "--no-progress", *options],
+        assert message in one_error(retrieve_cli.main, [str(run), "--no-progress", *options],
                                     capsys), options
 
 
 def test_retrieve_missing_run_and_checkpoint(run, tmp_path, capsys):
-    line = one_error(retrieve.main, [str(tmp_path / "nope"), *QUIET], capsys)
+    line = one_error(retrieve_cli.main, [str(tmp_path / "nope"), *QUIET], capsys)
     assert "args.json not found" in line
     assert not (tmp_path / "nope").exists()  # nothing created for a missing run
-    line = one_error(retrieve.main, [str(run), "--checkpoint", "nope.pt", *QUIET], capsys)
+    line = one_error(retrieve_cli.main, [str(run), "--checkpoint", "nope.pt", *QUIET], capsys)
     assert "nope.pt not found" in line
 
 
@@ -130,7 +128,7 @@ def test_retrieve_unwritable_outputs_are_refused_before_the_search(run, tmp_path
     def no_search(*args, **kwargs):
         raise AssertionError("searched before checking the outputs")
 
-    monkeypatch.setattr(retrieve.retrieval, "export_interests", no_search)
+    monkeypatch.setattr(retrieve_cli.retrieval, "export_interests", no_search)
     a_file = tmp_path / "file"
     a_file.write_text("x")
     (tmp_path / "folder.json").mkdir()
@@ -141,7 +139,7 @@ def test_retrieve_unwritable_outputs_are_refused_before_the_search(run, tmp_path
         (["--export", str(tmp_path / "folder.json")], "is a directory, not a file"),
     ]
     for options, message in cases:
-        line = one_error(retrieve.main, [str(run), *QUIET, *options], capsys)
+        line = one_error(retrieve_cli.main, [str(run), *QUIET, *options], capsys)
         assert message in line and options[0] in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder.json"]
 
@@ -153,7 +151,7 @@ def test_retrieve_read_only_folder(run, tmp_path, capsys):
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        line = one_error(retrieve.main, [str(run), *QUIET, "--out", str(locked / "t.json")],
+        line = one_error(retrieve_cli.main, [str(run), *QUIET, "--out", str(locked / "t.json")],
                          capsys)
     finally:
         locked.chmod(0o700)
@@ -176,14 +174,14 @@ def test_explain_bad_options(run, tmp_path, capsys):
     ]
     out = tmp_path / "pictures"
     for options, message in cases:
-        line = one_error(explain_user.main, ["--run", str(run), "--out-dir", str(out),
+        line = one_error(explain_cli.main, ["--run", str(run), "--out-dir", str(out),
                                              *options], capsys)
         assert message in line, (options, line)
     assert not out.exists()
 
 
 def test_explain_missing_run(tmp_path, capsys):
-    line = one_error(explain_user.main, ["--run", str(tmp_path / "nope")], capsys)
+    line = one_error(explain_cli.main, ["--run", str(tmp_path / "nope")], capsys)
     assert "args.json not found" in line
 
 
@@ -192,7 +190,7 @@ def test_explain_unwritable_outputs_are_refused_before_drawing(run, tmp_path, ca
     def no_drawing(*args, **kwargs):
         raise AssertionError("drew before checking the outputs")
 
-    monkeypatch.setattr(explain_user, "trace_interests", no_drawing)
+    monkeypatch.setattr(explain_cli, "trace_interests", no_drawing)
     a_file = tmp_path / "file"
     a_file.write_text("x")
     taken = tmp_path / "taken"
@@ -203,14 +201,14 @@ def test_explain_unwritable_outputs_are_refused_before_drawing(run, tmp_path, ca
         (["--out-dir", str(taken), "--prefix", "me"], "me-weights.png is a directory"),
     ]
     for options, message in cases:
-        line = one_error(explain_user.main, ["--run", str(run), *options], capsys)
+        line = one_error(explain_cli.main, ["--run", str(run), *options], capsys)
         assert message in line, line
     assert sorted(p.name for p in taken.iterdir()) == ["me-weights.png"]
 
 
 def test_explain_still_draws(run, tmp_path, capsys):
     out = tmp_path / "pictures"
-    assert explain_user.main(["--run", str(run), "--out-dir", str(out), "--prefix", "me",
+    assert explain_cli.main(["--run", str(run), "--out-dir", str(out), "--prefix", "me",
                               "--dpi", "40"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "me-graphs.png", "me-interests.json", "me-weights.png"]

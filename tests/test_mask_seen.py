@@ -15,10 +15,10 @@ from mdgr_graph.metrics import full_ranking_metrics, rank_of_target
 from mdgr_graph.models import build_model
 from mdgr_graph.train import TrainConfig, evaluate, run_fingerprint
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import compare  # noqa: E402
-import train_mdgr  # noqa: E402
+
+from mdgr_graph.cli import train as train_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,7 +50,7 @@ def test_train_cli_option(tmp_path):
     metrics = {}
     for extra in ([], ["--no-mask-seen"]):
         path = tmp_path / f"m{len(extra)}.json"
-        assert train_mdgr.main([*tiny, *extra, "--metrics-json", str(path)]) == 0
+        assert train_cli.main([*tiny, *extra, "--metrics-json", str(path)]) == 0
         metrics[len(extra)] = json.loads(path.read_text())["mrr"]
     assert metrics[1] < metrics[0]
 

@@ -1,15 +1,11 @@
 """Out-of-range options of the example scripts and ``python -m mdgr_graph.data`` are refused
 before any work with one ``error:`` line and exit status 2 (issue 31)."""
 
-import sys
-from pathlib import Path
 
 import pytest
 
+from mdgr_graph.cli import train as train_cli
 from mdgr_graph.data import __main__ as data_main
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import train_mdgr  # noqa: E402
 
 TINY = ["--synthetic-users", "60", "--synthetic-items", "200", "--synthetic-topics", "3",
         "--m", "1", "--k", "2", "--dim", "8", "--no-progress", "--no-cache"]
@@ -70,7 +66,7 @@ def test_train_refuses_out_of_range_options_before_any_work(options, message, tm
                                                            capsys):
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_:
-        train_mdgr.main([*TINY, "--out", str(out), *options])
+        train_cli.main([*TINY, "--out", str(out), *options])
     assert exit_.value.code == 2
     assert message in error_line(capsys)
     assert not out.exists()  # refused before the run folder was made
@@ -101,12 +97,12 @@ def test_unwritable_outputs_are_refused_before_training(tmp_path, capsys):
     ]
     for options, message in cases:
         with pytest.raises(SystemExit) as exit_:
-            train_mdgr.main([*TINY, "--epochs", "1", *options])
+            train_cli.main([*TINY, "--epochs", "1", *options])
         assert exit_.value.code == 2
         assert message in error_line(capsys)
 
 
 def test_options_the_model_refuses_give_one_error_line(capsys):
     # MDGR's attention needs an even width: refused when the model is built, before training
-    assert train_mdgr.main([*TINY, "--dim", "7", "--epochs", "1"]) == 2
+    assert train_cli.main([*TINY, "--dim", "7", "--epochs", "1"]) == 2
     assert "error: --model mdgr:" in error_line(capsys)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,11 +14,13 @@ from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 
 from mdgr_graph import retrieval
+from mdgr_graph.cli import retrieve as retrieve_cli
+from mdgr_graph.cli import train as train_cli
 from mdgr_graph.data.dataset import SequenceDataset, make_sequence_graph
 from mdgr_graph.models import MDGR, ComiRecDR, ComiRecSA, PinText2, build_model
 from mdgr_graph.retrieval import FaissIndex, TorchIndex, build_index, retrieve, topk_of_scores
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+REPO = Path(__file__).resolve().parents[1]
 NUM_ITEMS, DIM, K = 60, 16, 4
 
 needs_faiss = pytest.mark.skipif(not retrieval.WITH_FAISS, reason="faiss is not installed")
@@ -247,8 +250,6 @@ def test_torch_fallback_when_faiss_is_missing(monkeypatch):
 
 def test_package_imports_and_retrieves_without_faiss():
     """The import guard itself, in a fresh process where `import faiss` fails."""
-    import subprocess
-
     code = (
         "import sys; sys.modules['faiss'] = None\n"
         "import torch\n"
@@ -261,7 +262,7 @@ def test_package_imports_and_retrieves_without_faiss():
         "print(sorted(got.items[0].tolist()))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=EXAMPLES.parent, timeout=120)
+                          cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[1, 2]"
 
@@ -389,26 +390,21 @@ def test_export_refuses_models_without_interests(loo_data):
 # ---------------------------------------------------------------------- the example
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    sys.path.insert(0, str(EXAMPLES))
-    import train_mdgr
-
     out = tmp_path_factory.mktemp("run")
     argv = ["--protocol", "loo", "--synthetic-users", "60", "--synthetic-items", "200",
             "--synthetic-topics", "4", "--max-len", "10", "--negatives", "10", "--dim", "8",
             "--k", "3", "--m", "1", "--epochs", "1", "--no-cache", "--out", str(out),
             "--no-progress", "--threads", "1"]
-    assert train_mdgr.main(argv) == 0
+    assert train_cli.main(argv) == 0
     return out
 
 
 def test_retrieve_example_end_to_end(tiny_run, tmp_path, capsys):
-    import retrieve as example
-
     movies = tmp_path / "movies.dat"
     movies.write_bytes("\n".join(f"{i}::Film {i} (caf\xe9)::Drama" for i in range(300))
                        .encode("latin-1"))
     out_json = tmp_path / "top.json"
-    assert example.main([str(tiny_run), "--n", "7", "--out", str(out_json), "--titles",
+    assert retrieve_cli.main([str(tiny_run), "--n", "7", "--out", str(out_json), "--titles",
                          str(movies), "--no-progress", "--threads", "1"]) == 0
     result = json.loads(out_json.read_text())
     assert result["n"] == 7 and result["exclude_history"] and len(result["rows"]) == 60
@@ -417,7 +413,7 @@ def test_retrieve_example_end_to_end(tiny_run, tmp_path, capsys):
     assert row["scores"] == sorted(row["scores"], reverse=True)
 
     # the same items as the model's own full ranking with the history excluded
-    _, prepared, model = example.train_mdgr.load_run(tiny_run)
+    _, prepared, model = train_cli.load_run(tiny_run)
     batch = next(iter(DataLoader(SequenceDataset(prepared, "test"), batch_size=60)))
     with torch.no_grad():
         full = model.eval().score_all(batch)
@@ -428,7 +424,7 @@ def test_retrieve_example_end_to_end(tiny_run, tmp_path, capsys):
 
     out_csv = tmp_path / "top.csv"
     for backend in ("faiss-approx", "torch") if retrieval.WITH_FAISS else ("torch",):
-        assert example.main([str(tiny_run), "--n", "7", "--out", str(out_csv), "--backend",
+        assert retrieve_cli.main([str(tiny_run), "--n", "7", "--out", str(out_csv), "--backend",
                              backend, "--keep-history", "--no-progress"]) == 0
     with out_csv.open() as fh:
         rows = list(csv.DictReader(fh))
@@ -438,21 +434,19 @@ def test_retrieve_example_end_to_end(tiny_run, tmp_path, capsys):
 
 
 def test_retrieve_example_help_and_errors(tiny_run, tmp_path, capsys):
-    import retrieve as example
-
     with pytest.raises(SystemExit) as exc:
-        example.parse_args(["--help"])
+        retrieve_cli.parse_args(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "faiss-approx" in text and "--keep-history" in text and "--titles" in text
     with pytest.raises(SystemExit):
-        example.parse_args([str(tiny_run), "--out", "top.txt"])
+        retrieve_cli.parse_args([str(tiny_run), "--out", "top.txt"])
     for option in ("--n", "--batch-size", "--nprobe", "--nlist"):
         with pytest.raises(SystemExit):
-            example.parse_args([str(tiny_run), option, "0"])
-    assert example.main([str(tiny_run), "--n", "201", "--no-progress"]) == 2
+            retrieve_cli.parse_args([str(tiny_run), option, "0"])
+    assert retrieve_cli.main([str(tiny_run), "--n", "201", "--no-progress"]) == 2
     assert "exceeds the 200 items" in capsys.readouterr().err
-    assert example.main([str(tmp_path), "--no-progress"]) == 2
+    assert retrieve_cli.main([str(tmp_path), "--no-progress"]) == 2
     assert "args.json" in capsys.readouterr().err
 
 
@@ -474,13 +468,12 @@ def test_docs_python_example_runs(loo_data):
     assert namespace["found"].items.shape == (loo_data.num_users, 5)
 
 
-def test_benchmark_runs_small_and_writes_both_files(tmp_path, capsys):
-    sys.path.insert(0, str(EXAMPLES.parent / "benchmarks"))
-    import retrieval as bench  # benchmarks/retrieval.py
-
+def test_benchmark_runs_small_and_writes_both_files(tmp_path):
     argv = ["--sizes", "300,1000", "--repeats", "1", "--warmup", "0", "--latency-users", "2",
             "--batch", "8", "--nprobe", "2,1000", "--topics", "10", "--out-dir", str(tmp_path)]
-    assert bench.main(argv) == 0
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "retrieval.py"), *argv],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
     payload = json.loads((tmp_path / "retrieval.json").read_text())
     assert payload["environment"]["threads"] == 1 and payload["run"]["seed"] == 0
     assert [r["items"] for r in payload["results"]] == [300, 1000]
@@ -490,7 +483,6 @@ def test_benchmark_runs_small_and_writes_both_files(tmp_path, capsys):
         assert backends["faiss exact"]["identical_to_torch_exact"] == 1.0
         assert backends["faiss IVF nprobe=1000"]["recall@50/exact"] == 1.0  # every list
     assert "| 1,000 | torch exact |" in (tmp_path / "retrieval.md").read_text()
-    capsys.readouterr()
 
 
 # ---------------------------------------------------------------------- two-stage serving
@@ -533,18 +525,16 @@ def test_rank_in_list():
 
 
 def test_retrieve_example_two_stage(tiny_run, tmp_path_factory, capsys):
-    import retrieve as example
-    import train_mdgr
 
     second = tmp_path_factory.mktemp("candidate-run")
     argv = ["--protocol", "loo", "--synthetic-users", "60", "--synthetic-items", "200",
             "--synthetic-topics", "4", "--max-len", "10", "--negatives", "10", "--dim", "8",
             "--k", "3", "--m", "1", "--epochs", "1", "--no-cache", "--out", str(second),
             "--no-progress", "--threads", "1", "--query", "candidate"]
-    assert train_mdgr.main(argv) == 0
+    assert train_cli.main(argv) == 0
     out = tmp_path_factory.mktemp("two-stage") / "top.json"
     capsys.readouterr()
-    assert example.main([str(tiny_run), "--rerank", str(second), "--rerank-n", "20", "--n",
+    assert retrieve_cli.main([str(tiny_run), "--rerank", str(second), "--rerank-n", "20", "--n",
                          "10", "--evaluate", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "retrieve: hr@10=" in printed and "rerank: hr@10=" in printed
@@ -552,7 +542,7 @@ def test_retrieve_example_two_stage(tiny_run, tmp_path_factory, capsys):
     assert len(rows) == 60 and all(len(r["items"]) == 10 for r in rows)
     # the re-ranked list is a re-ordering of the first stage's top 20
     first = tmp_path_factory.mktemp("first") / "top.json"
-    assert example.main([str(tiny_run), "--n", "20", "--out", str(first),
+    assert retrieve_cli.main([str(tiny_run), "--n", "20", "--out", str(first),
                          "--no-progress"]) == 0
     first_rows = json.loads(first.read_text())["rows"]
     assert all(set(r["items"]) <= set(f["items"]) for r, f in zip(rows, first_rows,
@@ -560,11 +550,11 @@ def test_retrieve_example_two_stage(tiny_run, tmp_path_factory, capsys):
     other = tmp_path_factory.mktemp("other-data")
     argv[argv.index("--synthetic-users") + 1] = "70"
     argv[argv.index("--out") + 1] = str(other)
-    assert train_mdgr.main(argv) == 0
+    assert train_cli.main(argv) == 0
     capsys.readouterr()
-    assert example.main([str(tiny_run), "--rerank", str(other), "--no-progress"]) == 2
+    assert retrieve_cli.main([str(tiny_run), "--rerank", str(other), "--no-progress"]) == 2
     assert "other data" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        example.main([str(tiny_run), "--rerank", str(second), "--rerank-n", "5", "--n", "10"])
-    assert example.main([str(second), "--no-progress"]) == 2  # candidate mode cannot search
+        retrieve_cli.main([str(tiny_run), "--rerank", str(second), "--rerank-n", "5", "--n", "10"])
+    assert retrieve_cli.main([str(second), "--no-progress"]) == 2  # candidate mode cannot search
     assert "--rerank" in capsys.readouterr().err

@@ -4,18 +4,15 @@ clear error, interrupted writes leave nothing behind, and ``best.pt`` and early 
 what they say."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from mdgr_graph.cli import train as train_cli
 from mdgr_graph.data.prepare import DataOptions, prepare_dataset
 from mdgr_graph.models import build_model
 from mdgr_graph.train import RunDirError, TrainConfig, fit, load_checkpoint
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import train_mdgr  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -198,33 +195,33 @@ def error_line(capsys) -> str:
 def test_cli_refuses_used_folder_and_mismatched_resume_keeping_args_json(csv_log, tmp_path,
                                                                          capsys):
     out = tmp_path / "run"
-    assert train_mdgr.main(cli(csv_log, out, "--epochs", "1")) == 0
+    assert train_cli.main(cli(csv_log, out, "--epochs", "1")) == 0
     before = snapshot(out)
     capsys.readouterr()
-    assert train_mdgr.main(cli(csv_log, out, "--epochs", "0")) == 2
+    assert train_cli.main(cli(csv_log, out, "--epochs", "0")) == 2
     assert "already holds a run" in error_line(capsys)
     for extra, message in [(["--seed", "1"], "data.options.seed: 0 in the checkpoint, 1 now"),
                            (["--dropout", "0.3"], "model.options.dropout"),
                            (["--model", "sasrec"], "was written by MDGR"),
                            (["--dim", "16"], "was written by MDGR")]:
-        assert train_mdgr.main(cli(csv_log, out, "--epochs", "2", "--resume", *extra)) == 2
+        assert train_cli.main(cli(csv_log, out, "--epochs", "2", "--resume", *extra)) == 2
         assert message in error_line(capsys)
         assert snapshot(out) == before  # args.json included
-    assert train_mdgr.main(cli(csv_log, out, "--epochs", "2", "--resume")) == 0
+    assert train_cli.main(cli(csv_log, out, "--epochs", "2", "--resume")) == 0
     (out / "last.pt").write_bytes(b"")
-    assert train_mdgr.main(cli(csv_log, out, "--epochs", "3", "--resume")) == 2
+    assert train_cli.main(cli(csv_log, out, "--epochs", "3", "--resume")) == 2
     assert "last.pt: damaged checkpoint" in error_line(capsys)
 
 
 def test_load_run_refuses_args_json_of_another_run(csv_log, tmp_path):
     out = tmp_path / "run"
-    assert train_mdgr.main(cli(csv_log, out, "--epochs", "1")) == 0
-    train_mdgr.load_run(out)  # consistent: loads
+    assert train_cli.main(cli(csv_log, out, "--epochs", "1")) == 0
+    train_cli.load_run(out)  # consistent: loads
     saved = json.loads((out / "args.json").read_text())
     (out / "args.json").write_text(json.dumps({**saved, "seed": 3}))
     with pytest.raises(RunDirError, match="was not trained with the options of"):
-        train_mdgr.load_run(out)
+        train_cli.load_run(out)
     (out / "args.json").write_text(json.dumps(saved))
     (out / "best.pt").write_bytes((out / "best.pt").read_bytes()[:100])
     with pytest.raises(RunDirError, match="best.pt: damaged checkpoint"):
-        train_mdgr.load_run(out)
+        train_cli.load_run(out)

@@ -1,20 +1,16 @@
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from mdgr_graph.cli import train as train_cli
 from mdgr_graph.data.prepare import DataOptions, prepare_dataset
 from mdgr_graph.data.synthetic import generate_synthetic
 from mdgr_graph.metrics import auc_per_row
 from mdgr_graph.models import Popularity, build_model
 from mdgr_graph.models.baselines.pop import training_item_counts
 from mdgr_graph.train import TrainConfig, _seen_mask, evaluate, fit
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import train_mdgr  # noqa: E402
 
 SMALL_MODEL = {"dim": 16, "k": 3, "m": 1, "kmeans_iters": 3}
 
@@ -144,7 +140,7 @@ def test_fit_loo_and_example_metrics_json(tmp_path):
             "--synthetic-topics", "3", "--epochs", "1", "--m", "1", "--k", "2", "--dim", "8",
             "--no-progress", "--no-cache", "--metrics-json", str(out), "--out",
             str(tmp_path / "run")]
-    assert train_mdgr.main(argv) == 0
+    assert train_cli.main(argv) == 0
     final = json.loads(out.read_text())
     assert {"hr@10", "ndcg@10", "recall@50", "mrr", "best_epoch", "epochs", "train_seconds",
             "params"} <= set(final)
@@ -156,12 +152,12 @@ def test_example_paper_protocol_and_errors(tmp_path, capsys):
     argv = ["--synthetic-users", "60", "--synthetic-items", "200", "--synthetic-topics", "3",
             "--epochs", "1", "--m", "1", "--k", "2", "--dim", "8", "--no-progress",
             "--no-cache", "--metrics-json", str(out), "--model", "mdgr-pt", "--max-users", "30"]
-    assert train_mdgr.main(argv) == 0
+    assert train_cli.main(argv) == 0
     assert {"auc", "recall@50", "params"} <= set(json.loads(out.read_text()))
-    assert train_mdgr.main(["--format", "movielens", "--path", str(tmp_path / "nope")]) == 2
+    assert train_cli.main(["--format", "movielens", "--path", str(tmp_path / "nope")]) == 2
     assert "no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        train_mdgr.main(["--resume"])
+        train_cli.main(["--resume"])
 
 
 @pytest.mark.slow

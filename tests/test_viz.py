@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -13,6 +12,8 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
+from mdgr_graph.cli import explain as explain_cli
+from mdgr_graph.cli import train as train_cli
 from mdgr_graph.data.dataset import make_sequence_graph
 from mdgr_graph.data.errors import DataFormatError
 from mdgr_graph.data.titles import item_labels, read_movielens_titles
@@ -26,9 +27,6 @@ from mdgr_graph.viz import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "examples"))
-import explain_user  # noqa: E402
-import train_mdgr  # noqa: E402
 
 MOVIES = "1::Toy Story (1995)::Animation|Children's\n2::Caf\xe9 Society (1995)::Drama\n\n"
 
@@ -181,11 +179,11 @@ def test_explain_user_end_to_end(tmp_path, capsys):
     base = ["--synthetic-users", "60", "--synthetic-items", "200", "--synthetic-topics", "3",
             "--epochs", "1", "--k", "3", "--m", "2", "--dim", "8", "--no-progress",
             "--no-cache"]
-    assert train_mdgr.main([*base, "--out", str(run)]) == 0
+    assert train_cli.main([*base, "--out", str(run)]) == 0
     movies = tmp_path / "movies.dat"
     movies.write_text("".join(f"{i}::Movie {i}::Drama\n" for i in range(1, 201)))
     out = tmp_path / "pics"
-    assert explain_user.main(["--run", str(run), "--titles", str(movies), "--out-dir",
+    assert explain_cli.main(["--run", str(run), "--titles", str(movies), "--out-dir",
                               str(out), "--step", "10"]) == 0
     names = sorted(p.name for p in out.iterdir())
     user = json.loads(next(out.glob("*-interests.json")).read_text())["user"]
@@ -197,15 +195,15 @@ def test_explain_user_end_to_end(tmp_path, capsys):
 
     for option in ("--step", "--dpi"):
         with pytest.raises(SystemExit):
-            explain_user.parse_args(["--run", str(run), option, "0"])
+            explain_cli.parse_args(["--run", str(run), option, "0"])
     capsys.readouterr()
-    assert explain_user.main(["--run", str(run), "--user", "no-such-user"]) == 2
+    assert explain_cli.main(["--run", str(run), "--user", "no-such-user"]) == 2
     assert "unknown user 'no-such-user'" in capsys.readouterr().err
-    assert explain_user.main(["--run", str(tmp_path / "missing")]) == 2
+    assert explain_cli.main(["--run", str(tmp_path / "missing")]) == 2
     assert "args.json not found" in capsys.readouterr().err
     sas = tmp_path / "sas"
-    assert train_mdgr.main([*base, "--model", "sasrec", "--out", str(sas)]) == 0
-    assert explain_user.main(["--run", str(sas)]) == 2
+    assert train_cli.main([*base, "--model", "sasrec", "--out", str(sas)]) == 0
+    assert explain_cli.main(["--run", str(sas)]) == 2
     assert "draws MDGR models" in capsys.readouterr().err
 
 

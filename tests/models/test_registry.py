@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from torch_geometric.loader import DataLoader
 
+from mdgr_graph.cli import train as train_cli
+from mdgr_graph.cli.model_options import model_options
 from mdgr_graph.data.dataset import SequenceDataset
 from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.models import (
@@ -22,9 +21,6 @@ from mdgr_graph.models import (
     model_defaults,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
-import train_mdgr  # noqa: E402
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -32,9 +28,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_builds_from_the_command_line_options(name, protocol, paper_data, loo_data):
     prepared = paper_data if protocol == "paper" else loo_data
-    args = train_mdgr.parse_args(["--model", name, "--dim", "16"])
+    args = train_cli.parse_args(["--model", name, "--dim", "16"])
     torch.manual_seed(0)
-    model = build_model(name, prepared, **train_mdgr.model_options(args)).eval()
+    model = build_model(name, prepared, **model_options(args)).eval()
     batch = next(iter(DataLoader(SequenceDataset(prepared, "valid"), batch_size=4)))
     with torch.no_grad():
         cand = model.score_candidates(batch)
@@ -64,8 +60,8 @@ def test_model_defaults_follow_forwarded_kwargs_and_variants():
 
 @pytest.mark.parametrize("name", CAUSAL_BASELINES)
 def test_history_targets_reach_the_causal_models(name):
-    args = train_mdgr.parse_args(["--model", name, "--history-targets"])
-    assert train_mdgr.model_options(args)["history_targets"] is True
+    args = train_cli.parse_args(["--model", name, "--history-targets"])
+    assert model_options(args)["history_targets"] is True
 
 
 #: Neural baselines built from global statistics of the training data.
