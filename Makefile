@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) wheel -q --no-deps --no-build-isolation -w $(EXT_WHEELS) torch-cluster==1.6.3 & c=$$!; \
 	wait $$s; rs=$$?; wait $$c; rc=$$?; test $$rs -eq 0 && test $$rc -eq 0
 	$(PIP) install --no-build-isolation --find-links $(EXT_WHEELS) \
-	    -e '.[full,retrieval,large,test,dev]'
+	    -e '.[full,retrieval,large,viz,test,dev]'
 	touch $(STAMP)
 
 clean-venv:
