@@ -1,8 +1,12 @@
 """Optional compiled extensions, probed once at import (PyG style).
 
-The library works without them: every feature that can use ``torch_scatter`` or
-``torch_cluster`` has a pure-torch fallback. Tests flip these flags off to cover the
-fallback path.
+The library needs neither and imports neither itself: the scatter operations go through
+:func:`torch_geometric.utils.scatter`, which uses ``torch_scatter`` when PyG finds it
+(``torch_geometric.typing.WITH_TORCH_SCATTER``) and pure torch otherwise, and the metric
+graph of :class:`~mdgr_graph.nn.DynamicClusterConv` is a weighted-cosine top-k, not a kNN
+search. ``torch_cluster`` serves only the kNN baseline of ``benchmarks/speed.py``. The
+flags record what this environment has; the ``without_extensions`` test fixture turns
+them off together with PyG's.
 """
 
 try:
@@ -18,12 +22,3 @@ try:
     WITH_TORCH_CLUSTER = True
 except (ImportError, OSError):
     WITH_TORCH_CLUSTER = False
-
-
-def require_torch_cluster(feature: str) -> None:
-    """Raise a clear ImportError when ``feature`` needs torch-cluster and it is absent."""
-    if not WITH_TORCH_CLUSTER:
-        raise ImportError(
-            f"'{feature}' requires 'torch-cluster' "
-            "(pip install --no-build-isolation torch-cluster==1.6.3)"
-        )
