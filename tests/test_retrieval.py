@@ -354,8 +354,7 @@ def test_export_interests_and_history_on_loo(loo_data, tmp_path):
     assert torch.equal(again.queries, exported.queries) and again.split == "test"
 
     ptr, hist = retrieval.history_items(loo_data, "test")
-    prefix_end = loo_data.loo_example("test")["prefix_end"]
-    seen = _seen_mask(loo_data, torch.arange(users), prefix_end)
+    seen = _seen_mask(loo_data.seen_items("test"), torch.arange(users), loo_data.num_items)
     assert torch.equal(dense_exclude(ptr, hist, users, loo_data.num_items), seen)
 
     # exported + excluded retrieval == score_all with the evaluation's exclusion

@@ -126,7 +126,7 @@ def test_popularity_counts_and_metrics(paper_data, loo_data):
 
 def test_seen_mask_holds_items_before_target(loo_data):
     rows = torch.tensor([0, 3, 7])
-    mask = _seen_mask(loo_data, rows, loo_data.loo_example("valid")["prefix_end"])
+    mask = _seen_mask(loo_data.seen_items("valid"), rows, loo_data.num_items)
     ptr, items = loo_data.arrays["seq_ptr"], loo_data.arrays["seq_items"]
     for r, u in enumerate(rows.tolist()):
         expect = set(items[ptr[u] : ptr[u + 1] - 2].tolist())
