@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from mdgr_graph.data.prepare import PreparedDataset
-from mdgr_graph.data.protocols import SPLIT_NAMES, SeenItems, ragged_ranges
+from mdgr_graph.data.protocols import SPLIT_NAMES, SeenItems
 
 
 def repeated_positives(prepared: PreparedDataset, split: str = "test") -> np.ndarray:
@@ -36,19 +36,15 @@ def repeated_positives(prepared: PreparedDataset, split: str = "test") -> np.nda
     """
     if split not in SPLIT_NAMES:
         raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLIT_NAMES)}")
-    a = prepared.arrays
+    ptr, items = prepared.seen_items(split)
+    history = SeenItems(np.repeat(np.arange(len(ptr) - 1), np.diff(ptr)), items,
+                        prepared.num_items)
     if prepared.protocol == "paper":
-        rows = np.flatnonzero(a["window_split"] == SPLIT_NAMES.index(split))
-        hist, targets = a["hist_items"][rows], a["targets"][rows]
-        window = np.arange(len(rows))
-        history = SeenItems(np.repeat(window, hist.shape[1]), hist.reshape(-1),
-                            prepared.num_items)
-        return history.contains(np.repeat(window, targets.shape[1]),
-                                targets.reshape(-1)).reshape(targets.shape)
-    example = prepared.loo_example(split)
-    user_of, index = ragged_ranges(a["seq_ptr"][:-1], example["prefix_end"])
-    history = SeenItems(user_of, a["seq_items"][index], prepared.num_items)
-    return history.contains(np.arange(prepared.num_users), example["target"])
+        a = prepared.arrays
+        targets = a["targets"][a["window_split"] == SPLIT_NAMES.index(split)]
+        window = np.repeat(np.arange(len(targets)), targets.shape[1])
+        return history.contains(window, targets.reshape(-1)).reshape(targets.shape)
+    return history.contains(np.arange(prepared.num_users), prepared.loo_example(split)["target"])
 
 
 def repeat_share(prepared: PreparedDataset, split: str = "test") -> float:
