@@ -10,7 +10,7 @@ import torch
 from torch_geometric.data import Batch
 
 from mdgr_graph.data.dataset import make_sequence_graph
-from mdgr_graph.models import MDGR, BERT4Rec, DCRec, GRU4Rec, SASRec
+from mdgr_graph.models import MDGR, SURGE, BERT4Rec, DCRec, GRU4Rec, SASRec
 from mdgr_graph.models.base import (
     CANDIDATE_LOSSES,
     SequentialRecommender,
@@ -125,7 +125,8 @@ def _batch(num_graphs=3, length=6, seed=0):
     lambda: GRU4Rec(NUM_ITEMS, max_len=8, dim=8),
     lambda: BERT4Rec(NUM_ITEMS, max_len=8, dim=8, cloze_weight=0.0),
     lambda: MDGR(NUM_ITEMS, dim=8, k=2, m=1, max_len=8, time_dim=4, pos_dim=4),
-], ids=["sasrec", "gru4rec", "bert4rec", "mdgr"])
+    lambda: SURGE(NUM_ITEMS, max_len=8, dim=8, lambda_m=0.0, lambda_a=0.0, lambda_p=0.0),
+], ids=["sasrec", "gru4rec", "bert4rec", "mdgr", "surge"])
 def test_ce_loss_is_the_catalogue_softmax_of_score_all(make):
     torch.manual_seed(0)
     model = make()
@@ -177,3 +178,10 @@ def test_dcrec_ce_loss_runs_and_build_model_sets_the_kind():
 
     result = fit(dcrec, prepared, TrainConfig(epochs=1, progress=False, batch_size=16))
     assert math.isfinite(result.history[0]["loss"]) and result.history[0]["loss"] > 0
+
+
+def test_surge_ce_needs_the_last_item_query():
+    model = SURGE(NUM_ITEMS, max_len=8, dim=8, query="candidate")
+    model.candidate_loss_kind = "ce"
+    with pytest.raises(ValueError, match="query='last'"):
+        model.loss(_batch())

@@ -47,6 +47,7 @@ from torch_geometric.utils import softmax, to_dense_adj, to_dense_batch
 
 from mdgr_graph.models.base import (
     SequentialRecommender,
+    catalogue_softmax_loss,
     check_train_sample,
     sample_candidates,
 )
@@ -600,14 +601,40 @@ class SURGE(SequentialRecommender):
         return self.score_item_chunks(per_item, table, min(chunk_size, self.candidate_chunk))
 
     def loss(self, batch: Batch) -> Tensor:
-        """BCE over the candidates + the weighted regularisers of the assignment."""
+        """BCE over the candidates (``candidate_loss_kind = "ce"``, last-item mode only: a
+        softmax over every item, :data:`CE_CHUNK` positives at a time) + the weighted
+        regularisers of the assignment."""
         self._check_candidates(batch)
         labels = self.candidate_labels(batch)
         candidates = batch.candidates
+        if self.candidate_loss_kind == "ce":
+            return self._catalogue_loss(batch, labels)
         if self.query == "candidate" and self.train_sample is not None:
             candidates, labels = sample_candidates(candidates, labels, *self.train_sample)
         logits, state = self._scores_and_state(batch, candidates)
-        loss = F.binary_cross_entropy_with_logits(logits, labels.float())
+        return self._add_regularisers(
+            F.binary_cross_entropy_with_logits(logits, labels.float()), state)
+
+    #: Positives per checkpointed chunk of the catalogue softmax (``[chunk, items, hidden]``).
+    CE_CHUNK = 16
+
+    def _catalogue_loss(self, batch: Batch, labels: Tensor) -> Tensor:
+        if self.query == "candidate":
+            raise ValueError("loss 'ce' scores every item against one user state: use "
+                             "query='last' (candidate mode runs one graph per candidate)")
+        items, mask = self.dense_history(batch)
+        state = self.user_state(items, mask, self._last_query(items, mask))
+        rows, column = labels.bool().nonzero(as_tuple=True)
+
+        def logits(chunk: Tensor) -> Tensor:
+            part = state._replace(final=state.final[chunk], readout=state.readout[chunk])
+            return self._logits(part, self.item_emb.weight)
+
+        loss = catalogue_softmax_loss(logits, rows, batch.candidates[rows, column],
+                                      chunk_size=self.CE_CHUNK)
+        return self._add_regularisers(loss, state)
+
+    def _add_regularisers(self, loss: Tensor, state: UserState) -> Tensor:
         for weight, reg in zip(self.lambdas, state.regularisers, strict=True):
             if weight:
                 loss = loss + weight * reg
