@@ -1,10 +1,11 @@
 """Table 3: MDGR against its ablations (-weights, -dynamic graph clustering, -position/time).
 
-Runs ``benchmarks/compare.py`` for MDGR and its variants with the options given (finished
-runs are skipped, unfinished ones resume from their checkpoints; the full ``mdgr`` runs are
-the ones of Table 2), then writes ``<summary>-ablation.json`` and ``-ablation.md`` beside
-the compare.py summaries: mean ± std of the test metrics over the seeds that finished, the
-difference to the full model, and the paper's MovieLens figures for reference.
+Runs ``benchmarks/compare.py`` (:mod:`mdgr_graph.bench.runner`) for MDGR and its variants
+with the options given (finished runs are skipped, unfinished ones resume from their
+checkpoints; the full ``mdgr`` runs are the ones of Table 2), then writes
+``<summary>-ablation.json`` and ``-ablation.md`` beside the compare.py summaries: mean ±
+std of the test metrics over the seeds that finished, the difference to the full model,
+and the paper's MovieLens figures for reference.
 
 =========  ==============================================  ====================
 variant    what is removed                                 paper's label
@@ -35,13 +36,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mdgr_graph.bench import runner
+from mdgr_graph.io import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import compare  # noqa: E402
-
-from mdgr_graph.train import atomic_write_text  # noqa: E402
 
 #: Variant, what it removes (Table 3's "Ablation" column), in the paper's row order.
 ABLATIONS: tuple[tuple[str, str], ...] = (
@@ -69,8 +67,9 @@ def split_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                    help="comma-separated, from: " + ", ".join(name for name, _ in ABLATIONS))
     p.add_argument("--only-finished", action="store_true",
                    help="tabulate the finished runs only; train nothing")
-    own, rest = compare.split_wrapper_args(p, argv, ("--models",),
-                                           "--models is set by ablation.py (use --variants)")
+    own, rest = runner.split_wrapper_args(p, argv, ("--models",),
+                                          "--models is set by ablation.py (use --variants)",
+                                          REPO)
     own.variants = [v.strip() for v in own.variants.split(",") if v.strip()]
     known = dict(ABLATIONS)
     unknown = sorted(set(own.variants) - set(known))
@@ -83,14 +82,14 @@ def split_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def table(args: argparse.Namespace, variants: list[str]) -> dict[str, Any]:
     """Mean/std of the finished runs of every variant and the difference to ``mdgr``."""
-    keys = compare.REPORTED[args.protocol]
+    keys = runner.REPORTED[args.protocol]
     rows = []
     for name, label in ABLATIONS:
         if name not in variants:
             continue
         run_name = RUNS_OF.get(name, name)
         runs = [r for seed in args.seeds
-                if (r := compare.finished_run(run_name, seed, args))]
+                if (r := runner.finished_run(run_name, seed, args))]
         row: dict[str, Any] = {"model": name, "ablation": label, "runs_of": run_name,
                                "seeds": [r["seed"] for r in runs]}
         for col, key in keys:
@@ -109,11 +108,11 @@ def table(args: argparse.Namespace, variants: list[str]) -> dict[str, Any]:
                 and full[col]["mean"] is not None
             row[col]["minus_full"] = row[col]["mean"] - full[col]["mean"] if both else None
     return {"dataset": args.dataset, "protocol": args.protocol,
-            "environment": compare.environment(args), "rows": rows}
+            "environment": runner.environment(args), "rows": rows}
 
 
 def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
-    keys = compare.REPORTED[args.protocol]
+    keys = runner.REPORTED[args.protocol]
     env = result["environment"]
     head = ["variant", "ablation", *[f"test {c}" for c, _ in keys],
             *[f"{c} − MDGR" for c, _ in keys], "seeds"]
@@ -152,12 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     own, rest = split_args(list(sys.argv[1:] if argv is None else argv))
     argv_c = [*rest, "--models", ",".join(RUNS_OF.get(v, v) for v in own.variants)]
     if not own.only_finished:
-        status = compare.main(argv_c)
+        status = runner.main(argv_c, REPO)
         if status != 0:
             return status
-    args = compare.parse_args(argv_c)
+    args = runner.parse_args(argv_c, REPO)
     result = table(args, own.variants)
-    base = compare.summary_path(args)
+    base = runner.summary_path(args)
     atomic_write_text(base.with_name(f"{base.name}-ablation.json"),
                       json.dumps(result, indent=2) + "\n")
     text = markdown(result, args)
@@ -167,4 +166,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

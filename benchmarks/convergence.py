@@ -21,19 +21,18 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import compare  # noqa: E402
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mdgr_graph.bench import runner  # noqa: E402
+from mdgr_graph.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 from mdgr_graph.models import CLOSED_FORM  # noqa: E402
-from mdgr_graph.train import SELECTION_METRIC, atomic_write_bytes, atomic_write_text  # noqa: E402
+from mdgr_graph.train import SELECTION_METRIC  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT = "mdgr,mip,surge,comirec-sa,comirec-dr,static-graph,sasrec,ease"
 CLOSED_FORM_STYLE = {
@@ -50,7 +49,7 @@ def curves(args) -> dict[str, list[list[float]]]:
     out: dict[str, list[list[float]]] = {}
     for name in args.models:
         for seed in args.seeds:
-            run = compare.finished_run(name, seed, args)
+            run = runner.finished_run(name, seed, args)
             if run is None:
                 continue
             curve = [run["valid"][metric]] if name in CLOSED_FORM else run["valid_curve"]
@@ -93,12 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(a == "--models" or a.startswith("--models=") for a in argv):
         argv += ["--models", DEFAULT]
-    status = compare.main(argv)
+    status = runner.main(argv, REPO)
     if status != 0:
         return status
-    args = compare.parse_args(argv)
+    args = runner.parse_args(argv, REPO)
     data = curves(args)
-    base = compare.summary_path(args)
+    base = runner.summary_path(args)
     png = base.with_name(base.name + "-convergence.png")
     plot(data, args, png)
     atomic_write_text(base.with_name(base.name + "-convergence.json"),
@@ -109,4 +108,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -35,24 +35,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
-sys.path.insert(0, str(REPO / "benchmarks"))
+import torch
 
-import common  # noqa: E402
-import torch  # noqa: E402
-
-from mdgr_graph import diagnostics  # noqa: E402
-from mdgr_graph.data.cli import (  # noqa: E402
+from mdgr_graph import diagnostics
+from mdgr_graph.bench import record
+from mdgr_graph.data.cli import (
     add_data_arguments,
     cache_dir_from_args,
     options_from_args,
 )
-from mdgr_graph.data.prepare import PreparedDataset, prepare_dataset  # noqa: E402
-from mdgr_graph.data.protocols import SPLIT_NAMES  # noqa: E402
-from mdgr_graph.models import MIP, STATIC_GRAPH, VARIANTS, build_model  # noqa: E402
-from mdgr_graph.models.mdgr import MDGR  # noqa: E402
-from mdgr_graph.train import atomic_write_bytes, atomic_write_text  # noqa: E402
+from mdgr_graph.data.prepare import PreparedDataset, prepare_dataset
+from mdgr_graph.data.protocols import SPLIT_NAMES
+from mdgr_graph.io import atomic_write_bytes, atomic_write_text
+from mdgr_graph.models import MIP, STATIC_GRAPH, VARIANTS, build_model
+from mdgr_graph.models.mdgr import MDGR
+
+REPO = Path(__file__).resolve().parents[1]
 
 #: Models this command diagnoses (those with MDGR's clustering and interests).
 MODELS = (*VARIANTS, MIP, STATIC_GRAPH)
@@ -371,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = {"diagnostics": result, "source": source, "data": prepared.stats(),
                    "genres": str(args.genres) if args.genres else None,
                    "max_windows": args.max_windows, "baseline_seed": args.baseline_seed,
-                   "environment": common.environment(torch.get_num_threads())}
+                   "environment": record.environment(torch.get_num_threads())}
         atomic_write_text(args.json, json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.json}")
     if args.plot is not None:
@@ -381,4 +379,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

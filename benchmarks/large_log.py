@@ -46,12 +46,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
-sys.path.insert(0, str(REPO / "benchmarks"))
+import numpy as np
 
-import common  # noqa: E402
-import numpy as np  # noqa: E402
+from mdgr_graph.bench import record
+
+REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "large_log"
 DEFAULT_WORK = Path("/tmp") / "mdgr_large_log"
@@ -282,9 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         args.rows, args.small_rows = 1_000_000, 200_000
     if min(args.rows, args.small_rows, args.chunk_rows) < 1:
         parser.error("--rows, --small-rows and --chunk-rows must be >= 1")
-    from mdgr_graph.train import atomic_write_text
+    from mdgr_graph.io import atomic_write_text
 
-    hw = common.environment()
+    hw = record.environment()
     logs: dict[int, Path] = {}
     generated: dict[str, float | None] = {}
     for rows in dict.fromkeys((args.rows, args.small_rows)):
@@ -327,4 +326,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

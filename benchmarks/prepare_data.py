@@ -26,13 +26,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mdgr_graph.bench import record
+from mdgr_graph.data.prepare import DataOptions, prepare_dataset
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import common  # noqa: E402
-
-from mdgr_graph.data.prepare import DataOptions, prepare_dataset  # noqa: E402
 
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
 DATASET = "ml-1m-subset/ratings.dat.gz"
@@ -117,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = [time_protocol(path, protocol, args.repeats) for protocol in PROTOCOLS]
     print_table(results, args.repeats)
-    hw = common.environment()
+    hw = record.environment()
     print(f"hardware: {hw['platform']}, {hw['cpu_count']} CPUs, python {hw['python']}, "
           f"numpy {hw['numpy']}, torch {hw['torch']}")
     if args.json is not None:
@@ -135,4 +132,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -41,15 +41,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from mdgr_graph import retrieval
+from mdgr_graph.bench import record
+from mdgr_graph.io import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import common  # noqa: E402
-import torch  # noqa: E402
-
-from mdgr_graph import retrieval  # noqa: E402
-from mdgr_graph.train import atomic_write_text  # noqa: E402
 
 DEFAULT_OUT_DIR = REPO / "benchmarks" / "results" / "retrieval"
 SIZES = (10**4, 10**5, 10**6)
@@ -109,10 +107,10 @@ def bench_size(num_items: int, args: argparse.Namespace, log: Callable[[str], No
         def one_user(u: int, index=index) -> None:
             retrieval.retrieve(q[u : u + 1], c[u : u + 1], m[u : u + 1], index, N)
 
-        per_user = [common.measure(lambda u=u: one_user(u), args.warmup, args.repeats)["median_s"]
+        per_user = [record.measure(lambda u=u: one_user(u), args.warmup, args.repeats)["median_s"]
                     for u in range(args.latency_users)]
         entry["latency_s"] = {"median": statistics.median(per_user), "per_user": per_user}
-        entry["batch"] = common.measure(lambda index=index: retrieval.retrieve(
+        entry["batch"] = record.measure(lambda index=index: retrieval.retrieve(
             q[batch], c[batch], m[batch], index, N), args.warmup, args.repeats)
         entry["users_per_s"] = args.batch / entry["batch"]["median_s"]
         found = retrieval.retrieve(q[batch], c[batch], m[batch], index, N).items
@@ -211,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                 "latency_users": args.latency_users, "topics": args.topics,
                 "dim": DIM, "k": K, "n": N, "load_average_start": load,
                 "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])},
-        "environment": common.environment(args.threads),
+        "environment": record.environment(args.threads),
         "results": results,
     }
     atomic_write_text(args.out_dir / "retrieval.json", json.dumps(payload, indent=2) + "\n")
@@ -222,4 +220,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -21,18 +21,16 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import compare  # noqa: E402
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mdgr_graph.train import atomic_write_bytes, atomic_write_text  # noqa: E402
+from mdgr_graph.bench import runner  # noqa: E402
+from mdgr_graph.io import atomic_write_bytes, atomic_write_text  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 DEFAULTS = {"k": 8, "m": 5}
 
@@ -44,9 +42,9 @@ def split_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--model", default="mdgr", help="an MDGR variant")
     p.add_argument("--only-finished", action="store_true",
                    help="plot the finished runs only; train nothing")
-    return compare.split_wrapper_args(
+    return runner.split_wrapper_args(
         p, argv, ("--models", "--mdgr-k", "--mdgr-m"),
-        "--models, --mdgr-k and --mdgr-m are set by sensitivity.py")
+        "--models, --mdgr-k and --mdgr-m are set by sensitivity.py", REPO)
 
 
 def sweep_argv(rest: list[str], model: str, param: str, value: int) -> list[str]:
@@ -58,13 +56,13 @@ def sweep_argv(rest: list[str], model: str, param: str, value: int) -> list[str]
 
 def finished_metrics(argv: list[str], model: str) -> dict[str, list[float]]:
     """Test metrics of the finished runs of ``model`` under ``argv``, by column."""
-    args = compare.parse_args(argv)
+    args = runner.parse_args(argv, REPO)
     out: dict[str, list[float]] = {"seeds": []}
     for seed in args.seeds:
-        run = compare.finished_run(model, seed, args)
+        run = runner.finished_run(model, seed, args)
         if run is not None:
             out["seeds"].append(seed)
-            for col, key in compare.REPORTED[args.protocol]:
+            for col, key in runner.REPORTED[args.protocol]:
                 out.setdefault(col, []).append(run["test"][key])
     return out
 
@@ -102,11 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         for value in values:
             argv_v = sweep_argv(rest, own.model, param, value)
             if not own.only_finished:
-                status = compare.main(argv_v)
+                status = runner.main(argv_v, REPO)
                 if status != 0:
                     return status
             summary.setdefault(param, {})[value] = finished_metrics(argv_v, own.model)
-    base = compare.summary_path(compare.parse_args(rest))
+    base = runner.summary_path(runner.parse_args(rest, REPO))
     for param, results in summary.items():
         if not any(r["seeds"] for r in results.values()):
             continue
@@ -123,4 +121,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -43,22 +43,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
-sys.path.insert(0, str(REPO / "benchmarks"))
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
+from tqdm.auto import tqdm
 
-import common  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from mdgr_graph.nn.cluster import batched_kmeans, sklearn_cluster  # noqa: E402
-from mdgr_graph.nn.dynamic_cluster_conv import (  # noqa: E402
+from mdgr_graph.bench import record
+from mdgr_graph.io import atomic_write_bytes, atomic_write_text
+from mdgr_graph.nn.cluster import batched_kmeans, sklearn_cluster
+from mdgr_graph.nn.dynamic_cluster_conv import (
     DynamicClusterConv,
     dynamic_cluster_conv_reference,
 )
-from mdgr_graph.train import atomic_write_bytes, atomic_write_text  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
 DATASET = "ml-1m-subset/ratings.dat.gz"
@@ -195,7 +193,7 @@ def bench_clustering(args, bar) -> dict[str, Any]:
     for name, fn in runs.items():
         bar.set_description(f"clustering: {name}")
         warmup = args.warmup if name == "batched_kmeans" else 1
-        out["methods"][name] = common.measure(fn, warmup, args.repeats)
+        out["methods"][name] = record.measure(fn, warmup, args.repeats)
         bar.update()
     base = out["methods"]["batched_kmeans"]["median_s"]
     out["speedup"] = {
@@ -211,7 +209,7 @@ def bench_layer(args, bar) -> dict[str, Any]:
                  "gat_static"):
         bar.set_description(f"layer: {name}")
         warmup = 1 if name == "reference" else args.warmup
-        out["methods"][name] = common.measure(getattr(lb, name), warmup, args.repeats)
+        out["methods"][name] = record.measure(getattr(lb, name), warmup, args.repeats)
         out["methods"][name]["peak_bytes"] = peak_tensor_bytes(getattr(lb, name))
         bar.update()
     base = out["methods"]["mdgr_layer"]["median_s"]
@@ -231,7 +229,7 @@ def bench_scaling(args, bar) -> dict[str, Any]:
             row: dict[str, Any] = {"B": B, "n": n, "d": d, "k": k}
             for name in ("mdgr_layer", "knn_edgeconv"):
                 fn = getattr(lb, name)
-                row[name] = common.measure(fn, 1, args.repeats)
+                row[name] = record.measure(fn, 1, args.repeats)
                 row[name]["peak_bytes"] = peak_tensor_bytes(fn)
             rows.append(row)
             del lb
@@ -300,7 +298,7 @@ def bench_epoch(args, bar) -> dict[str, Any]:
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         epoch = iter(range(10**6))
         with deterministic_algorithms(config.deterministic):
-            entry["epoch"] = common.measure(
+            entry["epoch"] = record.measure(
                 lambda m=model, o=optimizer, e=epoch: _train_epoch(m, o, train, config, next(e)),
                 1, args.repeats,
             )
@@ -309,7 +307,7 @@ def bench_epoch(args, bar) -> dict[str, Any]:
         bar.set_description(f"eval: {name}")
         torch.manual_seed(args.seed)
         eval_model = build_model(name, loo)
-        entry["eval"] = common.measure(
+        entry["eval"] = record.measure(
             lambda m=eval_model: evaluate(m, loo, "test", batch_size=args.eval_batch_size,
                                           max_batches=args.eval_batches),
             1, args.repeats,
@@ -375,10 +373,10 @@ def bench_candidate(args, bar) -> dict[str, Any]:
         row = {"m": m, "query": query,
                "candidates_per_window": (eval_batch.candidates.size(1) if draw is None
                                          else sum(draw)),
-               "step": common.measure(step, args.warmup, repeats),
+               "step": record.measure(step, args.warmup, repeats),
                "step_peak_bytes": peak_tensor_bytes(step)}
         model.eval()
-        row["eval"] = common.measure(score, 1, repeats)
+        row["eval"] = record.measure(score, 1, repeats)
         row["eval_ms_per_window"] = row["eval"]["median_s"] * 1e3 / eval_batch.num_graphs
         out["cases"].append(row)
         bar.update()
@@ -409,7 +407,7 @@ def bench_compile(args, bar) -> dict[str, Any]:
     # The layer.
     bar.set_description("compile: layer")
     lb = LayerBench(**HEADLINE, seed=args.seed)
-    layer: dict[str, Any] = {"eager": common.measure(lb.mdgr_layer, args.warmup, args.repeats)}
+    layer: dict[str, Any] = {"eager": record.measure(lb.mdgr_layer, args.warmup, args.repeats)}
     try:
         compiled = torch.compile(lb.conv)
         i = lb.inputs
@@ -421,7 +419,7 @@ def bench_compile(args, bar) -> dict[str, Any]:
         start = time.perf_counter()
         step()
         layer["first_call_s"] = time.perf_counter() - start
-        layer["compiled"] = common.measure(step, args.warmup, args.repeats)
+        layer["compiled"] = record.measure(step, args.warmup, args.repeats)
         with torch.no_grad():
             diff = (compiled(i["x"], i["batch"], i["query"]) - lb.conv(i["x"], i["batch"],
                                                                         i["query"])).abs().max()
@@ -457,7 +455,7 @@ def bench_compile(args, bar) -> dict[str, Any]:
             model.zero_grad(set_to_none=True)
             model.loss(batch).backward()
 
-        model_out["eager"] = common.measure(eager_step, args.warmup, args.repeats)
+        model_out["eager"] = record.measure(eager_step, args.warmup, args.repeats)
         try:
             loss_fn = torch.compile(model.loss)
 
@@ -468,7 +466,7 @@ def bench_compile(args, bar) -> dict[str, Any]:
             start = time.perf_counter()
             compiled_step()
             model_out["first_call_s"] = time.perf_counter() - start
-            model_out["compiled"] = common.measure(compiled_step, args.warmup, args.repeats)
+            model_out["compiled"] = record.measure(compiled_step, args.warmup, args.repeats)
             with torch.no_grad():
                 model_out["loss_abs_diff"] = float((loss_fn(batch) - model.loss(batch)).abs())
             model_out["speedup"] = (model_out["eager"]["median_s"]
@@ -745,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
                                              "training": args.seed},
                 "epoch_batches": args.epoch_batches, "eval_batches": args.eval_batches,
                 "sections": args.sections},
-        "hardware": common.environment(args.threads),
+        "hardware": record.environment(args.threads),
         "results": results,
         "errors": errors,
     }
@@ -765,4 +763,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -30,28 +30,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm.auto import tqdm
+
+from mdgr_graph.bench import runner
+from mdgr_graph.data.dataset import SequenceDataset
+from mdgr_graph.io import atomic_write_text
+from mdgr_graph.models import CLOSED_FORM
+from mdgr_graph.train import _train_epoch, deterministic_algorithms
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import compare  # noqa: E402
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from mdgr_graph.data.dataset import SequenceDataset  # noqa: E402
-from mdgr_graph.models import CLOSED_FORM  # noqa: E402
-from mdgr_graph.train import (  # noqa: E402
-    _train_epoch,
-    atomic_write_text,
-    deterministic_algorithms,
-)
 
 
 def split_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
     p.add_argument("--steps", type=int, default=10, help="timed training steps per model")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
-    own, rest = compare.split_wrapper_args(p, argv, (), "")
+    own, rest = runner.split_wrapper_args(p, argv, (), "", REPO)
     if own.steps < 1 or own.warmup < 0:
         p.error("--steps must be at least 1 and --warmup at least 0")
     return own, rest
@@ -65,10 +60,10 @@ def time_model(name: str, prepared, args: argparse.Namespace, seed: int, steps: 
     Under ``--lr-grid`` the model runs at its selected learning rate once its grid has
     finished, else at ``--lr`` (the step time does not depend on it). ``datasets`` keeps
     the training split of each choice of loo training targets, built once."""
-    args = compare.resolved_args(name, args) or args
-    config = compare.run_config(name, args)
+    args = runner.resolved_args(name, args) or args
+    config = runner.run_config(name, args)
     started = time.perf_counter()
-    model, train = compare.neural_setup(name, prepared, seed, config, progress=False)
+    model, train = runner.neural_setup(name, prepared, seed, config, progress=False)
     build_seconds = time.perf_counter() - started
     targets = (train.loo_train_targets, train.loo_train_positives)
     if targets not in datasets:
@@ -94,7 +89,7 @@ def time_model(name: str, prepared, args: argparse.Namespace, seed: int, steps: 
         "estimated_epoch_seconds": step * batches_per_epoch,
         "estimated_run_seconds": step * batches_per_epoch * config["epochs"],
     }
-    finished = compare.finished_run(name, seed, args)
+    finished = runner.finished_run(name, seed, args)
     if finished is not None and finished.get("epochs"):
         entry["measured_epoch_seconds"] = finished["train_seconds"] / finished["epochs"]
     return entry
@@ -130,11 +125,11 @@ def markdown(payload: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     own, rest = split_args(sys.argv[1:] if argv is None else argv)
-    args = compare.parse_args(rest)
+    args = runner.parse_args(rest, REPO)
     torch.set_num_threads(args.threads)
     seed = args.seeds[0]
-    environment = compare.environment(args)
-    prepared = compare.load_data(args, seed)
+    environment = runner.environment(args)
+    prepared = runner.load_data(args, seed)
     models, skipped, datasets = [], {}, {}
     for name in tqdm(args.models, desc="models", disable=args.no_progress):
         if name in CLOSED_FORM:
@@ -142,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         models.append(time_model(name, prepared, args, seed, own.steps, own.warmup, datasets))
         tqdm.write(f"{name}: {models[-1]['median_step_seconds']:.3f} s per step")
-    base = compare.summary_path(args)
+    base = runner.summary_path(args)
     payload = {"name": base.name, "seed": seed, "steps": own.steps, "warmup": own.warmup,
                "environment": environment, "models": models, "skipped": skipped}
     out = base.with_name(base.name + "-step-time")
@@ -154,4 +149,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,23 +1,39 @@
-"""benchmarks/compare.py end to end on real data (skipped without ../shared/data)."""
+"""The benchmark runner (mdgr_graph.bench) and the scripts under benchmarks/, end to end
+on real data (skipped without ../shared/data); the scripts run as subprocesses."""
 
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import compare  # noqa: E402
-import convergence  # noqa: E402
+from mdgr_graph.bench import groups, runner
+from mdgr_graph.cli.model_options import benchmark_model_kwargs
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def script(name: str, *argv: str) -> subprocess.CompletedProcess:
+    """Run ``benchmarks/<name>`` with ``argv``; its exit status and output."""
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *argv],
+                          capture_output=True, text=True, cwd=REPO, timeout=1800)
+
+
+def ok(done: subprocess.CompletedProcess) -> bool:
+    assert done.returncode == 0, done.stderr[-3000:]
+    return True
 
 
 def test_compare_quick_writes_summary_and_resumes(shared_data, tmp_path, capsys):
     argv = ["--quick", "--models", "pop,itemknn,sasrec", "--seeds", "0,1", "--epochs", "1",
             "--data-dir", str(shared_data), "--out", str(tmp_path / "results"),
             "--work-dir", str(tmp_path / "work"), "--no-progress"]
-    assert compare.main(argv) == 0
+    assert runner.main(argv) == 0
     summary_path = tmp_path / "results" / "quick" / "ml-1m-subset-paper.json"
     summary = json.loads(summary_path.read_text())
     assert [e["model"] for e in summary["models"]] == ["sasrec", "pop", "itemknn"]
@@ -32,11 +48,11 @@ def test_compare_quick_writes_summary_and_resumes(shared_data, tmp_path, capsys)
     assert len(runs) == 6
     stamps = [p.stat().st_mtime_ns for p in runs]
     capsys.readouterr()
-    assert compare.main(argv) == 0  # everything finished: nothing is rerun
+    assert runner.main(argv) == 0  # everything finished: nothing is rerun
     assert [p.stat().st_mtime_ns for p in runs] == stamps
 
     # Figure 5 from the same runs: nothing is retrained, the plot and curves are written
-    assert convergence.main(argv) == 0
+    assert ok(script("convergence.py", *argv))
     assert [p.stat().st_mtime_ns for p in runs] == stamps
     base = tmp_path / "results" / "quick" / "ml-1m-subset-paper"
     assert base.with_name(base.name + "-convergence.png").stat().st_size > 1000
@@ -51,7 +67,7 @@ def test_compare_lr_grid_tunes_each_neural_model_on_one_seed(shared_data, tmp_pa
             "--lr-grid", "5e-3,1e-3", "--data-dir", str(shared_data),
             "--out", str(tmp_path / "results"), "--work-dir", str(tmp_path / "work"),
             "--no-progress"]
-    assert compare.main(argv) == 0
+    assert runner.main(argv) == 0
     base = tmp_path / "results" / "quick" / "ml-1m-subset-paper"
     summary = json.loads(base.with_name(base.name + "-lrgrid-0p001-0p005.json").read_text())
     sasrec = next(e for e in summary["models"] if e["model"] == "sasrec")
@@ -64,18 +80,18 @@ def test_compare_lr_grid_tunes_each_neural_model_on_one_seed(shared_data, tmp_pa
     runs = sorted(p.name for p in (base / "runs").glob("sasrec-*.json"))
     assert len(runs) == 3  # both rates on seed 0, the selected one on seed 1
     # Figure 5 from the selected runs (nothing retrained)
-    assert convergence.main(argv) == 0
+    assert ok(script("convergence.py", *argv))
     grid_base = base.with_name(base.name + "-lrgrid-0p001-0p005")
     curves = json.loads(grid_base.with_name(grid_base.name + "-convergence.json").read_text())
-    selected = compare.finished_run("sasrec", 1, compare.parse_args(argv))
+    selected = runner.finished_run("sasrec", 1, runner.parse_args(argv))
     assert selected["config"]["lr"] == tuning["selected_lr"]
     assert curves["curves"]["sasrec"][1] == selected["valid_curve"]
     # a later run of other models under the same grid keeps sasrec in the table
-    assert compare.main([*argv[:2], "pop", *argv[3:]]) == 0
+    assert runner.main([*argv[:2], "pop", *argv[3:]]) == 0
     again = json.loads(base.with_name(base.name + "-lrgrid-0p001-0p005.json").read_text())
     assert [e["model"] for e in again["models"]] == [e["model"] for e in summary["models"]]
     with pytest.raises(SystemExit):
-        compare.parse_args(["--lr-grid", "fast"])
+        runner.parse_args(["--lr-grid", "fast"])
 
 
 def test_compare_continues_a_finished_shorter_run_exactly(shared_data, tmp_path):
@@ -85,12 +101,12 @@ def test_compare_continues_a_finished_shorter_run_exactly(shared_data, tmp_path)
                 "--work-dir", str(tmp_path / where / "work"), "--no-progress"]
 
     def run_of(epochs, where):
-        args = compare.parse_args(argv(epochs, where))
-        return compare.finished_run("gru4rec", 0, args)
+        args = runner.parse_args(argv(epochs, where))
+        return runner.finished_run("gru4rec", 0, args)
 
-    assert compare.main(argv(1, "a")) == 0
-    assert compare.main(argv(2, "a")) == 0  # continues the 1-epoch run
-    assert compare.main(argv(2, "b")) == 0  # uninterrupted 2 epochs
+    assert runner.main(argv(1, "a")) == 0
+    assert runner.main(argv(2, "a")) == 0  # continues the 1-epoch run
+    assert runner.main(argv(2, "b")) == 0  # uninterrupted 2 epochs
     short, extended, fresh = run_of(1, "a"), run_of(2, "a"), run_of(2, "b")
     assert extended["extended_from"] == f"gru4rec-seed0-{short['config_hash']}"
     assert "extended_from" not in fresh and extended["epochs"] == fresh["epochs"] == 2
@@ -109,7 +125,7 @@ def test_markdown_table_states_the_neural_budget_and_epochs_run():
     summary = {"dataset": "d", "protocol": "loo",
                "environment": {"platform": "p", "cpu_count": 2, "threads": 1, "torch": "t"},
                "models": [entry("sasrec", [3], neural), entry("ease", [0], {"grid": {}})]}
-    table = compare.markdown_table(summary, [("HR@10", "hr@10/full")])
+    table = runner.markdown_table(summary, [("HR@10", "hr@10/full")])
     assert "at most 3 epochs (early stopping patience 1), batch 128" in table
     assert "training targets `all`" in table and "epochs run" in table
     assert "| sasrec | 0.2000 ± 0.0000 | 0 | 10 | 5 | 3 | 1.0 |" in table
@@ -118,45 +134,45 @@ def test_markdown_table_states_the_neural_budget_and_epochs_run():
 
 def test_compare_refuses_unknown_models(capsys):
     with pytest.raises(SystemExit):
-        compare.parse_args(["--models", "mdgr,nope"])
+        runner.parse_args(["--models", "mdgr,nope"])
     assert "unknown models" in capsys.readouterr().err
 
 
 def test_compare_loo_training_targets_in_the_run_hash(capsys):
     base = ["--protocol", "loo", "--models", "sasrec"]
-    last = compare.run_tag("sasrec", 0, compare.parse_args(base))
-    assert last == compare.run_tag("sasrec", 0, compare.parse_args(
+    last = runner.run_tag("sasrec", 0, runner.parse_args(base))
+    assert last == runner.run_tag("sasrec", 0, runner.parse_args(
         [*base, "--loo-train-targets", "last"]))
-    one = compare.run_tag("sasrec", 0, compare.parse_args(
+    one = runner.run_tag("sasrec", 0, runner.parse_args(
         [*base, "--loo-train-targets", "random"]))
-    ten = compare.run_tag("sasrec", 0, compare.parse_args(
+    ten = runner.run_tag("sasrec", 0, runner.parse_args(
         [*base, "--loo-train-targets", "random", "--loo-train-positives", "10"]))
     assert len({last, one, ten}) == 3
-    paper = compare.parse_args(["--models", "sasrec", "--loo-train-targets", "random"])
-    assert compare.run_tag("sasrec", 0, paper) == compare.run_tag(
-        "sasrec", 0, compare.parse_args(["--models", "sasrec"]))  # paper runs unaffected
+    paper = runner.parse_args(["--models", "sasrec", "--loo-train-targets", "random"])
+    assert runner.run_tag("sasrec", 0, paper) == runner.run_tag(
+        "sasrec", 0, runner.parse_args(["--models", "sasrec"]))  # paper runs unaffected
     for bad in (["--loo-train-positives", "0"], ["--loo-train-positives", "2"]):
         with pytest.raises(SystemExit):
-            compare.parse_args(bad)
+            runner.parse_args(bad)
     assert "--loo-train-positives" in capsys.readouterr().err
 
 
 def test_compare_loo_training_targets_keep_their_own_table():
     def name(*extra):
-        return compare.summary_path(compare.parse_args(["--protocol", "loo", *extra])).name
+        return runner.summary_path(runner.parse_args(["--protocol", "loo", *extra])).name
 
     assert name() == name("--loo-train-targets", "last") == "ml-1m-subset-loo"
     assert name("--loo-train-targets", "all") == "ml-1m-subset-loo-targets-all"
     assert name("--loo-train-targets", "random", "--loo-train-positives", "4") == (
         "ml-1m-subset-loo-targets-random-p4")
-    assert compare.summary_path(compare.parse_args(
+    assert runner.summary_path(runner.parse_args(
         ["--loo-train-targets", "all"])).name == "ml-1m-subset-paper"
 
 
 def test_compare_reports_a_missing_data_file(tmp_path, capsys):
     argv = ["--quick", "--models", "pop", "--seeds", "0", "--data-dir", str(tmp_path),
             "--out", str(tmp_path / "r"), "--no-progress"]
-    assert compare.main(argv) == 2
+    assert runner.main(argv) == 2
     assert "no such file" in capsys.readouterr().err
 
 
@@ -165,11 +181,11 @@ def test_compare_records_code_defaults_and_refuses_runs_whose_defaults_changed(
     argv = ["--quick", "--models", "pop,itemknn", "--seeds", "0", "--data-dir",
             str(shared_data), "--out", str(tmp_path / "r"), "--work-dir", str(tmp_path / "w"),
             "--no-progress"]
-    assert compare.main(argv) == 0
+    assert runner.main(argv) == 0
     runs = tmp_path / "r" / "quick" / "ml-1m-subset-paper" / "runs"
     knn_path = next(runs.glob("itemknn-*.json"))
     run = json.loads(knn_path.read_text())
-    assert run["code_defaults"] == compare.code_defaults("itemknn")
+    assert run["code_defaults"] == runner.code_defaults("itemknn")
     assert run["code_defaults"]["from_prepared.shrink"] == "10.0"
     assert "train.weight_decay" in run["code_defaults"]
     assert "train.progress" not in run["code_defaults"]
@@ -180,24 +196,24 @@ def test_compare_records_code_defaults_and_refuses_runs_whose_defaults_changed(
     summary = tmp_path / "r" / "quick" / "ml-1m-subset-paper.json"
     before = summary.read_text()
     capsys.readouterr()
-    assert compare.main(argv) == 2
+    assert runner.main(argv) == 2
     err = capsys.readouterr().err
     assert str(knn_path) in err and "from_prepared.shrink 5.0 -> 10.0" in err
     assert "pop-" not in err
     assert summary.read_text() == before and json.loads(knn_path.read_text()) == run
 
     knn_path.unlink()  # as the message says: delete it to rerun under the current code
-    assert compare.main(argv) == 0
-    assert json.loads(knn_path.read_text())["code_defaults"] == compare.code_defaults("itemknn")
+    assert runner.main(argv) == 0
+    assert json.loads(knn_path.read_text())["code_defaults"] == runner.code_defaults("itemknn")
 
 
 def test_changed_defaults_ignores_old_run_files_and_added_or_removed_defaults():
-    now = compare.code_defaults("comirec-sa")
+    now = runner.code_defaults("comirec-sa")
     assert now["loss"] == "'sampled_softmax'"
-    assert compare.changed_defaults({"model": "comirec-sa"}) == {}  # recorded before them
+    assert runner.changed_defaults({"model": "comirec-sa"}) == {}  # recorded before them
     then = {**now, "loss": "'bce'", "removed_since": "1"}
     del then["dropout"]  # added since
-    assert compare.changed_defaults({"model": "comirec-sa", "code_defaults": then}) == {
+    assert runner.changed_defaults({"model": "comirec-sa", "code_defaults": then}) == {
         "loss": ("'bce'", "'sampled_softmax'")}
 
 
@@ -206,21 +222,19 @@ def test_claim_skips_live_locks_and_takes_over_stale_ones(tmp_path):
     import subprocess
 
     lock = tmp_path / "run.lock"
-    assert compare.claim(lock) == lock and lock.read_text() == str(os.getpid())
-    assert compare.claim(lock) is None  # held by a live process (this one)
+    assert runner.claim(lock) == lock and lock.read_text() == str(os.getpid())
+    assert runner.claim(lock) is None  # held by a live process (this one)
     dead = subprocess.Popen(["true"])
     dead.wait()
     lock.write_text(str(dead.pid))
-    assert compare.claim(lock) == lock and lock.read_text() == str(os.getpid())
+    assert runner.claim(lock) == lock and lock.read_text() == str(os.getpid())
 
 
 def test_sensitivity_quick_sweeps_k_and_plots(shared_data, tmp_path):
-    import sensitivity
-
     argv = ["--quick", "--seeds", "0", "--epochs", "1", "--ks", "2,8", "--ms", "5",
             "--data-dir", str(shared_data), "--out", str(tmp_path / "results"),
             "--work-dir", str(tmp_path / "work"), "--no-progress"]
-    assert sensitivity.main(argv) == 0
+    assert ok(script("sensitivity.py", *argv))
     base = tmp_path / "results" / "quick" / "ml-1m-subset-paper"
     data = json.loads(base.with_name(base.name + "-sensitivity.json").read_text())
     for value in ("2", "8"):
@@ -233,12 +247,10 @@ def test_sensitivity_quick_sweeps_k_and_plots(shared_data, tmp_path):
 
 
 def test_ablation_quick_tabulates_variants_against_full_model(shared_data, tmp_path):
-    import ablation
-
     argv = ["--quick", "--seeds", "0", "--epochs", "1", "--variants", "mdgr-w,mdgr-dgc,mdgr-t",
             "--data-dir", str(shared_data), "--out", str(tmp_path / "results"),
             "--work-dir", str(tmp_path / "work"), "--no-progress"]
-    assert ablation.main(argv) == 0
+    assert ok(script("ablation.py", *argv))
     base = tmp_path / "results" / "quick" / "ml-1m-subset-paper"
     data = json.loads(base.with_name(base.name + "-ablation.json").read_text())
     rows = {r["model"]: r for r in data["rows"]}
@@ -257,20 +269,18 @@ def test_ablation_quick_tabulates_variants_against_full_model(shared_data, tmp_p
     assert "| mdgr-t | -T |" in table and "88.49 / 87.61" in table
     assert "| mdgr-dgc (runs of mip) | -DGC |" in table
     stamps = sorted(p.stat().st_mtime_ns for p in (base / "runs").glob("*.json"))
-    assert ablation.main([*argv, "--only-finished"]) == 0  # trains nothing
+    assert ok(script("ablation.py", *argv, "--only-finished"))  # trains nothing
     assert sorted(p.stat().st_mtime_ns for p in (base / "runs").glob("*.json")) == stamps
-    with pytest.raises(SystemExit):
-        ablation.main(["--variants", "mdgr-x"])
+    refused = script("ablation.py", "--variants", "mdgr-x")
+    assert refused.returncode == 2 and "unknown variants" in refused.stderr
 
 
 @pytest.mark.slow
 def test_large_log_benchmark_on_a_small_generated_log(tmp_path):
     pytest.importorskip("pyarrow")
-    import large_log
-
     argv = ["--rows", "30000", "--small-rows", "20000", "--chunk-rows", "5000",
             "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out")]
-    assert large_log.main(argv) == 0
+    assert ok(script("large_log.py", *argv))
     data = json.loads((tmp_path / "out" / "large_log.json").read_text())
     assert data["identical_small"] is True and data["hardware"]["pyarrow"]
     stages = {(r["method"], r["stage"], r["rows"]) for r in data["results"]}
@@ -281,43 +291,35 @@ def test_large_log_benchmark_on_a_small_generated_log(tmp_path):
 
 
 def test_per_user_pooled_tables_weight_each_seed_by_its_windows():
-    import per_user
-
     def entry(windows, auc):
         return {"windows": windows, "m": {"auc": auc, "recall@50": auc / 2}}
 
     result = {"0": {"span": {"low": entry(1, 0.9), "mid": entry(2, 0.6), "high": entry(1, 0.3)}},
               "1": {"span": {"low": entry(3, 0.5), "mid": entry(2, 0.8), "high": entry(1, 0.5)}}}
-    lines = per_user.pooled_tables(result, ["m"])
+    lines = groups.pooled_tables(result, ["m"])
     assert lines[0].strip() == ("### all seeds (0, 1) pooled: test windows by span "
                                 "(each seed's tertiles)")
     assert lines[3] == "| low | 4 | 0.6000 / 0.3000 |"  # (0.9 * 1 + 0.5 * 3) / 4
     assert lines[5] == "| high | 2 | 0.4000 / 0.2000 |"
-    assert per_user.pooled_tables({"0": result["0"]}, ["m"]) == []
+    assert groups.pooled_tables({"0": result["0"]}, ["m"]) == []
 
 
-def test_wrapper_scripts_refuse_options_they_set(capsys):
-    import sensitivity
-
-    with pytest.raises(SystemExit):
-        sensitivity.main(["--mdgr-k", "3"])
-    assert "set by sensitivity.py" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        sensitivity.main(["--help"])
-    assert exc.value.code == 0
-    out = capsys.readouterr().out
+def test_wrapper_scripts_refuse_options_they_set():
+    refused = script("sensitivity.py", "--mdgr-k", "3")
+    assert refused.returncode == 2 and "set by sensitivity.py" in refused.stderr
+    helped = script("sensitivity.py", "--help")
+    assert helped.returncode == 0
+    out = helped.stdout
     assert "--ks" in out and "Every other option is passed to compare.py" in out
 
 
 def test_step_time_estimates_a_run_from_timed_steps(shared_data, tmp_path):
-    import step_time
-
     argv = ["--quick", "--seeds", "0", "--epochs", "1", "--data-dir", str(shared_data),
             "--out", str(tmp_path / "results"), "--work-dir", str(tmp_path / "work"),
             "--no-progress"]
-    assert compare.main([*argv, "--models", "sasrec"]) == 0  # a finished run to check against
-    assert step_time.main(["--steps", "3", "--warmup", "1", *argv,
-                           "--models", "pop,sasrec,mdgr"]) == 0
+    assert runner.main([*argv, "--models", "sasrec"]) == 0  # a finished run to check against
+    assert ok(script("step_time.py", "--steps", "3", "--warmup", "1", *argv,
+                     "--models", "pop,sasrec,mdgr"))
     base = tmp_path / "results" / "quick" / "ml-1m-subset-paper-step-time"
     payload = json.loads(base.with_suffix(".json").read_text())
     assert payload["skipped"] == {"pop": "closed form, no training steps"}
@@ -328,20 +330,20 @@ def test_step_time_estimates_a_run_from_timed_steps(shared_data, tmp_path):
         assert entry["batches_per_epoch"] == -(-entry["examples_per_epoch"] // 128)
         assert entry["estimated_epoch_seconds"] == pytest.approx(
             entry["median_step_seconds"] * entry["batches_per_epoch"])
-        assert entry["config"] == compare.run_config(entry["model"], compare.parse_args(argv))
+        assert entry["config"] == runner.run_config(entry["model"], runner.parse_args(argv))
     assert sasrec["measured_epoch_seconds"] > 0 and "measured_epoch_seconds" not in mdgr
     assert "| sasrec |" in base.with_suffix(".md").read_text()
-    with pytest.raises(SystemExit):
-        step_time.main(["--steps", "0", *argv])
-    with pytest.raises(ValueError, match="fewer than --warmup 100000"):
-        step_time.main(["--warmup", "100000", *argv, "--models", "sasrec"])
+    assert script("step_time.py", "--steps", "0", *argv).returncode == 2
+    too_many = script("step_time.py", "--warmup", "100000", *argv, "--models", "sasrec")
+    assert too_many.returncode == 1
+    assert "ValueError" in too_many.stderr and "fewer than --warmup 100000" in too_many.stderr
 
 
 def test_compare_runs_on_the_embedded_synthetic_log_without_data(tmp_path):
     argv = ["--dataset", "synthetic", "--quick", "--max-users", "60", "--models", "pop,spop",
             "--seeds", "0", "--data-dir", str(tmp_path / "absent"),
             "--out", str(tmp_path / "r"), "--work-dir", str(tmp_path / "w"), "--no-progress"]
-    assert compare.main(argv) == 0
+    assert runner.main(argv) == 0
     summary = json.loads((tmp_path / "r" / "quick" / "synthetic-paper.json").read_text())
     assert [m["model"] for m in summary["models"]] == ["pop", "spop"]
     pop, spop = (m["mean"]["AUC"] for m in summary["models"])
@@ -357,20 +359,62 @@ def test_compare_runs_on_the_embedded_synthetic_log_without_data(tmp_path):
 def test_compare_table_states_the_repeat_share_in_one_line():
     summary = {"dataset": "d", "protocol": "paper", "models": [],
                "environment": {"platform": "p", "cpu_count": 2, "threads": 1, "torch": "t"}}
-    keys = compare.REPORTED["paper"]
-    plain = compare.markdown_table(summary, keys)
-    with_share = compare.markdown_table(
+    keys = runner.REPORTED["paper"]
+    plain = runner.markdown_table(summary, keys)
+    with_share = runner.markdown_table(
         {**summary, "test_repeat_share": {"0": 0.5, "1": 0.25, "2": None}}, keys)
     extra = [line for line in with_share.splitlines() if line not in plain.splitlines()]
     assert len(extra) == 1 and "37.5 % (seeds 0, 1: 50.0, 25.0 %)" in extra[0]
-    assert compare.markdown_table({**summary, "test_repeat_share": None}, keys) == plain
+    assert runner.markdown_table({**summary, "test_repeat_share": None}, keys) == plain
 
 
 def test_compare_mdgr_options_reach_the_model_and_the_table_name():
-    args = compare.parse_args(["--models", "mdgr,mip", "--mdgr-m", "1", "--mdgr-cluster",
+    args = runner.parse_args(["--models", "mdgr,mip", "--mdgr-m", "1", "--mdgr-cluster",
                                "ward", "--mdgr-cluster-on", "item"])
-    assert compare.neural_kwargs("mdgr", args) == {
+    assert benchmark_model_kwargs("mdgr", args) == {
         "dim": 32, "m": 1, "cluster": "ward", "cluster_on": "item"}
-    assert compare.neural_kwargs("mip", args) == {"dim": 32}  # MIP: Ward, no iterations
-    assert compare.summary_path(args).name == (
+    assert benchmark_model_kwargs("mip", args) == {"dim": 32}  # MIP: Ward, no iterations
+    assert runner.summary_path(args).name == (
         "ml-1m-subset-paper-m1-cluster-ward-cluster-on-item")
+
+
+def committed_runs() -> list[tuple[Path, dict]]:
+    return [(path, json.loads(path.read_text()))
+            for path in sorted(RESULTS.glob("*/runs/*.json"))]
+
+
+def test_committed_runs_keep_their_names_under_the_runner():
+    """Every committed run file made by compare.py: its recorded command, parsed by the
+    runner, gives the same configuration and hash, so the run is found (and reused)."""
+    runs = committed_runs()
+    assert len(runs) > 200
+    from_compare = 0
+    for path, run in runs:
+        assert runner.config_hash(run["config"]) == run["config_hash"], path
+        assert path.stem == f"{run['model']}-seed{run['seed']}-{run['config_hash']}", path
+        command = shlex.split(run["environment"]["command"])
+        if command[0] != "compare.py":
+            continue  # made through ablation.py / sensitivity.py, which set --models etc.
+        args = runner.parse_args(command[1:])
+        if run["model"] not in runner.CLOSED_FORM:  # the rate of its grid, if any
+            args = runner.with_lr(args, run["config"]["lr"])
+        assert runner.run_config(run["model"], args) == run["config"], path
+        assert runner.run_tag(run["model"], run["seed"], args) == path.stem, path
+        from_compare += 1
+    assert from_compare > 200
+
+
+def test_committed_summaries_are_found_again_from_their_commands():
+    """The recorded command of every Table 2 summary names its own files."""
+    found = 0
+    for path in sorted(RESULTS.glob("*.json")):
+        summary = json.loads(path.read_text())
+        if not isinstance(summary.get("models"), list):
+            continue
+        names = {runner.summary_path(runner.parse_args(shlex.split(c)[1:])).name
+                 for entry in summary["models"] for c in entry.get("commands", [])
+                 if c.startswith("compare.py")}
+        if names:
+            assert path.stem in names, (path, names)
+            found += 1
+    assert found > 10

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,18 @@ def test_example_scripts_are_the_command_lines(script, option):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert option in done.stdout
+
+
+def test_scripts_are_leaves():
+    """Examples and benchmarks call the package: none patches ``sys.path``, none imports
+    another script, and no test imports a script."""
+    scripts = {p.stem for folder in ("examples", "benchmarks")
+               for p in (REPO / folder).glob("*.py")}
+    imports_a_script = re.compile(
+        rf"^\s*(?:import|from)\s+({'|'.join(sorted(scripts))})\b", flags=re.M)
+    patches = re.compile(r"sys\.path\.(?:insert|append|extend)")
+    for folder in ("examples", "benchmarks", "tests"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            text = path.read_text()
+            assert not patches.search(text), path
+            assert not imports_a_script.search(text), (path, imports_a_script.search(text))

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch_geometric.loader import DataLoader
 
+from mdgr_graph.bench import runner
+from mdgr_graph.cli import train as train_cli
 from mdgr_graph.data.dataset import SequenceDataset
 from mdgr_graph.metrics import full_ranking_metrics, rank_of_target
 from mdgr_graph.models import build_model
 from mdgr_graph.train import TrainConfig, evaluate, run_fingerprint
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import compare  # noqa: E402
-
-from mdgr_graph.cli import train as train_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,9 +51,9 @@ def test_train_cli_option(tmp_path):
 
 
 def test_compare_option_keeps_earlier_hashes():
-    plain = compare.parse_args(["--protocol", "loo"])
-    unmasked = compare.parse_args(["--protocol", "loo", "--no-mask-seen"])
+    plain = runner.parse_args(["--protocol", "loo"])
+    unmasked = runner.parse_args(["--protocol", "loo", "--no-mask-seen"])
     for name in ("spop", "sasrec"):
-        assert "mask_seen" not in compare.run_config(name, plain)
-        assert compare.run_config(name, unmasked)["mask_seen"] is False
-    assert compare.summary_path(unmasked).name == "ml-1m-subset-loo-unmasked"
+        assert "mask_seen" not in runner.run_config(name, plain)
+        assert runner.run_config(name, unmasked)["mask_seen"] is False
+    assert runner.summary_path(unmasked).name == "ml-1m-subset-loo-unmasked"

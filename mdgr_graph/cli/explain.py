@@ -31,8 +31,8 @@ from mdgr_graph.cli.train import load_run
 from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.data.protocols import SPLIT_NAMES
 from mdgr_graph.data.titles import item_labels, read_movielens_titles
+from mdgr_graph.io import atomic_write_bytes, atomic_write_text
 from mdgr_graph.models.mdgr import MDGR
-from mdgr_graph.train import atomic_write_bytes, atomic_write_text
 
 try:
     import matplotlib.pyplot as plt

@@ -45,8 +45,8 @@ from mdgr_graph.cli.checks import device_problem, writable_problem
 from mdgr_graph.cli.train import load_run
 from mdgr_graph.data.cli import options_from_args
 from mdgr_graph.data.titles import read_movielens_titles
+from mdgr_graph.io import atomic_write_text
 from mdgr_graph.metrics import full_ranking_metrics, rank_in_list
-from mdgr_graph.train import atomic_write_text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

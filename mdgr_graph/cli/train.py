@@ -43,12 +43,12 @@ from mdgr_graph.data.cli import (
     options_from_args,
 )
 from mdgr_graph.data.prepare import PreparedDataset, prepare_dataset
+from mdgr_graph.io import atomic_write_text
 from mdgr_graph.models import CAUSAL_BASELINES, MODELS, build_model
 from mdgr_graph.models.base import SequentialRecommender
 from mdgr_graph.train import (
     RunDirError,
     TrainConfig,
-    atomic_write_text,
     check_run_dir,
     evaluate,
     fingerprint_differences,

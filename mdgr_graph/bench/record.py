@@ -1,4 +1,4 @@
-"""What every benchmark script records and how it times: one place for both.
+"""What every benchmark records and how it times: one place for both.
 
 - :func:`environment`: date, machine, CPU count and affinity, load average, memory, threads,
   the command line and the versions of Python, numpy, torch, PyG and the optional
