@@ -418,3 +418,45 @@ def test_committed_summaries_are_found_again_from_their_commands():
             assert path.stem in names, (path, names)
             found += 1
     assert found > 10
+
+
+def test_any_log_synthetic_repeats_and_new_model_options(tmp_path, capsys):
+    """``--path`` runs the comparison on any log; ``--synthetic-repeat-prob`` names its
+    tables; ``--mdgr-repeat`` / ``--loss`` reach the models that take them and the names."""
+    args = runner.parse_args(["--dataset", "synthetic", "--synthetic-repeat-prob", "0.8",
+                              "--mdgr-repeat", "gate", "--loss", "ce", "--out", str(tmp_path)])
+    assert args.dataset == "synthetic-repeat0.8"
+    assert runner.summary_path(args).name.startswith(
+        "synthetic-repeat0.8-paper-repeat-gate-loss-ce")
+    assert runner.run_config("mdgr", args)["model_kwargs"] == {"dim": 32, "repeat": "gate",
+                                                               "loss": "ce"}
+    assert runner.run_config("sasrec", args)["model_kwargs"] == {"dim": 32,
+                                                                 "history_targets": False,
+                                                                 "loss": "ce"}
+    assert "loss" not in runner.run_config("maerec", args)["model_kwargs"]  # its own loss
+    plain = runner.parse_args(["--dataset", "synthetic"])
+    assert runner.run_config("mdgr", plain)["model_kwargs"] == {"dim": 32}
+    log = tmp_path / "clicks.csv.gz"
+    import gzip
+
+    rows = ["uid,iid,ts"] + [f"u{u},i{(u * 7 + j) % 120},{1000 + j}" for u in range(30)
+                             for j in range(25)]
+    log.write_bytes(gzip.compress("\n".join(rows).encode()))
+    args = runner.parse_args(["--path", str(log), "--format", "csv", "--protocol", "loo",
+                              "--user-col", "uid", "--item-col", "iid", "--time-col", "ts",
+                              "--out", str(tmp_path)])
+    assert args.dataset == "clicks"
+    prepared = runner.load_data(args, seed=0)
+    assert prepared.num_users == 30 and prepared.protocol == "loo"
+    for bad, message in [(["--path", str(log)], "needs --format"),
+                         (["--format", "csv"], "go with --path"),
+                         (["--path", str(tmp_path / "none.csv"), "--format", "csv"],
+                          "no such file"),
+                         (["--synthetic-repeat-prob", "0.5"], "for --dataset synthetic"),
+                         (["--dataset", "synthetic", "--synthetic-repeat-prob", "1.5"],
+                          "must lie in"),
+                         (["--dataset", "synthetic", "--synthetic-repeat-window", "5"],
+                          "goes with")]:
+        with pytest.raises(SystemExit):
+            runner.parse_args(bad)
+        assert message in capsys.readouterr().err

@@ -33,8 +33,28 @@ def test_every_model_has_one_row_and_its_keywords_exist():
         cls = model_class(name)
         method = cls.from_prepared if name in CLOSED_FORM else cls.__init__
         params = inspect.signature(method).parameters
+        own = set(row) - {"loss"}  # build_model's own keyword: sets candidate_loss_kind
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            assert set(row) <= set(params), (name, set(row) - set(params))
+            assert own <= set(params), (name, own - set(params))
+
+
+def test_repeat_and_loss_are_passed_only_when_given(capsys):
+    def options(*argv):
+        return model_options(train_cli.parse_args(list(argv)))
+
+    plain = options("--model", "mdgr")
+    assert "repeat" not in plain and "loss" not in plain  # earlier runs keep their options
+    assert options("--model", "mdgr", "--repeat", "gate")["repeat"] == "gate"
+    assert options("--model", "sasrec", "--loss", "ce")["loss"] == "ce"
+    assert options("--model", "surge", "--loss", "bce")["loss"] == "bce"
+    for argv, message in [(["--model", "sasrec", "--repeat", "gate"], "--repeat is for"),
+                          (["--model", "ease", "--loss", "ce"], "--loss is for"),
+                          (["--model", "maerec", "--loss", "ce"], "--loss is for"),
+                          (["--model", "mdgr", "--loss", "ce", "--query", "candidate"],
+                           "not with --query candidate")]:
+        with pytest.raises(SystemExit):
+            train_cli.parse_args(argv)
+        assert message in capsys.readouterr().err
 
 
 def test_train_passes_every_option_of_the_model():

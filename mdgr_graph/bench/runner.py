@@ -57,11 +57,12 @@ from mdgr_graph.data.cli import (
     add_loo_training_arguments,
     loo_training_problem,
 )
-from mdgr_graph.data.prepare import DataOptions, PreparedDataset, prepare_dataset
+from mdgr_graph.data.prepare import FORMATS, DataOptions, PreparedDataset, prepare_dataset
 from mdgr_graph.data.repeats import repeat_share
 from mdgr_graph.io import atomic_write_text
 from mdgr_graph.models import CLOSED_FORM, MODELS, build_model, model_defaults
-from mdgr_graph.models.base import SequentialRecommender
+from mdgr_graph.models.base import CANDIDATE_LOSSES, SequentialRecommender
+from mdgr_graph.nn.repeat import REPEAT_MODES
 from mdgr_graph.train import SELECTION_METRIC, TrainConfig, evaluate, fit, load_checkpoint
 
 #: Dataset name -> (reader format, file inside the data folder; None: generated).
@@ -70,6 +71,7 @@ DATASETS: dict[str, tuple[str, str | None]] = {
     "ml-1m-subset": ("movielens", "ml-1m-subset/ratings.dat.gz"),
     "ml-100k": ("movielens", "ml-100k/u.data.gz"),
     "amazon-beauty": ("amazon", "amazon-beauty/interactions.tsv.gz"),
+    "amazon-sports": ("amazon", "amazon-sports/interactions.tsv.gz"),
 }
 
 #: Validation grids of the closed-form baselines (every combination is fitted).
@@ -108,7 +110,27 @@ def parse_args(argv: list[str] | None = None, root: Path | None = None) -> argpa
     root = Path.cwd() if root is None else Path(root)
     p = argparse.ArgumentParser(description=DESCRIPTION,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", choices=sorted(DATASETS), default="ml-1m-subset")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="ml-1m-subset",
+                   help="a named dataset under --data-dir (or --path for any log)")
+    p.add_argument("--path", type=Path, default=None,
+                   help="any log instead of --dataset: the file, read as --format (csv: with "
+                        "the column options below); its tables and runs are named --name")
+    p.add_argument("--format", choices=[f for f in FORMATS if f != "synthetic"], default=None,
+                   help="with --path: the reader")
+    p.add_argument("--name", default=None,
+                   help="with --path: name of its tables and run folders (default: the file "
+                        "name up to its first dot)")
+    p.add_argument("--user-col", default="user", help="csv: user column name")
+    p.add_argument("--item-col", default="item", help="csv: item column name")
+    p.add_argument("--time-col", default="timestamp", help="csv: timestamp column name")
+    p.add_argument("--sep", default=None, help="csv: separator (sniffed when omitted)")
+    p.add_argument("--synthetic-repeat-prob", type=float, default=None,
+                   help="--dataset synthetic: probability that an interaction repeats one of "
+                        "the user's recent items (repeat consumption); the tables are named "
+                        "synthetic-repeat<P>")
+    p.add_argument("--synthetic-repeat-window", type=int, default=None,
+                   help="with --synthetic-repeat-prob: how many previous items a repeat "
+                        "chooses from (default 50)")
     p.add_argument("--protocol", choices=["paper", "loo"], default="paper")
     p.add_argument("--data-dir", type=Path, default=root.resolve().parent / "shared" / "data",
                    help="folder holding the datasets (../shared/data beside the repository)")
@@ -144,6 +166,14 @@ def parse_args(argv: list[str] | None = None, root: Path | None = None) -> argpa
     p.add_argument("--mdgr-input-norm", choices=["none", "scale", "layer"], default=None,
                    help="MDGR variants, MIP and static-graph: balance of the encoder's input "
                         "parts (default: the model's, 'none' = the paper)")
+    p.add_argument("--mdgr-repeat", choices=list(REPEAT_MODES), default=None,
+                   help="MDGR variants, MIP and static-graph: 'gate' adds a learned bonus for "
+                        "candidates already in the input sequence (repeat consumption; not "
+                        "in the paper; default: the model's, 'none')")
+    p.add_argument("--loss", choices=list(CANDIDATE_LOSSES), default=None,
+                   help="neural models that support it: training loss, 'ce' = a softmax over "
+                        "every item (default: each model's own, Eq. 17's BCE for most); "
+                        "models without the option keep their own")
     p.add_argument("--query", choices=["last", "candidate"], default=None,
                    help="MDGR variants and surge: query of the graph attention (Eq. 11); "
                         "'candidate' builds one graph per (window, candidate), as the paper "
@@ -178,6 +208,8 @@ def parse_args(argv: list[str] | None = None, root: Path | None = None) -> argpa
                    help="checkpoints of neural runs (for resuming)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if (problem := _log_problem(args)) is not None:
+        p.error(problem)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(args.models) - set(MODELS))
     if unknown:
@@ -208,6 +240,33 @@ def parse_args(argv: list[str] | None = None, root: Path | None = None) -> argpa
         args.out = args.out / "quick"
         args.work_dir = args.work_dir / "quick"
     return args
+
+
+def _log_problem(args: argparse.Namespace) -> str | None:
+    """Check ``--path`` / ``--synthetic-repeat-*`` and set ``args.dataset`` to the name of
+    the tables (the named dataset, ``--name``, or ``synthetic-repeat<P>[-window<W>]``)."""
+    if args.path is not None:
+        if args.format is None:
+            return "--path needs --format (the reader of the log)"
+        if not args.path.is_file():
+            return f"--path {args.path}: no such file"
+        args.dataset = args.name or args.path.name.split(".")[0]
+        if not args.dataset or "/" in args.dataset:
+            return f"--name must be a plain file name, got {args.dataset!r}"
+    elif args.format is not None or args.name is not None:
+        return "--format and --name go with --path"
+    repeat, window = args.synthetic_repeat_prob, args.synthetic_repeat_window
+    if repeat is None:
+        return ("--synthetic-repeat-window goes with --synthetic-repeat-prob"
+                if window is not None else None)
+    if args.path is not None or args.dataset != "synthetic":
+        return "--synthetic-repeat-prob is for --dataset synthetic"
+    if not (math.isfinite(repeat) and 0 < repeat <= 1):
+        return f"--synthetic-repeat-prob must lie in (0, 1], got {repeat}"
+    if window is not None and window < 1:
+        return f"--synthetic-repeat-window must be >= 1, got {window}"
+    args.dataset = f"synthetic-repeat{repeat:g}" + ("" if window is None else f"-window{window}")
+    return None
 
 
 # ---------------------------------------------------------------------- environment
@@ -343,15 +402,28 @@ def load_finished_model(name: str, seed: int, prepared: PreparedDataset,
 
 
 def load_data(args: argparse.Namespace, seed: int) -> PreparedDataset:
-    """The data of ``args.dataset`` / ``args.protocol`` prepared with ``seed``."""
-    fmt, rel = DATASETS[args.dataset]
-    path = None
-    if rel is not None:
-        path = args.data_dir / rel
-        if not path.is_file():
-            raise FileNotFoundError(f"{args.dataset}: no such file {path}")
+    """The data of ``args.dataset`` / ``args.protocol`` prepared with ``seed`` (the log of
+    ``--path``, or the synthetic log with ``--synthetic-repeat-prob``, when given)."""
+    extra: dict[str, Any] = {}
+    if getattr(args, "path", None) is not None:
+        fmt, path = args.format, args.path
+        extra = {"user_col": args.user_col, "item_col": args.item_col,
+                 "time_col": args.time_col, "sep": args.sep}
+    elif getattr(args, "synthetic_repeat_prob", None) is not None:
+        fmt, path = "synthetic", None
+        window = args.synthetic_repeat_window
+        extra = {"synthetic": {"repeat_prob": args.synthetic_repeat_prob,
+                               "repeat_window": 50 if window is None else window}}
+    else:
+        fmt, rel = DATASETS[args.dataset]
+        path = None
+        if rel is not None:
+            path = args.data_dir / rel
+            if not path.is_file():
+                raise FileNotFoundError(f"{args.dataset}: no such file {path}")
     options = DataOptions(format=fmt, path=None if path is None else str(path),
-                          protocol=args.protocol, seed=seed, train_stride=args.train_stride)
+                          protocol=args.protocol, seed=seed, train_stride=args.train_stride,
+                          **extra)
     prepared = prepare_dataset(options)
     if args.max_users is not None:
         prepared = prepared.subsample_users(args.max_users, seed=seed)
@@ -416,6 +488,7 @@ def run_neural(name: str, prepared: PreparedDataset, seed: int, config: dict[str
 def summary_path(args: argparse.Namespace) -> Path:
     """``<out>/<dataset>-<protocol>`` (``.json`` / ``.md``), with ``-stride<S>``, ``-k<K>``,
     ``-m<M>``, ``-weighting-<W>``, ``-cluster-<C>``, ``-cluster-on-<I>``,
+    ``-input-norm-<N>``, ``-repeat-<R>``, ``-loss-<L>``, ``-query-<Q>``,
     ``-targets-<T>[-p<P>]`` (loo training targets other than ``last``), ``-unmasked``
     (``--no-mask-seen``) and ``-lr<LR>``
     (or ``-lrgrid-<LRs>``) appended when those options are set (the learning rate when it
@@ -435,6 +508,10 @@ def summary_path(args: argparse.Namespace) -> Path:
         name += f"-cluster-on-{args.mdgr_cluster_on}"
     if getattr(args, "mdgr_input_norm", None) is not None:
         name += f"-input-norm-{args.mdgr_input_norm}"
+    if getattr(args, "mdgr_repeat", None) is not None:
+        name += f"-repeat-{args.mdgr_repeat}"
+    if getattr(args, "loss", None) is not None:
+        name += f"-loss-{args.loss}"
     if getattr(args, "query", None) is not None:
         name += f"-query-{args.query}"
     if getattr(args, "train_positives", None) is not None:

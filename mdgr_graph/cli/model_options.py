@@ -30,9 +30,10 @@ DRAWS: tuple[str, ...] = ("train_positives", "train_negatives")
 #: MDGR, its Table 3 variants, MIP and the static-graph control: ``MDGR``'s keywords.
 _MDGR = {name: name for name in (
     "dim", "k", "m", "gamma", "delta", "conv_heads", "dropout", "cluster", "pool", "binary",
-    "weighting", "input_norm", "cluster_on", "query", "conv_residual", "conv_norm", *DRAWS)}
+    "weighting", "input_norm", "cluster_on", "query", "conv_residual", "conv_norm", *DRAWS,
+    "repeat", "loss")}
 _SASREC = {"dim": "dim", "dropout": "dropout", "num_blocks": "blocks",
-           "history_targets": "history_targets"}
+           "history_targets": "history_targets", "loss": "loss"}
 
 #: Model name -> ``{keyword of build_model: option of mdgr-train (attribute of its args)}``.
 MODEL_OPTIONS: dict[str, dict[str, str]] = {
@@ -40,24 +41,35 @@ MODEL_OPTIONS: dict[str, dict[str, str]] = {
     "sasrec": _SASREC,
     "tisasrec": _SASREC,
     "gru4rec": {"dim": "dim", "dropout": "dropout", "num_layers": "blocks",
-                "history_targets": "history_targets"},
+                "history_targets": "history_targets", "loss": "loss"},
     "bert4rec": {"dim": "dim", "dropout": "dropout", "num_blocks": "blocks",
-                 "mask_prob": "mask_prob"},
+                 "mask_prob": "mask_prob", "loss": "loss"},
     "maerec": {"dim": "dim", "history_targets": "history_targets"},
-    "comirec-sa": {"dim": "dim", "interests": "k", "dropout": "dropout"},
-    "comirec-dr": {"dim": "dim", "interests": "k"},
-    "surge": {"dim": "dim", "query": "query", **{d: d for d in DRAWS}},
+    "comirec-sa": {"dim": "dim", "interests": "k", "dropout": "dropout", "loss": "loss"},
+    "comirec-dr": {"dim": "dim", "interests": "k", "loss": "loss"},
+    "surge": {"dim": "dim", "query": "query", **{d: d for d in DRAWS}, "loss": "loss"},
     "din": {"dim": "dim", "dropout": "dropout", **{d: d for d in DRAWS}},
     # their own defaults for the rest
     "pintext": {"dim": "dim"},
     "bigcf": {"dim": "dim"},
-    "dcrec": {"dim": "dim"},
+    "dcrec": {"dim": "dim", "loss": "loss"},
     "itemknn": {"neighbours": "neighbours", "shrink": "shrink"},
     "ease": {"l2": "l2"},
     "pop": {},
     "spop": {},
 }
 assert set(MODEL_OPTIONS) == set(MODELS), "every model needs its row"
+
+#: Keywords passed only when their option differs from this value, so that runs made
+#: before the option existed keep their recorded options (and hashes).
+ONLY_WHEN_SET: dict[str, Any] = {"repeat": "none", "loss": None}
+
+#: Models that can train with ``--loss`` (a softmax over the catalogue among the choices).
+LOSS_MODELS: tuple[str, ...] = tuple(name for name, row in MODEL_OPTIONS.items()
+                                     if "loss" in row)
+#: Models that take ``--repeat``.
+REPEAT_MODELS: tuple[str, ...] = tuple(name for name, row in MODEL_OPTIONS.items()
+                                       if "repeat" in row)
 
 #: Models that take ``--query``; ``candidate`` needs graph layers or SURGE
 #: (static-graph supports ``last`` only).
@@ -74,7 +86,7 @@ CANDIDATE_QUERY_MODELS: tuple[str, ...] = (*(v for v in VARIANTS if v != "mdgr-d
 BENCHMARK_OPTIONS: dict[str, str] = {
     "dim": "dim", "history_targets": "history_targets", "k": "mdgr_k", "m": "mdgr_m",
     "weighting": "mdgr_weighting", "cluster": "mdgr_cluster", "input_norm": "mdgr_input_norm",
-    "cluster_on": "mdgr_cluster_on", "query": "query",
+    "cluster_on": "mdgr_cluster_on", "query": "query", "repeat": "mdgr_repeat", "loss": "loss",
     "train_positives": "train_positives", "train_negatives": "train_negatives",
 }
 
@@ -94,6 +106,8 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
             value = value or None  # --neighbours 0 keeps them all
         elif keyword in DRAWS and args.train_all_candidates:
             value = None
+        if keyword in ONLY_WHEN_SET and value == ONLY_WHEN_SET[keyword]:
+            continue
         options[keyword] = value
     return options
 

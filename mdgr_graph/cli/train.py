@@ -33,7 +33,12 @@ import torch
 
 from mdgr_graph import distributed
 from mdgr_graph.cli.checks import writable_problem
-from mdgr_graph.cli.model_options import QUERY_MODELS, model_options
+from mdgr_graph.cli.model_options import (
+    LOSS_MODELS,
+    QUERY_MODELS,
+    REPEAT_MODELS,
+    model_options,
+)
 from mdgr_graph.data.cli import (
     add_data_arguments,
     add_loo_training_arguments,
@@ -45,7 +50,8 @@ from mdgr_graph.data.cli import (
 from mdgr_graph.data.prepare import PreparedDataset, prepare_dataset
 from mdgr_graph.io import atomic_write_text
 from mdgr_graph.models import CAUSAL_BASELINES, MODELS, build_model
-from mdgr_graph.models.base import SequentialRecommender
+from mdgr_graph.models.base import CANDIDATE_LOSSES, SequentialRecommender
+from mdgr_graph.nn.repeat import REPEAT_MODES
 from mdgr_graph.train import (
     RunDirError,
     TrainConfig,
@@ -118,6 +124,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "'last': the last history item (retrieval over the catalogue); "
                         "'candidate': each candidate item, one graph per (window, "
                         "candidate) as in the paper (ranking a given candidate set)")
+    g.add_argument("--repeat", default="none", choices=list(REPEAT_MODES),
+                   help="mdgr variants, MIP, static-graph: 'gate' adds a learned, user-gated "
+                        "bonus for candidates already in the input sequence (repeat "
+                        "consumption; not in the paper; docs/model.md)")
+    g.add_argument("--loss", default=None, choices=list(CANDIDATE_LOSSES),
+                   help="neural models: training loss; bce: Eq. 17 over the candidates (loo: "
+                        "the target and one sampled negative); sampled_softmax: each positive "
+                        "against the sampled negatives; ce: a softmax over every item "
+                        "(default: the model's own, bce for most)")
     g.add_argument("--train-positives", type=int, default=1,
                    help="candidate mode (and din): positives of each window drawn per "
                         "training step")
@@ -174,6 +189,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--resume needs --out")
     if args.history_targets and args.model not in CAUSAL_BASELINES:
         parser.error(f"--history-targets is for {', '.join(CAUSAL_BASELINES)}, not {args.model}")
+    if args.repeat != "none" and args.model not in REPEAT_MODELS:
+        parser.error(f"--repeat is for {', '.join(REPEAT_MODELS)}, not {args.model}")
+    if args.loss is not None and args.model not in LOSS_MODELS:
+        parser.error(f"--loss is for {', '.join(LOSS_MODELS)}, not {args.model}")
+    if args.loss == "ce" and args.query == "candidate":
+        parser.error("--loss ce scores every item with one user state: not with --query "
+                     "candidate")
     if args.query == "candidate" and args.model not in QUERY_MODELS:
         parser.error(f"--query candidate is for the mdgr variants and surge, not {args.model}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
