@@ -8,7 +8,8 @@ Sections (each figure: warm-up calls, then the median of ``--repeats`` >= 5 time
    scikit-learn KMeans, Ward and Birch called graph by graph (``sklearn_cluster``);
 2. **layer** forward + backward at the same sizes: the vectorised ``DynamicClusterConv``
    (with and without its k-means), the per-graph reference
-   ``dynamic_cluster_conv_reference``, the DynamicEdgeConv recipe (torch-cluster
+   ``dynamic_cluster_conv_reference`` (``tests/nn/reference_conv.py``, so this section
+   needs a full checkout), the DynamicEdgeConv recipe (torch-cluster
    ``knn_graph`` + PyG ``EdgeConv``, MLP of comparable size, same k) and ``GATConv`` on
    the static graph of consecutive items;
 3. **scaling** of the layer (and of knn + EdgeConv) over B in {32, 128, 512} and n in
@@ -32,7 +33,9 @@ All files are written atomically. Example::
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
+import importlib.util
 import json
 import math
 import sys
@@ -51,13 +54,12 @@ from tqdm.auto import tqdm
 from mdgr_graph.bench import record
 from mdgr_graph.io import atomic_write_bytes, atomic_write_text
 from mdgr_graph.nn.cluster import batched_kmeans, sklearn_cluster
-from mdgr_graph.nn.dynamic_cluster_conv import (
-    DynamicClusterConv,
-    dynamic_cluster_conv_reference,
-)
+from mdgr_graph.nn.dynamic_cluster_conv import DynamicClusterConv
 
 REPO = Path(__file__).resolve().parents[1]
-
+#: The slow per-graph oracle of the layer; test code, loaded by its path (see
+#: :func:`load_reference`).
+REFERENCE_CONV = REPO / "tests" / "nn" / "reference_conv.py"
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
 DATASET = "ml-1m-subset/ratings.dat.gz"
 DEFAULT_OUT_DIR = REPO / "benchmarks" / "results" / "speed"
@@ -71,6 +73,27 @@ TARGETS = {
     "epoch_ratio_mdgr_vs_sasrec": ("<=", 3.0),
     "memory_exponent_B": ("<=", 1.2),
 }
+
+
+@functools.cache
+def load_reference() -> Callable[..., Any]:
+    """``dynamic_cluster_conv_reference`` from ``tests/nn/reference_conv.py``.
+
+    The reference is test code, not part of the package, so it is loaded from the
+    repository's file (once; :func:`main` loads it before timing anything when the
+    ``layer`` section runs). Without that file (an installed package, no ``tests/``)
+    this exits with a message saying so.
+    """
+    if not REFERENCE_CONV.is_file():
+        raise SystemExit(
+            f"benchmarks/speed.py needs the per-graph reference of DynamicClusterConv at "
+            f"{REFERENCE_CONV}, which is not there; run it from a full checkout of the "
+            f"repository (the reference lives in the tests, not in the installed package)"
+        )
+    spec = importlib.util.spec_from_file_location("mdgr_reference_conv", REFERENCE_CONV)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.dynamic_cluster_conv_reference
 
 
 # ---------------------------------------------------------------------- measuring
@@ -160,7 +183,7 @@ class LayerBench:
     def reference(self) -> None:
         self.conv.zero_grad(set_to_none=True)
         i = self.inputs
-        out = dynamic_cluster_conv_reference(self.conv, self._x(), i["batch"], i["query"])[0]
+        out = load_reference()(self.conv, self._x(), i["batch"], i["query"])[0]
         out.sum().backward()
 
     def knn_edgeconv(self) -> None:
@@ -718,6 +741,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown sections: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
+    if "layer" in args.sections:
+        load_reference()  # a missing reference stops the run here, not after an hour
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -6,11 +6,7 @@ from mdgr_graph.nn.cluster import (
     cluster_nodes,
     sklearn_cluster,
 )
-from mdgr_graph.nn.dynamic_cluster_conv import (
-    DynamicClusterConv,
-    dynamic_cluster_conv_reference,
-    edge_budget,
-)
+from mdgr_graph.nn.dynamic_cluster_conv import DynamicClusterConv, edge_budget
 from mdgr_graph.nn.encoding import SinusoidalEncoding, sinusoidal_encoding
 from mdgr_graph.nn.gnn import DynamicClusterGNN
 from mdgr_graph.nn.interest import InterestPooling, InterestScore, InterestWeight
@@ -22,7 +18,6 @@ __all__ = [
     "DynamicClusterGNN",
     "batched_kmeans",
     "cluster_nodes",
-    "dynamic_cluster_conv_reference",
     "edge_budget",
     "InterestPooling",
     "InterestScore",

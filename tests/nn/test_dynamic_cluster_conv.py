@@ -5,8 +5,10 @@ import torch
 from torch_geometric.data import Batch, Data
 from torch_geometric.nn import GCNConv, global_mean_pool
 
-from mdgr_graph.nn import DynamicClusterConv, dynamic_cluster_conv_reference, edge_budget
+from mdgr_graph.nn import DynamicClusterConv, edge_budget
 from mdgr_graph.nn.metric import weighted_cosine
+
+from .reference_conv import dynamic_cluster_conv_reference
 
 SIZES = [1, 3, 7, 20, 50]
 D = 16

@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from mdgr_graph.nn import DynamicClusterConv, dynamic_cluster_conv_reference
+from mdgr_graph.nn import DynamicClusterConv
 from mdgr_graph.nn.dynamic_cluster_conv import candidate_graphs
+
+from .reference_conv import dynamic_cluster_conv_reference
 
 D = 16
 
