@@ -19,7 +19,6 @@ from mdgr_graph.data.prepare import DataOptions, PreparedDataset, cache_key, pre
 from mdgr_graph.data.protocols import TEST, TRAIN, VALID
 from mdgr_graph.data.synthetic import generate_synthetic
 
-REPO = Path(__file__).resolve().parents[2]
 STATS_KEYS = ["users", "items", "interactions", "sequences", "train", "valid", "test"]
 
 # small synthetic log: 60 users of 100..260 interactions, nothing filtered with these options
@@ -529,7 +528,7 @@ def test_cli_writes_and_reuses_the_cache(write_csv, tmp_path, capsys):
 
 def test_cli_subprocess(write_csv, tmp_path):
     args = cli_csv(write_csv) + ["--json"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
     proc = subprocess.run(
         [sys.executable, "-m", "mdgr_graph.data", *args],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120, check=False,
