@@ -13,6 +13,7 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 
 from mdgr_graph.data.cli import (
     add_data_arguments,
@@ -24,9 +25,18 @@ from mdgr_graph.data.prepare import prepare_dataset
 from mdgr_graph.data.repeats import repeat_share
 
 
+def program_name() -> str | None:
+    """The name the usage line shows: ``python -m mdgr_graph.data`` when this file runs
+    as a module (argparse would say ``__main__.py``), else argparse's default, the name
+    of the program that was run (``mdgr-data`` for the console script)."""
+    if sys.argv and Path(sys.argv[0]).resolve() == Path(__file__).resolve():
+        return "python -m mdgr_graph.data"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mdgr_graph.data",
+        prog=program_name(),
         description="Read, filter and split an interaction log; print its statistics.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

@@ -542,6 +542,26 @@ def test_cli_subprocess(write_csv, tmp_path):
     assert bad.returncode != 0 and "no such file" in bad.stderr and bad.stdout == ""
 
 
+
+@pytest.mark.parametrize("how", ["console script", "module"])
+def test_cli_usage_names_the_program_that_ran(how, tmp_path):
+    """``mdgr-data --help`` says ``usage: mdgr-data``; ``python -m mdgr_graph.data --help``
+    says ``usage: python -m mdgr_graph.data`` (argparse alone would say ``__main__.py``)."""
+    if how == "module":
+        command, prog = [sys.executable, "-m", "mdgr_graph.data"], "python -m mdgr_graph.data"
+    else:
+        script = Path(sys.executable).parent / "mdgr-data"  # installed beside the interpreter
+        if not script.is_file():
+            pytest.skip(f"console script not installed at {script}")
+        command, prog = [str(script)], "mdgr-data"
+    proc = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"usage: {prog} [-h]"), proc.stdout[:200]
+    bad = subprocess.run([*command, "--format", "nope"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120, check=False)
+    assert bad.returncode == 2 and f"{prog}: error: argument --format" in bad.stderr
+
 def test_data_format_error_is_a_value_error():
     # the CLI catches ValueError; DataFormatError must stay one
     assert issubclass(DataFormatError, ValueError)
