@@ -54,6 +54,7 @@ from mdgr_graph.bench import record
 from mdgr_graph.cli.model_options import benchmark_model_kwargs
 from mdgr_graph.data.cli import (
     LOO_TRAIN_TARGET_HELP,
+    add_csv_arguments,
     add_loo_training_arguments,
     loo_training_problem,
 )
@@ -120,10 +121,7 @@ def parse_args(argv: list[str] | None = None, root: Path | None = None) -> argpa
     p.add_argument("--name", default=None,
                    help="with --path: name of its tables and run folders (default: the file "
                         "name up to its first dot)")
-    p.add_argument("--user-col", default="user", help="csv: user column name")
-    p.add_argument("--item-col", default="item", help="csv: item column name")
-    p.add_argument("--time-col", default="timestamp", help="csv: timestamp column name")
-    p.add_argument("--sep", default=None, help="csv: separator (sniffed when omitted)")
+    add_csv_arguments(p)
     p.add_argument("--synthetic-repeat-prob", type=float, default=None,
                    help="--dataset synthetic: probability that an interaction repeats one of "
                         "the user's recent items (repeat consumption); the tables are named "

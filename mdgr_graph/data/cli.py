@@ -47,10 +47,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--behaviors", default=None,
                    help="taobao: comma-separated behaviours to keep (pv,buy,cart,fav); "
                         "default all")
-    g.add_argument("--user-col", default="user", help="csv: user column name")
-    g.add_argument("--item-col", default="item", help="csv: item column name")
-    g.add_argument("--time-col", default="timestamp", help="csv: timestamp column name")
-    g.add_argument("--sep", default=None, help="csv: separator (sniffed when omitted)")
+    add_csv_arguments(g)
     g.add_argument("--chunk-rows", type=int, default=None, metavar="N",
                    help="taobao, csv: read the file N lines at a time with pyarrow (bounded "
                         "parsing memory, for logs larger than memory); same result and cache "
@@ -72,6 +69,14 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                    help="where prepared datasets are cached")
     g.add_argument("--no-cache", action="store_true", help="prepare without reading or "
                    "writing the cache")
+
+
+def add_csv_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The column and separator options of the generic CSV reader."""
+    parser.add_argument("--user-col", default="user", help="csv: user column name")
+    parser.add_argument("--item-col", default="item", help="csv: item column name")
+    parser.add_argument("--time-col", default="timestamp", help="csv: timestamp column name")
+    parser.add_argument("--sep", default=None, help="csv: separator (sniffed when omitted)")
 
 
 def options_from_args(args: argparse.Namespace) -> DataOptions:
