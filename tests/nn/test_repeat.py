@@ -165,3 +165,23 @@ def test_mdgr_gate_learns_repeats():
         scores = model.score_candidates(batch)
     assert (scores[:, :3].min(1).values > scores[:, 3:].max(1).values).float().mean() > 0.9
     assert model.repeat_score.gate_weight.abs().sum() > 0
+
+
+def test_mdgr_gate_trains_bit_identically_on_a_repeat_free_batch():
+    """No candidate is in its window: the gate gets no gradient, Adam leaves it alone, and
+    every other parameter follows plain MDGR's trajectory bit for bit (measured on
+    ml-1m-subset too: docs/results.md)."""
+    batch = make_batch(HISTORIES[:3], [[20, 21, 22, 23]] * 3)
+    runs = []
+    for repeat in ("none", "gate"):
+        model = small_mdgr(repeat=repeat)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+        torch.manual_seed(5)  # dropout draws
+        for _ in range(4):
+            optimizer.zero_grad()
+            model.loss(batch).backward()
+            optimizer.step()
+        runs.append(model.state_dict())
+    plain, gated = runs
+    assert all(torch.equal(plain[k], gated[k]) for k in plain)
+    assert gated["repeat_score.gate_weight"].eq(0).all()
