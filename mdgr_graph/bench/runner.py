@@ -486,7 +486,7 @@ def run_neural(name: str, prepared: PreparedDataset, seed: int, config: dict[str
 def summary_path(args: argparse.Namespace) -> Path:
     """``<out>/<dataset>-<protocol>`` (``.json`` / ``.md``), with ``-stride<S>``, ``-k<K>``,
     ``-m<M>``, ``-weighting-<W>``, ``-cluster-<C>``, ``-cluster-on-<I>``,
-    ``-input-norm-<N>``, ``-repeat-<R>``, ``-loss-<L>``, ``-query-<Q>``,
+    ``-input-norm-<N>``, ``-repeat-<R>``, ``-loss-<L>``, ``-history-targets``, ``-query-<Q>``,
     ``-targets-<T>[-p<P>]`` (loo training targets other than ``last``), ``-unmasked``
     (``--no-mask-seen``) and ``-lr<LR>``
     (or ``-lrgrid-<LRs>``) appended when those options are set (the learning rate when it
@@ -510,6 +510,8 @@ def summary_path(args: argparse.Namespace) -> Path:
         name += f"-repeat-{args.mdgr_repeat}"
     if getattr(args, "loss", None) is not None:
         name += f"-loss-{args.loss}"
+    if getattr(args, "history_targets", False):
+        name += "-history-targets"
     if getattr(args, "query", None) is not None:
         name += f"-query-{args.query}"
     if getattr(args, "train_positives", None) is not None:
