@@ -92,8 +92,20 @@ def top_pairs(score: Tensor, group: Tensor, budget: Tensor) -> Tensor:
     Returns:
         LongTensor: positions in ``score`` of the kept pairs, by graph, best first.
     """
-    order = torch.sort(score.detach(), descending=True, stable=True).indices
-    order = order[torch.sort(group[order], stable=True).indices]
+    # One stable sort on the key (graph, descending score) instead of two global sorts:
+    # the float's bits mapped to an int64 that orders as the float does (-0.0 as 0.0,
+    # every NaN as the largest value, as ``torch.sort`` treats them), so equal keys keep
+    # their listed order and the result is the two-sort one, index for index.
+    if score.dtype == torch.float32:
+        s = score.detach() + 0.0
+        s = torch.where(torch.isnan(s), torch.full_like(s, float("nan")).abs(), s)
+        bits = s.view(torch.int32).long()
+        ascending = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+        key = group.long() * (1 << 33) + ((1 << 31) - ascending)
+        order = torch.sort(key, stable=True).indices
+    else:  # other float types: the two stable sorts the key above reproduces
+        order = torch.sort(score.detach(), descending=True, stable=True).indices
+        order = order[torch.sort(group[order], stable=True).indices]
     graph = group[order]
     counts = torch.bincount(group, minlength=budget.numel())
     rank = torch.arange(order.numel(), device=score.device) - (counts.cumsum(0) - counts)[graph]

@@ -38,6 +38,37 @@ def test_top_pairs_budgets_and_ties():
     assert top_pairs(score, group, torch.zeros(3, dtype=torch.long)).numel() == 0
 
 
+def _two_sort_top_pairs(score, group, budget):
+    """The previous ``top_pairs``: two global stable sorts (score, then graph)."""
+    order = torch.sort(score, descending=True, stable=True).indices
+    order = order[torch.sort(group[order], stable=True).indices]
+    graph = group[order]
+    counts = torch.bincount(group, minlength=budget.numel())
+    rank = torch.arange(order.numel()) - (counts.cumsum(0) - counts)[graph]
+    return order[rank < budget[graph]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_top_pairs_equals_two_stable_sorts_with_ties(dtype):
+    # the one-key sort keeps the tie rule of the two sorts exactly: -0.0 == 0.0,
+    # infinities, NaN (largest), subnormals, many equal scores, unsorted groups
+    gen = torch.Generator().manual_seed(1)
+    special = torch.tensor([0.0, -0.0, 1.0, -1.0, float("inf"), float("-inf"),
+                            float("nan"), 0.5, -2.5e-38, 1e-45, -1e-45], dtype=dtype)
+    for trial in range(400):
+        num = int(torch.randint(1, 6, (1,), generator=gen))
+        size = int(torch.randint(0, 60, (1,), generator=gen))
+        group = torch.randint(0, num, (size,), generator=gen)
+        if trial % 2:
+            group = group.sort().values
+        pick = special[torch.randint(0, len(special), (size,), generator=gen)]
+        score = torch.where(torch.rand(size, generator=gen) < 0.5, pick,
+                            torch.randn(size, generator=gen, dtype=dtype))
+        budget = torch.randint(0, 20, (num,), generator=gen)
+        assert torch.equal(top_pairs(score, group, budget),
+                           _two_sort_top_pairs(score, group, budget))
+
+
 @pytest.mark.parametrize("power", [-100, -20, 0, 20, 100])
 def test_pow2_rescale_is_exact(power):
     gen = torch.Generator().manual_seed(3)
