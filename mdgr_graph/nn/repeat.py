@@ -35,12 +35,19 @@ def check_repeat_mode(mode: str) -> None:
         raise ValueError(f"unknown repeat mode {mode!r}; choose from {', '.join(REPEAT_MODES)}")
 
 
-def steps_to_end(ptr: Tensor) -> Tensor:
+def graph_of_nodes(ptr: Tensor) -> Tensor:
+    """Graph of every node of a batch whose graph ``g`` owns nodes ``ptr[g]:ptr[g+1]``:
+    ``[N]`` (the batch vector)."""
+    return torch.repeat_interleave(torch.arange(ptr.numel() - 1, device=ptr.device),
+                                   ptr[1:] - ptr[:-1])
+
+
+def steps_to_end(ptr: Tensor, graph: Tensor | None = None) -> Tensor:
     """For the nodes of a batch of sequence graphs (nodes in time order, graph ``g`` owning
-    ``ptr[g]:ptr[g+1]``): how many nodes follow each one in its graph, ``[N]``."""
-    counts = ptr[1:] - ptr[:-1]
-    ends = torch.repeat_interleave(ptr[1:], counts)
-    return ends - 1 - torch.arange(int(ptr[-1]), device=ptr.device)
+    ``ptr[g]:ptr[g+1]``): how many nodes follow each one in its graph, ``[N]``. ``graph``
+    is :func:`graph_of_nodes` of ``ptr`` when already at hand."""
+    graph = graph_of_nodes(ptr) if graph is None else graph
+    return ptr[1:][graph] - 1 - torch.arange(graph.numel(), device=ptr.device)
 
 
 def interest_summary(z: Tensor, mask: Tensor) -> Tensor:
@@ -85,20 +92,20 @@ class RepeatScore(nn.Module):
             self.gate_bias.zero_()
             self.decay.fill_(self.DECAY_INIT)
 
-    def node_weights(self, ptr: Tensor) -> Tensor:
-        r""":math:`e^{-\beta \rho_i}` of every history node, ``[N]``."""
+    def node_weights(self, ptr: Tensor, graph: Tensor | None = None) -> Tensor:
+        r""":math:`e^{-\beta \rho_i}` of every history node, ``[N]`` (``graph``: the batch
+        vector, derived from ``ptr`` when not given)."""
         beta = nn.functional.softplus(self.decay)
-        return torch.exp(-beta * steps_to_end(ptr).to(self.decay.dtype))
+        return torch.exp(-beta * steps_to_end(ptr, graph).to(self.decay.dtype))
 
     def evidence(self, items: Tensor, ptr: Tensor, candidates: Tensor | None = None,
                  num_items: int | None = None) -> Tensor:
         r""":math:`\log(1 + \sum_{i: x_i = v} e^{-\beta \rho_i})` of each candidate ``v``
         of each sequence (``candidates [B, C]``), or of every item ``0..num_items`` when
         ``candidates`` is ``None``."""
-        weight = self.node_weights(ptr)
         num_seq = ptr.numel() - 1
-        graph = torch.repeat_interleave(torch.arange(num_seq, device=ptr.device),
-                                        ptr[1:] - ptr[:-1])
+        graph = graph_of_nodes(ptr)
+        weight = self.node_weights(ptr, graph)
         if candidates is None:
             if num_items is None:
                 raise ValueError("evidence needs candidates or num_items")
