@@ -208,12 +208,23 @@ class InterestScore(nn.Module):
             raw = torch.einsum("bkd,bcd->bkc", zw, items)
         else:
             raw = torch.einsum("bkd,cd->bkc", zw, items)
-        if self.weighting == "paper":
-            logit = weight.unsqueeze(-1) * (raw + self.lin.bias)
+        if raw.requires_grad:
+            if self.weighting == "paper":
+                logit = weight.unsqueeze(-1) * (raw + self.lin.bias)
+            else:
+                logit = raw + self.lin.bias + torch.log(weight.clamp_min(1e-12)).unsqueeze(-1)
+            logit = logit.masked_fill(~mask.unsqueeze(-1), float("-inf"))
         else:
-            logit = raw + self.lin.bias + torch.log(weight.clamp_min(1e-12)).unsqueeze(-1)
-        logit = logit.masked_fill(~mask.unsqueeze(-1), float("-inf"))
-        return logit.max(dim=1).values
+            # Without autograd (evaluation, full ranking): the same operations in place
+            # on the fresh [B, k, I] product, so the same values bit for bit without
+            # allocating three more tensors of that size.
+            logit = raw.add_(self.lin.bias)
+            if self.weighting == "paper":
+                logit.mul_(weight.unsqueeze(-1))
+            else:
+                logit.add_(torch.log(weight.clamp_min(1e-12)).unsqueeze(-1))
+            logit.masked_fill_(~mask.unsqueeze(-1), float("-inf"))
+        return logit.amax(dim=1)
 
     def queries(self, z: Tensor, weight: Tensor, mask: Tensor) -> InterestQueries:
         r"""Eq. 16 as one inner product per interest, for retrieval over the catalogue.

@@ -116,6 +116,28 @@ def test_log_weighting_adds_log_weights_and_never_penalises_weight():
         InterestScore(3, weighting="sum")
 
 
+@pytest.mark.parametrize("weighting", ["paper", "log"])
+@pytest.mark.parametrize("per_row", [False, True])
+def test_interest_score_without_autograd_is_bit_identical(weighting, per_row):
+    # the no-grad path works in place on the [B, k, I] product; same values bit for bit
+    torch.manual_seed(0)
+    scorer = InterestScore(8, weighting=weighting)
+    z = torch.randn(5, 4, 8) * 3
+    weight = torch.rand(5, 4) + 0.05
+    mask = torch.rand(5, 4) > 0.4
+    mask[:, 1] = True
+    mask[2] = False  # a row without interests scores -inf everywhere
+    items = torch.randn(5, 7, 8) if per_row else torch.randn(7, 8)
+    with torch.no_grad():
+        fast = scorer(z, weight, mask, items)
+    slow = scorer(z.requires_grad_(), weight, mask, items)
+    assert slow.requires_grad and not fast.requires_grad
+    assert torch.equal(fast, slow.detach())
+    assert torch.isneginf(fast[2]).all()
+    slow.masked_fill(torch.isinf(slow), 0).sum().backward()  # the grad path still differentiates
+    assert z.grad is not None and torch.isfinite(z.grad).all()
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_variants_shapes_and_finite(variant):
     model = MDGR.from_variant(variant, NUM_ITEMS, dim=16, k=3, m=2, max_len=12,
