@@ -460,3 +460,24 @@ def test_any_log_synthetic_repeats_and_new_model_options(tmp_path, capsys):
         with pytest.raises(SystemExit):
             runner.parse_args(bad)
         assert message in capsys.readouterr().err
+
+
+def test_speed_epoch_section_reports_both_mdgr_settings_against_sasrec(shared_data, tmp_path):
+    out = tmp_path / "speed.json"
+    assert ok(script("speed.py", "--sections", "epoch", "--epoch-batches", "1",
+                     "--eval-batches", "1", "--eval-batch-size", "32", "--warmup", "0",
+                     "--data-dir", str(shared_data), "--json", str(out)))
+    payload = json.loads(out.read_text())
+    epoch = payload["results"]["epoch"]
+    assert set(epoch["models"]) == {"mdgr", "mdgr_m1", "sasrec"}
+    assert epoch["models"]["mdgr_m1"]["kwargs"] == {"m": 1}
+    targets = payload["headline"]["targets"]
+    for name in ("mdgr", "mdgr_m1"):
+        ratio = epoch[f"epoch_ratio_{name}_vs_sasrec"]
+        assert ratio == pytest.approx(epoch["models"][name]["epoch"]["median_s"]
+                                      / epoch["models"]["sasrec"]["epoch"]["median_s"])
+        assert targets[f"epoch_ratio_{name}_vs_sasrec"]["holds"] == (ratio <= 2.0)
+        assert targets[f"eval_ratio_{name}_vs_sasrec"]["value"] == pytest.approx(
+            epoch["models"][name]["eval_users_per_s"]
+            / epoch["models"]["sasrec"]["eval_users_per_s"])
+    assert (tmp_path / "speed.md").is_file()
