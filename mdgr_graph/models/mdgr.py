@@ -108,7 +108,13 @@ class SequenceEncoder(nn.Module):
     ) -> Tensor:
         e = self.proj(torch.cat(self.input_parts(item_emb, t, pos), dim=-1))
         dense, mask = to_dense_batch(e, batch, batch_size=batch_size)
-        attended, _ = self.attn(dense, dense, dense, key_padding_mask=~mask, need_weights=False)
+        # The value goes in as a separate view of the same tensor, which keeps
+        # MultiheadAttention off its fused inference fast path: on the CPU that path (with
+        # a padding mask) is slower than the composite one (26 against 15 ms for 256
+        # sequences of 50) and rounds differently from training; this way evaluation
+        # computes exactly what training computes with dropout off.
+        attended, _ = self.attn(dense, dense, dense.view_as(dense), key_padding_mask=~mask,
+                                need_weights=False)
         h = self.norm1(dense + self.dropout(attended))
         h = self.norm2(h + self.dropout(self.ffn(h)))
         return h[mask]

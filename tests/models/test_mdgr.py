@@ -340,3 +340,13 @@ def test_node_states_are_the_same_with_and_without_the_graphs(cluster_on):
         traced, graphs = model.node_states(batch, return_graphs=True)
     assert len(graphs) == 3
     assert torch.equal(plain, traced)
+
+
+def test_encoder_in_evaluation_computes_what_training_computes_without_dropout():
+    # MultiheadAttention's fused inference path would round differently (and is slower)
+    model = small_model(dim=16, dropout=0.0)
+    batch = make_batch([5, 12, 1, 8])
+    with torch.no_grad():
+        evaluated = model.eval().encode(batch)
+    trained = model.train().encode(batch)
+    assert torch.equal(evaluated, trained.detach())
