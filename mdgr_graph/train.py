@@ -52,6 +52,16 @@ from mdgr_graph.models.base import SequentialRecommender
 SELECTION_METRIC = {"paper": "auc/sampled", "loo": "ndcg@10/full"}
 
 
+def selection_metric(model: SequentialRecommender, prepared: PreparedDataset) -> str:
+    """The validation metric :func:`fit` selects on: :data:`SELECTION_METRIC` of the
+    protocol, except ``auc/sampled`` under leave-one-out for a model that cannot rank the
+    catalogue in one pass (:attr:`~mdgr_graph.models.base.SequentialRecommender.
+    ranks_catalogue_in_one_pass`, e.g. MDGR with ``query="candidate"``)."""
+    if prepared.protocol == "loo" and not model.ranks_catalogue_in_one_pass:
+        return "auc/sampled"
+    return SELECTION_METRIC[prepared.protocol]
+
+
 @dataclass
 class TrainConfig:
     """Options of :func:`fit`.
@@ -315,7 +325,11 @@ def evaluate(
     ``hr@K/full``, ``ndcg@K/full``, ``recall@K/full``, ``mrr/full`` over all items with
     the user's earlier items excluded (``mask_seen``; the target stays rankable even when
     it repeats one of them) or, with ``mask_seen=False``, over every item, and
-    ``auc/sampled`` against the fixed sampled negatives (reported separately).
+    ``auc/sampled`` against the fixed sampled negatives (reported separately). A model
+    that cannot rank the catalogue in one pass (``ranks_catalogue_in_one_pass`` False,
+    the candidate as the query) gets only ``auc/sampled`` under leave-one-out: its full
+    ranking would run one pass per item (re-rank a first stage's list instead,
+    :func:`mdgr_graph.retrieval.rerank`).
 
     In a process group, rank ``r`` of ``W`` scores examples ``r, r + W, ...`` and every rank
     returns the metrics of the whole split (sums and counts merged across ranks).
@@ -329,6 +343,7 @@ def evaluate(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     acc = MetricAccumulator()
     seen = prepared.seen_items(split) if prepared.protocol == "loo" and mask_seen else None
+    full_ranking = model.ranks_catalogue_in_one_pass
     show = progress and distributed.is_main_process()
     for i, batch in enumerate(tqdm(loader, desc=f"eval {split}", disable=not show,
                                    leave=False)):
@@ -338,6 +353,10 @@ def evaluate(
         if prepared.protocol == "paper":
             scores = model.score_candidates(batch).float().cpu()
             acc.update_many(window_metrics_per_row(scores, batch.labels.cpu(), ks=(50,)))
+        elif not full_ranking:
+            sampled = model.score_candidates(batch).float().cpu()
+            acc.update_many({"auc/sampled": window_metrics_per_row(
+                sampled, batch.labels.cpu())["auc/sampled"]})
         else:
             scores = model.score_all(batch).float().cpu()
             exclude = (None if seen is None
@@ -462,7 +481,7 @@ def _fit(
     log: Callable[[str], None] | None,
 ) -> FitResult:
     model.to(config.device)
-    metric = SELECTION_METRIC[prepared.protocol]
+    metric = selection_metric(model, prepared)
     out = Path(config.out_dir) if config.out_dir else None
     main = distributed.is_main_process()
     log = log if main else None

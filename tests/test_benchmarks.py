@@ -481,3 +481,10 @@ def test_speed_epoch_section_reports_both_mdgr_settings_against_sasrec(shared_da
             epoch["models"][name]["eval_users_per_s"]
             / epoch["models"]["sasrec"]["eval_users_per_s"])
     assert (tmp_path / "speed.md").is_file()
+
+
+def test_compare_refuses_candidate_query_under_loo(capsys):
+    with pytest.raises(SystemExit) as exc:
+        runner.main(["--protocol", "loo", "--models", "mdgr", "--query", "candidate"])
+    assert exc.value.code == 2
+    assert "--query candidate under loo" in capsys.readouterr().err

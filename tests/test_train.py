@@ -3,11 +3,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from torch_geometric.loader import DataLoader
 
 from mdgr_graph.cli import train as train_cli
+from mdgr_graph.data.dataset import SequenceDataset
 from mdgr_graph.data.prepare import DataOptions, prepare_dataset
 from mdgr_graph.data.synthetic import generate_synthetic
-from mdgr_graph.metrics import auc_per_row
+from mdgr_graph.metrics import auc_per_row, window_metrics_per_row
 from mdgr_graph.models import Popularity, build_model
 from mdgr_graph.models.baselines.pop import training_item_counts
 from mdgr_graph.train import TrainConfig, _seen_mask, evaluate, fit
@@ -219,3 +221,28 @@ def test_atomic_write_replaces_whole_files_with_normal_permissions(tmp_path):
         atomic_write_bytes(target, fail)
     assert target.read_text() == "second"  # the old file survives, no temporary is left
     assert sorted(p.name for p in target.parent.iterdir()) == ["result.json"]
+
+
+def test_candidate_query_under_loo_selects_and_evaluates_on_the_sampled_candidates(loo_data):
+    from mdgr_graph.train import selection_metric
+
+    torch.manual_seed(0)
+    model = build_model("mdgr", loo_data, dim=8, k=2, m=1, query="candidate",
+                        train_positives=1, train_negatives=3)
+    assert not model.ranks_catalogue_in_one_pass
+    assert selection_metric(model, loo_data) == "auc/sampled"
+    last = build_model("mdgr", loo_data, dim=8, k=2, m=1)
+    assert last.ranks_catalogue_in_one_pass and selection_metric(last, loo_data) == "ndcg@10/full"
+
+    def no_full_ranking(batch):
+        raise AssertionError("score_all must not run in candidate mode under loo")
+
+    model.score_all = no_full_ranking
+    result = fit(model, loo_data, TrainConfig(epochs=2, batch_size=16, progress=False), log=None)
+    assert set(result.best_valid) == {"auc/sampled"}
+    metrics = evaluate(model, loo_data, "test", batch_size=7)
+    # the same AUC as scoring the test rows' candidates directly
+    loader = DataLoader(SequenceDataset(loo_data, "test"), batch_size=7)
+    aucs = [window_metrics_per_row(model.score_candidates(b).detach(), b.labels)["auc/sampled"]
+            for b in loader]
+    assert metrics == {"auc/sampled": pytest.approx(torch.cat(aucs).mean().item())}

@@ -222,6 +222,10 @@ def parse_args(argv: list[str] | None = None, root: Path | None = None) -> argpa
         p.error("--train-positives and --train-negatives go together")
     if args.train_all_candidates and args.train_positives is not None:
         p.error("--train-all-candidates replaces --train-positives/--train-negatives")
+    if args.query == "candidate" and args.protocol == "loo":
+        p.error("--query candidate under loo: the tables rank the whole catalogue, one graph "
+                "pass per item in this mode; train it with mdgr-train and re-rank a first "
+                "stage's list (mdgr-retrieve --rerank)")
     if args.lr_grid is not None:
         try:
             args.lr_grid = sorted({float(v) for v in args.lr_grid.split(",") if v.strip()})

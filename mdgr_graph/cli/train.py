@@ -385,7 +385,10 @@ def _run(args: argparse.Namespace) -> int:
     say(f"test ({time.perf_counter() - start:.1f}s total):",
           " ".join(f"{k}={v:.4f}" for k, v in test.items()))
 
-    final = {name: test[key] for name, key in FINAL_KEYS[prepared.protocol].items()}
+    # loo with the candidate as the query reports auc/sampled only (evaluate): the
+    # headline keys it has, and every metric under "metrics"
+    final = {name: test[key] for name, key in FINAL_KEYS[prepared.protocol].items()
+             if key in test}
     final.update(
         best_epoch=result.best_epoch, epochs=result.epochs,
         train_seconds=round(result.train_seconds, 3), **model.num_parameters(),

@@ -216,6 +216,15 @@ class SequentialRecommender(nn.Module):
         check_candidate_loss(kind)
         self._candidate_loss_kind = kind
 
+    @property
+    def ranks_catalogue_in_one_pass(self) -> bool:
+        """Whether :meth:`score_all` costs about one forward pass per sequence. False for
+        a model whose query is the candidate (MDGR and SURGE with ``query="candidate"``),
+        where it runs one pass per item: leave-one-out evaluation then scores only the
+        sampled candidates (``auc/sampled``) and training selects on that
+        (:func:`mdgr_graph.train.selection_metric`)."""
+        return True
+
     def score_candidates(self, batch: Batch) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 

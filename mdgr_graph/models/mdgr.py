@@ -400,6 +400,10 @@ class MDGR(SequentialRecommender):
         and at least one iteration)."""
         return self.query == "candidate" and len(self.convs) > 0
 
+    @property
+    def ranks_catalogue_in_one_pass(self) -> bool:
+        return not self.candidate_mode
+
     def candidate_scores(self, batch: Batch, candidates: Tensor) -> Tensor:
         """Candidate mode: logits ``[B, C]`` of ``candidates [B, C]``, each candidate the
         query of its own copy of the sequence graph.

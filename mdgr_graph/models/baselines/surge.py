@@ -581,6 +581,10 @@ class SURGE(SequentialRecommender):
         return torch.cat([self._scores_and_state(batch, batch.candidates[:, i : i + chunk])[0]
                           for i in range(0, batch.candidates.size(1), chunk)], dim=1)
 
+    @property
+    def ranks_catalogue_in_one_pass(self) -> bool:
+        return self.query == "last"
+
     def score_all(self, batch: Batch, chunk_size: int = 8192) -> Tensor:
         """Logits of every item ``[B, num_items + 1]`` (column 0 included), exact.
 
