@@ -129,6 +129,38 @@ def peak_tensor_bytes(fn: Callable[[], Any]) -> int:
     return peak
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; the CPU needs nothing)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn: Callable[[], Any], warmup: int, repeats: int,
+            device: torch.device) -> dict[str, Any]:
+    """:func:`mdgr_graph.bench.record.measure` of ``fn`` followed by a device sync, so a
+    CUDA figure is the time until the work is done, not until it is queued."""
+    def call() -> None:
+        fn()
+        synchronize(device)
+
+    return record.measure(call, warmup, repeats)
+
+
+def peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
+    """Peak tensor memory of one call of ``fn`` on ``device``: :func:`peak_tensor_bytes`
+    on the CPU; on CUDA the allocator's peak above what was allocated before the call
+    (``torch.cuda.max_memory_allocated``)."""
+    if device.type != "cuda":
+        return peak_tensor_bytes(fn)
+    gc.collect()
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    synchronize(device)
+    return int(torch.cuda.max_memory_allocated(device) - before)
+
+
 def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -139,9 +171,11 @@ def error_text(exc: BaseException, limit: int = 2000) -> str:
 
 
 # ---------------------------------------------------------------------- inputs
-def make_graphs(B: int, n: int, d: int, seed: int) -> dict[str, torch.Tensor]:
+def make_graphs(B: int, n: int, d: int, seed: int,
+                device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """``B`` graphs of ``n`` nodes with N(0, 1) features, one query per graph, and the
-    static graph of consecutive items (both directions) for GATConv."""
+    static graph of consecutive items (both directions) for GATConv; drawn on the CPU (the
+    same numbers on every device), then moved to ``device``."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(B * n, d, generator=gen)
     batch = torch.arange(B).repeat_interleave(n)
@@ -149,17 +183,19 @@ def make_graphs(B: int, n: int, d: int, seed: int) -> dict[str, torch.Tensor]:
     nodes = torch.arange(B * n).view(B, n)
     a, b = nodes[:, :-1].reshape(-1), nodes[:, 1:].reshape(-1)
     chain = torch.stack([torch.cat([a, b]), torch.cat([b, a])])
-    return {"x": x, "batch": batch, "query": query, "chain": chain}
+    graphs = {"x": x, "batch": batch, "query": query, "chain": chain}
+    return {key: value.to(device) for key, value in graphs.items()}
 
 
 class LayerBench:
     """The four layers compared at the same ``B, n, d, k`` (one forward + backward each)."""
 
-    def __init__(self, B: int, n: int, d: int, k: int, seed: int) -> None:
+    def __init__(self, B: int, n: int, d: int, k: int, seed: int,
+                 device: torch.device | str = "cpu") -> None:
         from torch_geometric.nn import EdgeConv, GATConv
 
         self.B, self.n, self.d, self.k = B, n, d, k
-        self.inputs = make_graphs(B, n, d, seed)
+        self.inputs = make_graphs(B, n, d, seed, device)
         torch.manual_seed(seed)
         self.conv = DynamicClusterConv(d, k=k)
         # DynamicEdgeConv recipe: MLP([x_i, x_j - x_i]) of about the layer's size, max.
@@ -168,6 +204,8 @@ class LayerBench:
         )
         self.edge_conv = EdgeConv(mlp, aggr="max")
         self.gat = GATConv(d, d, heads=2, concat=False)
+        for module in (self.conv, self.edge_conv, self.gat):
+            module.to(device)
         x, batch = self.inputs["x"], self.inputs["batch"]
         self.cluster = self.conv.cluster_labels(x, batch, B)
         self.params = {
@@ -213,11 +251,12 @@ class LayerBench:
 # ---------------------------------------------------------------------- sections
 def bench_clustering(args, bar) -> dict[str, Any]:
     B, n, d, k = (HEADLINE[key] for key in "Bndk")
-    inputs = make_graphs(B, n, d, args.seed)
+    inputs = make_graphs(B, n, d, args.seed)  # scikit-learn runs on the CPU copy
     x, batch = inputs["x"], inputs["batch"]
+    xd, batchd = x.to(args.device), batch.to(args.device)
     out: dict[str, Any] = {"B": B, "n": n, "d": d, "k": k, "methods": {}}
     runs = {
-        "batched_kmeans": lambda: batched_kmeans(x, batch, k, batch_size=B),
+        "batched_kmeans": lambda: batched_kmeans(xd, batchd, k, batch_size=B),
         "sklearn_kmeans": lambda: sklearn_cluster(x, batch, k, "kmeans"),
         "sklearn_ward": lambda: sklearn_cluster(x, batch, k, "ward"),
         "sklearn_birch": lambda: sklearn_cluster(x, batch, k, "birch"),
@@ -225,7 +264,7 @@ def bench_clustering(args, bar) -> dict[str, Any]:
     for name, fn in runs.items():
         bar.set_description(f"clustering: {name}")
         warmup = args.warmup if name == "batched_kmeans" else 1
-        out["methods"][name] = record.measure(fn, warmup, args.repeats)
+        out["methods"][name] = measure(fn, warmup, args.repeats, args.device)
         bar.update()
     base = out["methods"]["batched_kmeans"]["median_s"]
     out["speedup"] = {
@@ -235,14 +274,14 @@ def bench_clustering(args, bar) -> dict[str, Any]:
 
 
 def bench_layer(args, bar) -> dict[str, Any]:
-    lb = LayerBench(**HEADLINE, seed=args.seed)
+    lb = LayerBench(**HEADLINE, seed=args.seed, device=args.device)
     out: dict[str, Any] = {**HEADLINE, "params": lb.params, "methods": {}}
     for name in ("mdgr_layer", "mdgr_layer_given_clusters", "reference", "knn_edgeconv",
                  "gat_static"):
         bar.set_description(f"layer: {name}")
         warmup = 1 if name == "reference" else args.warmup
-        out["methods"][name] = record.measure(getattr(lb, name), warmup, args.repeats)
-        out["methods"][name]["peak_bytes"] = peak_tensor_bytes(getattr(lb, name))
+        out["methods"][name] = measure(getattr(lb, name), warmup, args.repeats, args.device)
+        out["methods"][name]["peak_bytes"] = peak_bytes(getattr(lb, name), args.device)
         bar.update()
     base = out["methods"]["mdgr_layer"]["median_s"]
     out["speedup_of_mdgr_layer"] = {
@@ -257,12 +296,12 @@ def bench_scaling(args, bar) -> dict[str, Any]:
     for B in SCALING_B:
         for n in SCALING_N:
             bar.set_description(f"scaling: B={B} n={n}")
-            lb = LayerBench(B, n, d, k, args.seed)
+            lb = LayerBench(B, n, d, k, args.seed, args.device)
             row: dict[str, Any] = {"B": B, "n": n, "d": d, "k": k}
             for name in ("mdgr_layer", "knn_edgeconv"):
                 fn = getattr(lb, name)
-                row[name] = record.measure(fn, 1, args.repeats)
-                row[name]["peak_bytes"] = peak_tensor_bytes(fn)
+                row[name] = measure(fn, 1, args.repeats, args.device)
+                row[name]["peak_bytes"] = peak_bytes(fn, args.device)
             rows.append(row)
             del lb
             bar.update()
@@ -307,7 +346,8 @@ def bench_epoch(args, bar) -> dict[str, Any]:
     out["train_windows"] = len(train)
     out["train_windows_full"] = len(train_full)
     out["batches_per_epoch"] = math.ceil(len(train) / args.batch_size)
-    config = TrainConfig(batch_size=args.batch_size, progress=False, seed=args.seed)
+    config = TrainConfig(batch_size=args.batch_size, progress=False, seed=args.seed,
+                         device=str(args.device))
     eval_users = loo.split_size("test")
     if args.eval_batches is not None:
         eval_users = min(eval_users, args.eval_batches * args.eval_batch_size)
@@ -320,7 +360,7 @@ def bench_epoch(args, bar) -> dict[str, Any]:
         bar.set_description(f"epoch: {name}")
         try:
             torch.manual_seed(args.seed)
-            model = build_model(model_name, paper, **kwargs)
+            model = build_model(model_name, paper, **kwargs).to(args.device)
         except Exception as exc:  # e.g. a model that does not exist in this checkout
             entry["skipped"] = f"build_model({name!r}) failed: {error_text(exc)}"
             tqdm.write(f"[speed] skipping {name}: {entry['skipped']}")
@@ -330,19 +370,19 @@ def bench_epoch(args, bar) -> dict[str, Any]:
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         epoch = iter(range(10**6))
         with deterministic_algorithms(config.deterministic):
-            entry["epoch"] = record.measure(
+            entry["epoch"] = measure(
                 lambda m=model, o=optimizer, e=epoch: _train_epoch(m, o, train, config, next(e)),
-                1, args.repeats,
+                1, args.repeats, args.device,
             )
         bar.update()
 
         bar.set_description(f"eval: {name}")
         torch.manual_seed(args.seed)
-        eval_model = build_model(model_name, loo, **kwargs)
-        entry["eval"] = record.measure(
+        eval_model = build_model(model_name, loo, **kwargs).to(args.device)
+        entry["eval"] = measure(
             lambda m=eval_model: evaluate(m, loo, "test", batch_size=args.eval_batch_size,
-                                          max_batches=args.eval_batches),
-            1, args.repeats,
+                                          device=args.device, max_batches=args.eval_batches),
+            1, args.repeats, args.device,
         )
         entry["eval_users_per_s"] = eval_users / entry["eval"]["median_s"]
         bar.update()
@@ -382,9 +422,10 @@ def bench_candidate(args, bar) -> dict[str, Any]:
     paper = prepare_dataset(DataOptions(format="movielens", path=str(path), protocol="paper"))
     train = SequenceDataset(paper, "train")
     train.set_epoch(0)
-    batch = next(iter(DataLoader(train, batch_size=args.batch_size)))
+    batch = next(iter(DataLoader(train, batch_size=args.batch_size))).to(args.device)
     test = SequenceDataset(paper, "test")
     eval_batch = next(iter(DataLoader(test, batch_size=args.candidate_eval_windows)))
+    eval_batch = eval_batch.to(args.device)
     repeats = max(5, args.repeats)
     for m, query, draw in CANDIDATE_CASES:
         bar.set_description(f"candidate: m={m} {query}")
@@ -392,7 +433,7 @@ def bench_candidate(args, bar) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"m": m, "query": query}
         if query == "candidate":
             kwargs.update(train_positives=draw[0], train_negatives=draw[1])
-        model = build_model("mdgr", paper, **kwargs)
+        model = build_model("mdgr", paper, **kwargs).to(args.device)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
         def step(model=model, optimizer=optimizer) -> None:
@@ -408,10 +449,10 @@ def bench_candidate(args, bar) -> dict[str, Any]:
         row = {"m": m, "query": query,
                "candidates_per_window": (eval_batch.candidates.size(1) if draw is None
                                          else sum(draw)),
-               "step": record.measure(step, args.warmup, repeats),
-               "step_peak_bytes": peak_tensor_bytes(step)}
+               "step": measure(step, args.warmup, repeats, args.device),
+               "step_peak_bytes": peak_bytes(step, args.device)}
         model.eval()
-        row["eval"] = record.measure(score, 1, repeats)
+        row["eval"] = measure(score, 1, repeats, args.device)
         row["eval_ms_per_window"] = row["eval"]["median_s"] * 1e3 / eval_batch.num_graphs
         out["cases"].append(row)
         bar.update()
@@ -441,8 +482,9 @@ def bench_compile(args, bar) -> dict[str, Any]:
 
     # The layer.
     bar.set_description("compile: layer")
-    lb = LayerBench(**HEADLINE, seed=args.seed)
-    layer: dict[str, Any] = {"eager": record.measure(lb.mdgr_layer, args.warmup, args.repeats)}
+    lb = LayerBench(**HEADLINE, seed=args.seed, device=args.device)
+    layer: dict[str, Any] = {"eager": measure(lb.mdgr_layer, args.warmup, args.repeats,
+                                              args.device)}
     try:
         compiled = torch.compile(lb.conv)
         i = lb.inputs
@@ -454,7 +496,7 @@ def bench_compile(args, bar) -> dict[str, Any]:
         start = time.perf_counter()
         step()
         layer["first_call_s"] = time.perf_counter() - start
-        layer["compiled"] = record.measure(step, args.warmup, args.repeats)
+        layer["compiled"] = measure(step, args.warmup, args.repeats, args.device)
         with torch.no_grad():
             diff = (compiled(i["x"], i["batch"], i["query"]) - lb.conv(i["x"], i["batch"],
                                                                         i["query"])).abs().max()
@@ -482,15 +524,16 @@ def bench_compile(args, bar) -> dict[str, Any]:
         paper = prepare_dataset(DataOptions(format="movielens", path=str(path),
                                             protocol="paper"))
         torch.manual_seed(args.seed)
-        model = build_model("mdgr", paper).eval()  # eval: no dropout, comparable outputs
+        # eval: no dropout, comparable outputs
+        model = build_model("mdgr", paper).to(args.device).eval()
         loader = DataLoader(SequenceDataset(paper, "train"), batch_size=args.batch_size)
-        batch = next(iter(loader))
+        batch = next(iter(loader)).to(args.device)
 
         def eager_step() -> None:
             model.zero_grad(set_to_none=True)
             model.loss(batch).backward()
 
-        model_out["eager"] = record.measure(eager_step, args.warmup, args.repeats)
+        model_out["eager"] = measure(eager_step, args.warmup, args.repeats, args.device)
         try:
             loss_fn = torch.compile(model.loss)
 
@@ -501,7 +544,8 @@ def bench_compile(args, bar) -> dict[str, Any]:
             start = time.perf_counter()
             compiled_step()
             model_out["first_call_s"] = time.perf_counter() - start
-            model_out["compiled"] = record.measure(compiled_step, args.warmup, args.repeats)
+            model_out["compiled"] = measure(compiled_step, args.warmup, args.repeats,
+                                            args.device)
             with torch.no_grad():
                 model_out["loss_abs_diff"] = float((loss_fn(batch) - model.loss(batch)).abs())
             model_out["speedup"] = (model_out["eager"]["median_s"]
@@ -555,6 +599,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "# benchmarks/speed.py results",
         "",
         f"{run['finished']} — {hw['platform']}, {hw['cpu_count']} CPUs, "
+        f"device {hw.get('device', 'cpu')}{' (' + hw['gpu'] + ')' if hw.get('gpu') else ''}, "
         f"{hw['threads']} torch thread(s), torch {hw['torch']}, "
         f"PyG {hw['torch_geometric']}; median of {run['repeats']} after "
         f"{run['warmup']} warm-up call(s){' (--quick)' if run['quick'] else ''}; "
@@ -723,12 +768,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--candidate-eval-windows", type=int, default=64,
                         help="candidate section: test windows scored (100 candidates each)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu or cuda (cuda:N): where the layers and models run; "
+                             "scikit-learn's clustering stays on the CPU, and CUDA times "
+                             "include a synchronize")
     parser.add_argument("--sections",
                         default="clustering,layer,scaling,epoch,candidate,compile",
                         help="comma-separated subset of the sections to run")
     args = parser.parse_args(argv)
     if args.repeats < 5:
         parser.error("--repeats must be at least 5 (the median of at least 5 runs)")
+    try:
+        args.device = torch.device(args.device)
+    except RuntimeError as exc:
+        parser.error(f"--device: {exc}")
+    if args.device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda, got {args.device}")
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda requested but CUDA is not available on this machine")
     if args.warmup is None:
         args.warmup = 1 if args.quick else 2
     if args.quick:
@@ -779,11 +836,13 @@ def main(argv: list[str] | None = None) -> int:
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "argv": sys.argv[1:] if argv is None else argv, "quick": args.quick,
                 "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads,
-                "seed": args.seed, "seeds": {"torch": args.seed, "inputs": args.seed,
-                                             "training": args.seed},
+                "device": str(args.device), "seed": args.seed,
+                "seeds": {"torch": args.seed, "inputs": args.seed, "training": args.seed},
                 "epoch_batches": args.epoch_batches, "eval_batches": args.eval_batches,
                 "sections": args.sections},
-        "hardware": record.environment(args.threads),
+        "hardware": {**record.environment(args.threads), "device": str(args.device),
+                     "gpu": (torch.cuda.get_device_name(args.device)
+                             if args.device.type == "cuda" else None)},
         "results": results,
         "errors": errors,
     }

@@ -488,3 +488,10 @@ def test_compare_refuses_candidate_query_under_loo(capsys):
         runner.main(["--protocol", "loo", "--models", "mdgr", "--query", "candidate"])
     assert exc.value.code == 2
     assert "--query candidate under loo" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is present")
+def test_speed_refuses_cuda_without_a_gpu():
+    done = script("speed.py", "--device", "cuda", "--sections", "epoch")
+    assert done.returncode == 2
+    assert "CUDA is not available" in done.stderr
