@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.utils import scatter, softmax
+from torch_geometric.utils import scatter, softmax, to_dense_batch
 
 POOLS = ("attention", "last", "mean")
 
@@ -143,7 +143,21 @@ class InterestWeight(nn.Module):
                 f"a sequence has {int(slot.max()) + 1} items but InterestWeight was built for "
                 f"max_len={self.max_len}"
             )
-        return torch.einsum("nt,nth->nh", time_enc, self.time_weight[slot])
+        if slot.numel() == 0:
+            return time_enc.new_zeros(0, self.hidden)
+        # Nodes sorted by slot and padded to [max_len, M, d_t] (M: the most nodes in one
+        # slot, at most B when slots are positions): one [M, d_t] @ [d_t, hidden] product
+        # per slot instead of gathering a [d_t, hidden] matrix per node ([N, d_t, hidden],
+        # 24 MB at N = 12,000, and its scatter-add backward).
+        order = torch.sort(slot, stable=True).indices
+        per_slot = torch.bincount(slot, minlength=self.max_len)
+        if int(per_slot.max()) * self.max_len > 4 * slot.numel():  # very uneven slots
+            return torch.einsum("nt,nth->nh", time_enc, self.time_weight[slot])
+        dense, mask = to_dense_batch(time_enc[order], slot[order], batch_size=self.max_len)
+        terms = (dense @ self.time_weight)[mask]  # [N, hidden] in slot order
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        return terms[inverse]
 
     def forward(
         self, z: Tensor, time_enc: Tensor | None, group: Tensor, slot: Tensor | None,

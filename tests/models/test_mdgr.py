@@ -86,6 +86,29 @@ def test_interest_weight_equals_explicit_concatenation():
         head(z, time_enc, batch * 2 + cluster, slot + 1)
 
 
+@pytest.mark.parametrize("uneven", [False, True])
+def test_interest_weight_node_terms_equal_a_per_node_gather(uneven):
+    """The per-slot product (nodes sorted and padded by slot) is the per-node projection
+    tau_i @ W[slot_i], values and gradients; very uneven slots take the gather itself."""
+    torch.manual_seed(0)
+    head = InterestWeight(4, time_channels=3, max_len=6, hidden=5)
+    lengths = [6, 2, 5, 1, 6]
+    slot = torch.cat([torch.arange(n) for n in lengths])
+    if uneven:
+        slot = torch.zeros(40, dtype=torch.long)
+    time_enc = torch.randn(slot.numel(), 3, requires_grad=True)
+    got = head.node_terms(time_enc, slot)
+    want = torch.stack([time_enc[i] @ head.time_weight[slot[i]] for i in range(slot.numel())])
+    assert torch.allclose(got, want, atol=1e-6)
+    grad = torch.randn_like(want)
+    g_got = torch.autograd.grad(got, [time_enc, head.time_weight], grad)
+    g_want = torch.autograd.grad(want, [time_enc, head.time_weight], grad)
+    for a, b in zip(g_got, g_want, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    empty = head.node_terms(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
+    assert empty.shape == (0, 5)
+
+
 def test_interest_score_is_max_over_nonempty_interests():
     torch.manual_seed(0)
     scorer = InterestScore(3)
