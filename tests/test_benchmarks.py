@@ -495,3 +495,34 @@ def test_speed_refuses_cuda_without_a_gpu():
     done = script("speed.py", "--device", "cuda", "--sections", "epoch")
     assert done.returncode == 2
     assert "CUDA is not available" in done.stderr
+
+
+def test_tie_order_counts_held_out_ties_and_reverses_same_time_runs(tmp_path):
+    from mdgr_graph.data.readers import read_amazon
+
+    log = tmp_path / "log.tsv"
+    # user a: last two items share a day (test tied with valid); user b: valid tied with
+    # the item before it; user c: no ties; user d: too short to have a validation item.
+    log.write_text("user_id\titem_id\ttimestamp\n"
+                   "a\t1\t100\na\t2\t200\na\t3\t200\n"
+                   "b\t1\t100\nb\t2\t300\nb\t3\t300\nb\t4\t400\n"
+                   "c\t5\t100\nc\t6\t200\nc\t7\t300\n"
+                   "d\t1\t100\nd\t2\t100\n")
+    out, reversed_log = tmp_path / "stats.json", tmp_path / "rev.tsv"
+    ok(script("tie_order.py", "--path", str(log), "--format", "amazon", "--json", str(out),
+              "--write-reversed", str(reversed_log)))
+    stats = json.loads(out.read_text())
+    assert stats["users"] == 3 and stats["interactions"] == 12
+    assert stats["test_shares_time_with_valid"] == pytest.approx(1 / 3)
+    assert stats["valid_shares_time_with_previous"] == pytest.approx(1 / 3)
+    assert (stats["adjacent_pairs_with_equal_time"], stats["adjacent_pairs"]) == (3, 8)
+    rows = [line.split("\t") for line in reversed_log.read_text().splitlines()[1:]]
+    assert [(u, i) for u, i, _ in rows] == [
+        ("a", "1"), ("a", "3"), ("a", "2"), ("b", "1"), ("b", "3"), ("b", "2"), ("b", "4"),
+        ("c", "5"), ("c", "6"), ("c", "7"), ("d", "2"), ("d", "1")]
+    again = read_amazon(reversed_log)
+    assert sorted(zip(again.user, again.item, again.timestamp, strict=True)) == sorted(
+        zip(*(getattr(read_amazon(log), f) for f in ("user", "item", "timestamp")),
+            strict=True))
+    missing = script("tie_order.py", "--path", str(tmp_path / "none.tsv"))
+    assert missing.returncode == 2 and "not found" in missing.stderr
