@@ -32,11 +32,10 @@ READERS = {"amazon": read_amazon, "movielens": read_movielens}
 
 
 def user_order(log: Interactions) -> np.ndarray:
-    """Row order grouping users (by first appearance) and sorting each user's rows stably
-    by time: the order the preprocessing gives (file order within equal times)."""
-    _, first, user_code = np.unique(log.user, return_index=True, return_inverse=True)
-    rank = np.argsort(np.argsort(first, kind="stable"), kind="stable")[user_code]
-    return np.lexsort((np.arange(len(log)), log.timestamp, rank))
+    """Row order grouping users (sorted raw ids) and sorting each user's rows by time, as
+    the preprocessing does: ``lexsort`` is stable, so equal times keep the file's order."""
+    _, user_code = np.unique(log.user, return_inverse=True)
+    return np.lexsort((log.timestamp, user_code))
 
 
 def tie_stats(log: Interactions) -> dict[str, float | int]:

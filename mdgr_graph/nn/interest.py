@@ -155,9 +155,7 @@ class InterestWeight(nn.Module):
             return torch.einsum("nt,nth->nh", time_enc, self.time_weight[slot])
         dense, mask = to_dense_batch(time_enc[order], slot[order], batch_size=self.max_len)
         terms = (dense @ self.time_weight)[mask]  # [N, hidden] in slot order
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        return terms[inverse]
+        return terms.new_empty(terms.shape).index_copy(0, order, terms)  # node order
 
     def forward(
         self, z: Tensor, time_enc: Tensor | None, group: Tensor, slot: Tensor | None,
