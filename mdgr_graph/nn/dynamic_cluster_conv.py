@@ -37,6 +37,7 @@ class _DenseGraph(NamedTuple):
     ptr: Tensor  # [B + 1] first node of every graph
     graph: Tensor  # [E] graph of every kept pair
     flat: Tensor  # [E] i * n_max + j of the kept pair (edge j -> i)
+    pair: Tensor  # [E] graph * n_max² + flat: the pair's position in sim.view(-1)
     n_max: int
 
 
@@ -394,24 +395,28 @@ class DynamicClusterConv(MessagePassing):
         eye = torch.eye(n_max, dtype=torch.bool, device=x.device)
         cand = (cd.unsqueeze(2) == cd.unsqueeze(1)) & mask.unsqueeze(2) & mask.unsqueeze(1)
         # Candidates in row-major order of (graph, i, j): ties go to the lower (i, j).
-        graph, flat = (cand & ~eye).view(num_graphs, -1).nonzero(as_tuple=True)
-        kept = top_pairs(sim.view(num_graphs, -1)[graph, flat], graph,
+        # Gathers use flat positions (index_select), faster than multi-index indexing.
+        pair = (cand & ~eye).view(-1).nonzero().squeeze(1)
+        graph = pair // (n_max * n_max)
+        kept = top_pairs(sim.detach().view(-1).index_select(0, pair), graph,
                          edge_budget(counts, self.gamma))
+        pair, graph = pair[kept], graph[kept]
         # flat = i * n_max + j for the edge j -> i, by graph in ranking order
-        return _DenseGraph(xd, mask, sim, ptr, graph[kept], flat[kept], n_max)
+        return _DenseGraph(xd, mask, sim, ptr, graph, pair - graph * (n_max * n_max), pair,
+                           n_max)
 
     def _edges(self, graph: _DenseGraph | None, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(edge_index, edge_weight)`` of the kept pairs, in ranking order."""
         if graph is None:
             return torch.empty(2, 0, dtype=torch.long, device=x.device), x.new_empty(0)
-        offset = graph.ptr[graph.graph]
+        offset = graph.ptr.index_select(0, graph.graph)
         dst = offset + graph.flat // graph.n_max
         src = offset + graph.flat % graph.n_max
         edge_index = torch.stack([src, dst], dim=0)
         if self.binary:
             edge_weight = graph.xd.new_ones(graph.flat.numel())
         else:
-            edge_weight = graph.sim.view(graph.sim.size(0), -1)[graph.graph, graph.flat]
+            edge_weight = graph.sim.view(-1).index_select(0, graph.pair)
         return edge_index, edge_weight
 
     def build_graph(
@@ -569,9 +574,8 @@ class DynamicClusterConv(MessagePassing):
         if graph is None:  # no graph has an edge
             return SharedIteration(x, batch, num_graphs, cluster, None, None)
         n = graph.n_max
-        row, col = graph.flat // n, graph.flat % n  # target i, source j, local
         adj = x.new_zeros(num_graphs, n, n)
-        adj[graph.graph, row, col] = 1.0  # adj[b, i, j] = 1 for the edge j -> i
+        adj.view(-1).index_fill_(0, graph.pair, 1.0)  # adj[b, i, j] = 1 for the edge j -> i
         # Eq. 10, cluster vector: mean over s of (row-normalised A)^s X, isolated -> 0.
         adj_hat = adj / adj.sum(-1, keepdim=True).clamp(min=1)
         h, acc = graph.xd, torch.zeros_like(graph.xd)
@@ -614,24 +618,30 @@ class DynamicClusterConv(MessagePassing):
 
         n, heads, d = graph.n_max, self.heads, self.channels
         row, col = graph.flat // n, graph.flat % n
-        dst = graph.ptr[graph.graph] + row
-        src = graph.ptr[graph.graph] + col
+        offset = graph.ptr.index_select(0, graph.graph)
+        dst, src = offset + row, offset + col
         alpha = shared.alpha
         if query is None:
             beta = alpha.new_zeros(alpha.size(0), 1, heads)
         else:
             beta = self._beta(x, query, batch).view(alpha.size(0), num_cand, heads)
         # Eq. 12 on the edge list: E_ij = softmax over the in-neighbours j of i.
-        logit = F.leaky_relu(alpha[dst].unsqueeze(1) + beta[src], self.negative_slope)
+        logit = F.leaky_relu(alpha.index_select(0, dst).unsqueeze(1) + beta.index_select(0, src),
+                             self.negative_slope)
         att = softmax(logit, dst, num_nodes=x.size(0))  # [E, C, H]
         att = F.dropout(att, p=self.dropout, training=self.training)
-        if not self.binary:
-            att = att * graph.sim[graph.graph, row, col].view(-1, 1, 1)  # E_ij * L_ij
+        if not self.binary:  # E_ij * L_ij
+            att = att * graph.sim.view(-1).index_select(0, graph.pair).view(-1, 1, 1)
 
-        # Eq. 13: the coefficients go into a dense [B, C, n_i, H, n_j] tensor, and the sum
-        # over heads and neighbours is one batched product [B, C n, H n] @ [B, H n, d].
-        coef = x.new_zeros(num_graphs, num_cand, n, heads, n)
-        coef[graph.graph, :, row, :, col] = att
+        # Eq. 13: the coefficients go into a dense [B, C, n_i, H, n_j] tensor (by flat
+        # position, an index_copy), and the sum over heads and neighbours is one batched
+        # product [B, C n, H n] @ [B, H n, d].
+        block = n * heads * n  # entries of one candidate's [n_i, H, n_j] block
+        at = (graph.graph * (num_cand * block) + row * (heads * n) + col).view(-1, 1, 1)
+        at = (at + (torch.arange(num_cand, device=x.device) * block).view(1, -1, 1)
+              + (torch.arange(heads, device=x.device) * n).view(1, 1, -1))
+        coef = x.new_zeros(num_graphs * num_cand * block).index_copy(
+            0, at.view(-1), att.reshape(-1)).view(num_graphs, num_cand, n, heads, n)
         v = self.lin_v(graph.xd).view(num_graphs, n, heads, d)
         v = v.transpose(1, 2).reshape(num_graphs, heads * n, d)
         agg = (coef.view(num_graphs, num_cand * n, heads * n) @ v) / heads
