@@ -141,8 +141,9 @@ def test_log_weighting_adds_log_weights_and_never_penalises_weight():
 
 @pytest.mark.parametrize("weighting", ["paper", "log"])
 @pytest.mark.parametrize("per_row", [False, True])
-def test_interest_score_without_autograd_is_bit_identical(weighting, per_row):
-    # the no-grad path works in place on the [B, k, I] product; same values bit for bit
+def test_interest_score_paths_match_eq16(weighting, per_row):
+    # no autograd: Eq. 16 as written, in place, bit for bit; with autograd: the
+    # inner-product form, equal up to rounding, values and gradients
     torch.manual_seed(0)
     scorer = InterestScore(8, weighting=weighting)
     z = torch.randn(5, 4, 8) * 3
@@ -151,14 +152,33 @@ def test_interest_score_without_autograd_is_bit_identical(weighting, per_row):
     mask[:, 1] = True
     mask[2] = False  # a row without interests scores -inf everywhere
     items = torch.randn(5, 7, 8) if per_row else torch.randn(7, 8)
+
+    def eq16(z, weight, items):
+        pair = "bkd,bcd->bkc" if per_row else "bkd,cd->bkc"
+        raw = torch.einsum(pair, z * scorer.lin.weight.view(1, 1, -1), items) + scorer.lin.bias
+        if weighting == "paper":
+            logit = weight.unsqueeze(-1) * raw
+        else:
+            logit = raw + torch.log(weight.clamp_min(1e-12)).unsqueeze(-1)
+        return logit.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(dim=1)
+
     with torch.no_grad():
         fast = scorer(z, weight, mask, items)
-    slow = scorer(z.requires_grad_(), weight, mask, items)
-    assert slow.requires_grad and not fast.requires_grad
-    assert torch.equal(fast, slow.detach())
+        assert torch.equal(fast, eq16(z, weight, items))
     assert torch.isneginf(fast[2]).all()
-    slow.masked_fill(torch.isinf(slow), 0).sum().backward()  # the grad path still differentiates
-    assert z.grad is not None and torch.isfinite(z.grad).all()
+    inputs = [t.clone().requires_grad_() for t in (z, weight, items)]
+    got = scorer(*inputs[:2], mask, inputs[2])
+    want = eq16(*inputs)
+    assert got.requires_grad and not fast.requires_grad
+    assert torch.isneginf(got[2]).all()
+    finite = torch.isfinite(want)
+    assert torch.allclose(got[finite], want[finite], atol=1e-5)
+    grad = torch.randn(got.shape).masked_fill(~finite, 0)
+    params = list(scorer.parameters())
+    g_got = torch.autograd.grad(got.masked_fill(~finite, 0), inputs + params, grad)
+    g_want = torch.autograd.grad(want.masked_fill(~finite, 0), inputs + params, grad)
+    for a, b in zip(g_got, g_want, strict=True):
+        assert torch.isfinite(a).all() and torch.allclose(a, b, atol=1e-4)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
