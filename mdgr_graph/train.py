@@ -308,6 +308,19 @@ def _seen_mask(seen: tuple[np.ndarray, np.ndarray], rows: Tensor, num_items: int
     return mask
 
 
+def full_ranking_ranks(
+    model: SequentialRecommender, batch: Batch,
+    seen: tuple[np.ndarray, np.ndarray] | None, num_items: int,
+) -> tuple[Tensor, Tensor]:
+    """Leave-one-out full ranking of one batch: the scores of every item ``[B, I + 1]``
+    and the 1-based rank of each row's target ``[B]`` (on the CPU), the items of
+    ``seen`` (:meth:`~mdgr_graph.data.prepare.PreparedDataset.seen_items`; None: none)
+    excluded."""
+    scores = model.score_all(batch).float().cpu()
+    exclude = None if seen is None else _seen_mask(seen, batch.sample.cpu(), num_items)
+    return scores, rank_of_target(scores, batch.target.cpu(), exclude)
+
+
 @torch.no_grad()
 def evaluate(
     model: SequentialRecommender,
@@ -358,10 +371,7 @@ def evaluate(
             acc.update_many({"auc/sampled": window_metrics_per_row(
                 sampled, batch.labels.cpu())["auc/sampled"]})
         else:
-            scores = model.score_all(batch).float().cpu()
-            exclude = (None if seen is None
-                       else _seen_mask(seen, batch.sample.cpu(), prepared.num_items))
-            rank = rank_of_target(scores, batch.target.cpu(), exclude)
+            scores, rank = full_ranking_ranks(model, batch, seen, prepared.num_items)
             acc.update_many(full_ranking_per_row(rank, ks=(10, 50)))
             sampled = torch.gather(scores, 1, batch.candidates.cpu())
             acc.update_many(

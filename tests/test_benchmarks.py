@@ -297,7 +297,7 @@ def test_per_user_pooled_tables_weight_each_seed_by_its_windows():
     result = {"0": {"span": {"low": entry(1, 0.9), "mid": entry(2, 0.6), "high": entry(1, 0.3)}},
               "1": {"span": {"low": entry(3, 0.5), "mid": entry(2, 0.8), "high": entry(1, 0.5)}}}
     lines = groups.pooled_tables(result, ["m"])
-    assert lines[0].strip() == ("### all seeds (0, 1) pooled: test windows by span "
+    assert lines[0].strip() == ("### all seeds (0, 1) pooled: test examples by span "
                                 "(each seed's tertiles)")
     assert lines[3] == "| low | 4 | 0.6000 / 0.3000 |"  # (0.9 * 1 + 0.5 * 3) / 4
     assert lines[5] == "| high | 2 | 0.4000 / 0.2000 |"
@@ -526,3 +526,25 @@ def test_tie_order_counts_held_out_ties_and_reverses_same_time_runs(tmp_path):
             strict=True))
     missing = script("tie_order.py", "--path", str(tmp_path / "none.tsv"))
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+def test_per_user_leave_one_out_groups_full_ranking_by_history_length(tmp_path):
+    argv = ["--dataset", "synthetic", "--protocol", "loo", "--quick", "--max-users", "80",
+            "--models", "pop,mdgr", "--seeds", "0", "--epochs", "1",
+            "--data-dir", str(tmp_path / "absent"), "--out", str(tmp_path / "r"),
+            "--work-dir", str(tmp_path / "w"), "--no-progress"]
+    assert runner.main(argv) == 0
+    assert ok(script("per_user.py", *argv))
+    base = tmp_path / "r" / "quick" / "synthetic-loo"
+    table = base.with_name(base.name + "-per-user.md").read_text()
+    assert table.startswith("# Per-user test metrics by group")
+    assert "by history length" in table and "| mdgr HR@10 / NDCG@10 |" in table
+    result = json.loads(base.with_name(base.name + "-per-user.json").read_text())["0"]
+    summary = json.loads(base.with_name(base.name + ".json").read_text())
+    for entry in summary["models"]:  # the tertiles together are the whole test split
+        groups_ = result["history length"].values()
+        users = sum(g["windows"] for g in groups_)
+        hr = sum(g[entry["model"]]["hr@10"] * g["windows"] for g in groups_) / users
+        assert hr == pytest.approx(entry["per_seed"]["0"]["HR@10"], abs=1e-9)
+    missing = script("per_user.py", *[a if a != "pop,mdgr" else "pop,sasrec" for a in argv])
+    assert missing.returncode == 2 and "no finished compare.py run" in missing.stderr

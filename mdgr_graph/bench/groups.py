@@ -1,14 +1,18 @@
-"""Where does a model win or lose? Per-window test metrics of finished runs, by group.
+"""Where does a model win or lose? Per-example test metrics of finished runs, by group.
 
-Every test window (paper protocol) is scored by each model and the windows are grouped by
+Every test example is scored by each model (:func:`per_example`: AUC and Recall@50 of each
+window under the paper protocol, HR@10 and NDCG@10 of each user's full ranking under
+leave-one-out) and the examples are grouped by
 
 - **genres**: distinct genres among the history's items (ml-1m-subset's ``movies.dat``),
   a proxy for how many distinct interests the history holds;
 - **span**: days between the history's first and last interaction;
-- **popularity**: mean training popularity (log count) of the history's items.
+- **popularity**: mean training popularity (log count) of the history's items;
+- **history length** (leave-one-out): items in the history the model reads (at most
+  ``max_len``); under the paper protocol every window has the same length.
 
-Each grouping splits the test windows into tertiles (:func:`tertile_tables`); with more
-than one seed, :func:`pooled_tables` averages each tertile over all seeds' windows.
+Each grouping splits the test examples into tertiles (:func:`tertile_tables`); with more
+than one seed, :func:`pooled_tables` averages each tertile over all seeds' examples.
 ``benchmarks/per_user.py`` is the command line.
 """
 
@@ -24,11 +28,14 @@ from torch_geometric.loader import DataLoader
 
 from mdgr_graph.data.dataset import SequenceDataset
 from mdgr_graph.data.prepare import PreparedDataset
-from mdgr_graph.metrics import window_metrics_per_row
+from mdgr_graph.metrics import full_ranking_per_row, window_metrics_per_row
 from mdgr_graph.models.baselines import training_item_counts
+from mdgr_graph.train import full_ranking_ranks
 
 #: Names of the three groups of a grouping, lowest values first.
 TERTILES = ("low", "mid", "high")
+#: Column label of each per-example metric.
+METRIC_LABELS = {"auc": "AUC", "recall@50": "R@50", "hr@10": "HR@10", "ndcg@10": "NDCG@10"}
 
 
 @torch.no_grad()
@@ -41,6 +48,27 @@ def per_window(model, prepared: PreparedDataset) -> dict[str, np.ndarray]:
         out["auc"].append(m["auc/sampled"].numpy())
         out["recall@50"].append(m["recall@50/sampled"].numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+@torch.no_grad()
+def per_user(model, prepared: PreparedDataset) -> dict[str, np.ndarray]:
+    """``{"hr@10": [U], "ndcg@10": [U]}``: leave-one-out full ranking of every test user,
+    the user's earlier items excluded (as :func:`mdgr_graph.train.evaluate` ranks)."""
+    model.eval()
+    seen = prepared.seen_items("test")
+    out: dict[str, list] = {"hr@10": [], "ndcg@10": []}
+    for batch in DataLoader(SequenceDataset(prepared, "test"), batch_size=256):
+        _, rank = full_ranking_ranks(model, batch, seen, prepared.num_items)
+        m = full_ranking_per_row(rank, ks=(10,))
+        out["hr@10"].append(m["hr@10/full"].numpy())
+        out["ndcg@10"].append(m["ndcg@10/full"].numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def per_example(model, prepared: PreparedDataset) -> dict[str, np.ndarray]:
+    """:func:`per_window` under the paper protocol, :func:`per_user` under leave-one-out."""
+    return per_user(model, prepared) if prepared.protocol == "loo" else per_window(
+        model, prepared)
 
 
 def movie_genres(path: Path, prepared: PreparedDataset) -> np.ndarray | None:
@@ -61,39 +89,58 @@ def movie_genres(path: Path, prepared: PreparedDataset) -> np.ndarray | None:
 
 
 def groupings(prepared: PreparedDataset, genres: np.ndarray | None) -> dict[str, np.ndarray]:
-    """The value of every test window under each grouping, by grouping name."""
+    """The value of every test example (window, or user under leave-one-out) under each
+    grouping, by grouping name."""
     a = prepared.arrays
-    rows = a["window_split"] == 2
-    hist, days = a["hist_items"][rows], a["hist_time"][rows]
-    out = {"span (days)": days.max(1) - days.min(1)}
-    out["popularity (mean log count)"] = np.log1p(training_item_counts(prepared))[hist].mean(1)
+    if prepared.protocol == "loo":
+        test = prepared.loo_example("test")
+        length = test["length"]
+        real = np.arange(test["items"].shape[1])[None, :] < length[:, None]
+        hist, days = test["items"], test["time"]
+        out = {"history length": length.astype(np.float64),
+               "span (days)": np.where(real, days, 0).max(1).astype(np.float64)}
+    else:
+        rows = a["window_split"] == 2
+        hist, days = a["hist_items"][rows], a["hist_time"][rows]
+        real = np.ones(hist.shape, dtype=bool)
+        out = {"span (days)": days.max(1) - days.min(1)}
+    log_count = np.log1p(training_item_counts(prepared))[hist]
+    out["popularity (mean log count)"] = (log_count * real).sum(1) / real.sum(1)
     if genres is not None:
-        masks = np.bitwise_or.reduce(genres[hist], axis=1)
+        masks = np.bitwise_or.reduce(np.where(real, genres[hist], 0), axis=1)
         out["distinct genres"] = np.array([bin(int(m)).count("1") for m in masks])
     return out
+
+
+def _metric_header(models: list[str], metrics: list[str]) -> str:
+    label = " / ".join(METRIC_LABELS.get(k, k) for k in metrics)
+    return " | ".join(f"{m} {label}" for m in models)
 
 
 def tertile_tables(seed: int, scores: dict[str, dict[str, np.ndarray]],
                    groups: dict[str, np.ndarray]) -> tuple[list[str], dict[str, Any]]:
     """Markdown lines of one seed's tables (one per grouping: each tertile's range,
-    windows and every model's mean AUC / Recall@50) and the same numbers by grouping and
-    tertile. ``scores``: :func:`per_window` of every model; ``groups``: :func:`groupings`."""
+    examples and every model's mean metrics) and the same numbers by grouping and
+    tertile. ``scores``: :func:`per_example` of every model (the same two metrics each);
+    ``groups``: :func:`groupings`. Tertile edges are value quantiles, so where many
+    examples share a value (history lengths) a tertile can hold more or fewer than a
+    third, or none."""
     models = list(scores)
+    metrics = list(scores[models[0]])
     lines: list[str] = []
     result: dict[str, Any] = {}
     for feature, values in groups.items():
         edges = np.quantile(values, [1 / 3, 2 / 3])
         group = np.digitize(values, edges, right=True)
-        lines += [f"\n### seed {seed}: test windows by {feature} (tertiles)\n",
-                  "| group | range | windows | " + " | ".join(
-                      f"{m} AUC / R@50" for m in models) + " |",
+        lines += [f"\n### seed {seed}: test examples by {feature} (tertiles)\n",
+                  "| group | range | examples | " + _metric_header(models, metrics) + " |",
                   "|---|---|---|" + "---|" * len(models)]
         for g, label in enumerate(TERTILES):
             sel = group == g
             if not sel.any():
                 continue
-            cells = [f"{scores[m]['auc'][sel].mean():.4f} / "
-                     f"{scores[m]['recall@50'][sel].mean():.4f}" for m in models]
+            cells = [" / ".join(f"{scores[m][k][sel].mean():.4f}" for k in metrics)
+                     for m in models]
             lines.append(f"| {label} | {values[sel].min():.3g}-{values[sel].max():.3g} | "
                          f"{int(sel.sum())} | " + " | ".join(cells) + " |")
             result.setdefault(feature, {})[label] = {
@@ -112,17 +159,18 @@ def pooled_tables(result: dict[str, Any], models: list[str]) -> list[str]:
         return []
     lines = []
     for feature in result[seeds[0]]:
-        lines += [f"\n### all seeds ({', '.join(seeds)}) pooled: test windows by {feature} "
+        first = next(iter(result[seeds[0]][feature].values()))
+        metrics = list(first[models[0]])
+        lines += [f"\n### all seeds ({', '.join(seeds)}) pooled: test examples by {feature} "
                   "(each seed's tertiles)\n",
-                  "| group | windows | " + " | ".join(f"{m} AUC / R@50" for m in models) + " |",
+                  "| group | examples | " + _metric_header(models, metrics) + " |",
                   "|---|---|" + "---|" * len(models)]
         for label in TERTILES:
             entries = [result[s][feature][label] for s in seeds if label in result[s][feature]]
             n = sum(e["windows"] for e in entries)
-            cells = []
-            for m in models:
-                auc = sum(e[m]["auc"] * e["windows"] for e in entries) / n
-                rec = sum(e[m]["recall@50"] * e["windows"] for e in entries) / n
-                cells.append(f"{auc:.4f} / {rec:.4f}")
+            if n == 0:
+                continue
+            cells = [" / ".join(f"{sum(e[m][k] * e['windows'] for e in entries) / n:.4f}"
+                                for k in metrics) for m in models]
             lines.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
     return lines
