@@ -39,12 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     args = runner.parse_args(argv, REPO)
     lines, result = [], {}
     for seed in args.seeds:
-        prepared = runner.load_data(args, seed)
         try:
+            prepared = runner.load_data(args, seed)
             scores = {name: groups.per_example(
-                runner.load_finished_model(name, seed, prepared, args), prepared)
-                for name in args.models}
-        except FileNotFoundError as exc:
+                runner.load_finished_model(name, seed, prepared, args), prepared,
+                args.mask_seen) for name in args.models}
+        except (FileNotFoundError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         genres = None  # movies.dat describes ml-1m-subset's item ids only

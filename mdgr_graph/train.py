@@ -308,14 +308,15 @@ def _seen_mask(seen: tuple[np.ndarray, np.ndarray], rows: Tensor, num_items: int
     return mask
 
 
+@torch.no_grad()
 def full_ranking_ranks(
     model: SequentialRecommender, batch: Batch,
     seen: tuple[np.ndarray, np.ndarray] | None, num_items: int,
 ) -> tuple[Tensor, Tensor]:
     """Leave-one-out full ranking of one batch: the scores of every item ``[B, I + 1]``
-    and the 1-based rank of each row's target ``[B]`` (on the CPU), the items of
-    ``seen`` (:meth:`~mdgr_graph.data.prepare.PreparedDataset.seen_items`; None: none)
-    excluded."""
+    and the 0-based rank of each row's target ``[B]`` (:func:`~mdgr_graph.metrics.
+    rank_of_target`; on the CPU), the items of ``seen`` (:meth:`~mdgr_graph.data.
+    prepare.PreparedDataset.seen_items`; None: none) excluded."""
     scores = model.score_all(batch).float().cpu()
     exclude = None if seen is None else _seen_mask(seen, batch.sample.cpu(), num_items)
     return scores, rank_of_target(scores, batch.target.cpu(), exclude)

@@ -51,11 +51,18 @@ def per_window(model, prepared: PreparedDataset) -> dict[str, np.ndarray]:
 
 
 @torch.no_grad()
-def per_user(model, prepared: PreparedDataset) -> dict[str, np.ndarray]:
+def per_user(model, prepared: PreparedDataset, mask_seen: bool = True
+             ) -> dict[str, np.ndarray]:
     """``{"hr@10": [U], "ndcg@10": [U]}``: leave-one-out full ranking of every test user,
-    the user's earlier items excluded (as :func:`mdgr_graph.train.evaluate` ranks)."""
+    with ``mask_seen`` the user's earlier items excluded (as
+    :func:`mdgr_graph.train.evaluate` ranks). Refuses a model that cannot rank the
+    catalogue in one pass (the candidate as the query), which ``evaluate`` does not rank
+    either."""
+    if not model.ranks_catalogue_in_one_pass:
+        raise ValueError(f"{type(model).__name__} with the candidate as the query scores one "
+                         "graph pass per item: it has no full-ranking metrics per user")
     model.eval()
-    seen = prepared.seen_items("test")
+    seen = prepared.seen_items("test") if mask_seen else None
     out: dict[str, list] = {"hr@10": [], "ndcg@10": []}
     for batch in DataLoader(SequenceDataset(prepared, "test"), batch_size=256):
         _, rank = full_ranking_ranks(model, batch, seen, prepared.num_items)
@@ -65,10 +72,12 @@ def per_user(model, prepared: PreparedDataset) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def per_example(model, prepared: PreparedDataset) -> dict[str, np.ndarray]:
+def per_example(model, prepared: PreparedDataset, mask_seen: bool = True
+                ) -> dict[str, np.ndarray]:
     """:func:`per_window` under the paper protocol, :func:`per_user` under leave-one-out."""
-    return per_user(model, prepared) if prepared.protocol == "loo" else per_window(
-        model, prepared)
+    if prepared.protocol == "loo":
+        return per_user(model, prepared, mask_seen)
+    return per_window(model, prepared)
 
 
 def movie_genres(path: Path, prepared: PreparedDataset) -> np.ndarray | None:
@@ -153,7 +162,8 @@ def tertile_tables(seed: int, scores: dict[str, dict[str, np.ndarray]],
 
 def pooled_tables(result: dict[str, Any], models: list[str]) -> list[str]:
     """Markdown tables of every grouping pooled over seeds: each tertile's metrics averaged
-    over all seeds' windows (weighted by the windows of each seed's tertile)."""
+    over all seeds' examples (weighted by the examples of each seed's tertile, stored
+    under the key ``"windows"``, users under leave-one-out)."""
     seeds = sorted(result)
     if len(seeds) < 2:
         return []

@@ -480,9 +480,9 @@ class MDGR(SequentialRecommender):
 
         The ``[B, k, chunk]`` interest scores of a chunk are reduced by the max before the
         next chunk, so the chunk is also capped at about 2 MiB of them
-        (:data:`SCORE_CHUNK_FLOATS`): the product and its in-place bias, weight and mask
-        then stay in cache (1.6x faster scoring at B = 256, k = 8, 3,266 items than one
-        chunk; the same values)."""
+        (:data:`SCORE_CHUNK_FLOATS`): without autograd the product and its in-place bias,
+        weight and mask then stay in cache (1.6x faster scoring at B = 256, k = 8, 3,266
+        items than one chunk; the same values)."""
         if self.candidate_mode:
             items = torch.arange(self.num_items + 1, device=batch.x.device)
             return self.candidate_scores(batch, items.expand(batch.num_graphs, -1))

@@ -40,6 +40,15 @@ class _DenseGraph(NamedTuple):
     pair: Tensor  # [E] graph * n_max² + flat: the pair's position in sim.view(-1)
     n_max: int
 
+    def nodes(self) -> tuple[Tensor, Tensor]:
+        """Global ``(dst, src)`` node ids of the kept edges ``j -> i``, ``[E]`` each."""
+        offset = self.ptr.index_select(0, self.graph)
+        return offset + self.flat // self.n_max, offset + self.flat % self.n_max
+
+    def kept_sim(self) -> Tensor:
+        """:math:`L_{ij}` of the kept pairs, ``[E]`` (differentiable)."""
+        return self.sim.view(-1).index_select(0, self.pair)
+
 
 class SharedIteration(NamedTuple):
     """What one iteration computes before the query enters (Eq. 7-10): shared by every
@@ -409,14 +418,12 @@ class DynamicClusterConv(MessagePassing):
         """``(edge_index, edge_weight)`` of the kept pairs, in ranking order."""
         if graph is None:
             return torch.empty(2, 0, dtype=torch.long, device=x.device), x.new_empty(0)
-        offset = graph.ptr.index_select(0, graph.graph)
-        dst = offset + graph.flat // graph.n_max
-        src = offset + graph.flat % graph.n_max
+        dst, src = graph.nodes()
         edge_index = torch.stack([src, dst], dim=0)
         if self.binary:
             edge_weight = graph.xd.new_ones(graph.flat.numel())
         else:
-            edge_weight = graph.sim.view(-1).index_select(0, graph.pair)
+            edge_weight = graph.kept_sim()
         return edge_index, edge_weight
 
     def build_graph(
@@ -618,8 +625,7 @@ class DynamicClusterConv(MessagePassing):
 
         n, heads, d = graph.n_max, self.heads, self.channels
         row, col = graph.flat // n, graph.flat % n
-        offset = graph.ptr.index_select(0, graph.graph)
-        dst, src = offset + row, offset + col
+        dst, src = graph.nodes()
         alpha = shared.alpha
         if query is None:
             beta = alpha.new_zeros(alpha.size(0), 1, heads)
@@ -631,7 +637,7 @@ class DynamicClusterConv(MessagePassing):
         att = softmax(logit, dst, num_nodes=x.size(0))  # [E, C, H]
         att = F.dropout(att, p=self.dropout, training=self.training)
         if not self.binary:  # E_ij * L_ij
-            att = att * graph.sim.view(-1).index_select(0, graph.pair).view(-1, 1, 1)
+            att = att * graph.kept_sim().view(-1, 1, 1)
 
         # Eq. 13: the coefficients go into a dense [B, C, n_i, H, n_j] tensor (by flat
         # position, an index_copy), and the sum over heads and neighbours is one batched

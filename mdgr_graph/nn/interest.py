@@ -222,12 +222,15 @@ class InterestScore(nn.Module):
             # Training: the inner-product form of :meth:`queries`, one fused product
             # plus offset per interest, instead of three passes (bias, weight, mask) over
             # the [B, k, I] scores and their backward; equal up to float rounding.
+            # Masked interests: zero query and -inf offset, so neither their values nor
+            # any gradient reaches them, as with the mask of Eq. 16.
             q = self.queries(z, weight, mask)
+            queries = q.queries.masked_fill(~mask.unsqueeze(-1), 0.0)
             offsets = q.offsets.masked_fill(~mask, float("-inf")).unsqueeze(-1)
             if items.dim() == 3:
-                logit = torch.baddbmm(offsets, q.queries, items.transpose(1, 2))
+                logit = torch.baddbmm(offsets, queries, items.transpose(1, 2))
             else:
-                logit = torch.matmul(q.queries, items.t()) + offsets
+                logit = torch.matmul(queries, items.t()) + offsets
             return logit.amax(dim=1)
         zw = z * self.lin.weight.view(1, 1, -1)
         if items.dim() == 3:

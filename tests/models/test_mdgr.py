@@ -179,6 +179,9 @@ def test_interest_score_paths_match_eq16(weighting, per_row):
     g_want = torch.autograd.grad(want.masked_fill(~finite, 0), inputs + params, grad)
     for a, b in zip(g_got, g_want, strict=True):
         assert torch.isfinite(a).all() and torch.allclose(a, b, atol=1e-4)
+    # masked interests get no gradient, even in a row without any interest
+    row = torch.autograd.grad(scorer(*inputs[:2], mask, inputs[2])[2].sum(), inputs[:2])
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in row)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
