@@ -161,6 +161,10 @@ def parse_args(argv: list[str] | None = None, root: Path | None = None) -> argpa
                    help="MDGR variants: what the clustering and the metric graph are built "
                         "from (default: the model's, 'state' = the paper; 'item': the item "
                         "embeddings alone, not in the paper)")
+    p.add_argument("--mdgr-nodes-per-cluster", type=int, default=None, metavar="S",
+                   help="MDGR variants, MIP and static-graph: at most max(1, n // S) clusters "
+                        "for a sequence of n items (not in the paper; default: the model's, "
+                        "k for every sequence)")
     p.add_argument("--mdgr-input-norm", choices=["none", "scale", "layer"], default=None,
                    help="MDGR variants, MIP and static-graph: balance of the encoder's input "
                         "parts (default: the model's, 'none' = the paper)")
@@ -489,7 +493,7 @@ def run_neural(name: str, prepared: PreparedDataset, seed: int, config: dict[str
 
 def summary_path(args: argparse.Namespace) -> Path:
     """``<out>/<dataset>-<protocol>`` (``.json`` / ``.md``), with ``-stride<S>``, ``-k<K>``,
-    ``-m<M>``, ``-weighting-<W>``, ``-cluster-<C>``, ``-cluster-on-<I>``,
+    ``-m<M>``, ``-weighting-<W>``, ``-cluster-<C>``, ``-cluster-on-<I>``, ``-npc<S>``,
     ``-input-norm-<N>``, ``-repeat-<R>``, ``-loss-<L>``, ``-history-targets``, ``-query-<Q>``,
     ``-targets-<T>[-p<P>]`` (loo training targets other than ``last``), ``-unmasked``
     (``--no-mask-seen``) and ``-lr<LR>``
@@ -508,6 +512,8 @@ def summary_path(args: argparse.Namespace) -> Path:
         name += f"-cluster-{args.mdgr_cluster}"
     if getattr(args, "mdgr_cluster_on", None) is not None:
         name += f"-cluster-on-{args.mdgr_cluster_on}"
+    if getattr(args, "mdgr_nodes_per_cluster", None) is not None:
+        name += f"-npc{args.mdgr_nodes_per_cluster}"
     if getattr(args, "mdgr_input_norm", None) is not None:
         name += f"-input-norm-{args.mdgr_input_norm}"
     if getattr(args, "mdgr_repeat", None) is not None:

@@ -31,7 +31,7 @@ DRAWS: tuple[str, ...] = ("train_positives", "train_negatives")
 _MDGR = {name: name for name in (
     "dim", "k", "m", "gamma", "delta", "conv_heads", "dropout", "cluster", "pool", "binary",
     "weighting", "input_norm", "cluster_on", "query", "conv_residual", "conv_norm", *DRAWS,
-    "repeat", "loss")}
+    "repeat", "loss", "nodes_per_cluster")}
 _SASREC = {"dim": "dim", "dropout": "dropout", "num_blocks": "blocks",
            "history_targets": "history_targets", "loss": "loss"}
 
@@ -62,7 +62,7 @@ assert set(MODEL_OPTIONS) == set(MODELS), "every model needs its row"
 
 #: Keywords passed only when their option differs from this value, so that runs made
 #: before the option existed keep their recorded options (and hashes).
-ONLY_WHEN_SET: dict[str, Any] = {"repeat": "none", "loss": None}
+ONLY_WHEN_SET: dict[str, Any] = {"repeat": "none", "loss": None, "nodes_per_cluster": None}
 
 #: Models that can train with ``--loss`` (a softmax over the catalogue among the choices).
 LOSS_MODELS: tuple[str, ...] = tuple(name for name, row in MODEL_OPTIONS.items()
@@ -88,6 +88,7 @@ BENCHMARK_OPTIONS: dict[str, str] = {
     "weighting": "mdgr_weighting", "cluster": "mdgr_cluster", "input_norm": "mdgr_input_norm",
     "cluster_on": "mdgr_cluster_on", "query": "query", "repeat": "mdgr_repeat", "loss": "loss",
     "train_positives": "train_positives", "train_negatives": "train_negatives",
+    "nodes_per_cluster": "mdgr_nodes_per_cluster",
 }
 
 #: Keywords the benchmark never passes to a model although the model takes them: MIP

@@ -119,6 +119,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="MDGR: build the clustering and the metric graph from the node "
                         "states ('state', the paper) or from the item embeddings alone "
                         "('item', not in the paper; docs/model.md)")
+    g.add_argument("--nodes-per-cluster", type=int, default=None, metavar="S",
+                   help="MDGR variants, MIP, static-graph: a sequence of n items gets at most "
+                        "max(1, n // S) clusters (and at most k), so short histories are not "
+                        "cut into singletons without edges (not in the paper; docs/model.md; "
+                        "default: k for every sequence)")
     g.add_argument("--query", default="last", choices=["last", "candidate"],
                    help="mdgr variants and surge: query of the graph attention (Eq. 11); "
                         "'last': the last history item (retrieval over the catalogue); "

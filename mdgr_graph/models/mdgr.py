@@ -160,6 +160,15 @@ class MDGR(SequentialRecommender):
         cluster: ``"kmeans"`` (batched, default), ``"ward"``, ``"sklearn-kmeans"``,
             ``"birch"``.
         kmeans_iters: Lloyd steps of the batched k-means. (default: :obj:`10`)
+        nodes_per_cluster: every clustering (each iteration's, the final one of the
+            pooling, and ``cluster_on="item"``'s) gives a sequence of :math:`n` items at
+            most :math:`\max(1, \lfloor n / s \rfloor)` clusters, :math:`s` =
+            ``nodes_per_cluster``, and at most ``k``
+            (:func:`~mdgr_graph.nn.cluster.clusters_per_graph`). With the paper's fixed
+            ``k`` a history of at most ``k`` items becomes ``k`` singletons, no pair shares
+            a cluster and Eq. 9 keeps no edge (docs/results.md: 77 % of amazon-beauty's
+            users); with ``s = 2`` it gets pairs. Sequences of ``s k`` items or more are
+            unchanged. Not in the paper. (default: :obj:`None`, fixed ``k``)
         pool: interest pooling, ``"attention"``, ``"last"`` or ``"mean"``.
         binary: use the paper's binary adjacency instead of weighted edges.
         conv_residual, conv_norm: the residual connection and the LayerNorm around each
@@ -226,6 +235,7 @@ class MDGR(SequentialRecommender):
         dropout: float = 0.1,
         cluster: str = "kmeans",
         kmeans_iters: int = 10,
+        nodes_per_cluster: int | None = None,
         pool: str = "attention",
         binary: bool = False,
         conv_residual: bool = True,
@@ -253,6 +263,8 @@ class MDGR(SequentialRecommender):
                              f"{', '.join(CLUSTER_INPUTS)}")
         if candidate_chunk < 1:
             raise ValueError(f"candidate_chunk must be >= 1, got {candidate_chunk}")
+        if nodes_per_cluster is not None and nodes_per_cluster < 1:
+            raise ValueError(f"nodes_per_cluster must be >= 1 (or None), got {nodes_per_cluster}")
         self.query = query
         self.cluster_on = cluster_on
         self.train_sample = check_train_sample(train_positives, train_negatives)
@@ -260,6 +272,7 @@ class MDGR(SequentialRecommender):
         self.dim, self.k, self.m, self.max_len = dim, k, m, max_len
         self.time_dim = time_dim
         self.cluster, self.kmeans_iters = cluster, kmeans_iters
+        self.nodes_per_cluster = nodes_per_cluster
         self.use_weights, self.dynamic = use_weights, dynamic
         self.item_emb = nn.Embedding(num_items + 1, dim, padding_idx=0)
         self.encoder = SequenceEncoder(
@@ -269,7 +282,7 @@ class MDGR(SequentialRecommender):
             DynamicClusterConv(
                 dim, k=k, gamma=gamma, delta=delta, heads=conv_heads, hops=hops,
                 cluster=cluster, kmeans_iters=kmeans_iters, binary=binary,
-                residual=conv_residual, norm=conv_norm,
+                residual=conv_residual, norm=conv_norm, nodes_per_cluster=nodes_per_cluster,
             )
             for _ in range(m if dynamic else 0)
         )
@@ -360,7 +373,8 @@ class MDGR(SequentialRecommender):
             return None, None
         graph_x = self.item_emb(batch.x)
         cluster = cluster_nodes(graph_x.detach(), batch.batch, self.k, self.cluster,
-                                num_iters=self.kmeans_iters, batch_size=batch.num_graphs)
+                                num_iters=self.kmeans_iters, batch_size=batch.num_graphs,
+                                nodes_per_cluster=self.nodes_per_cluster)
         return graph_x, cluster
 
     def pool_interests(
@@ -375,6 +389,7 @@ class MDGR(SequentialRecommender):
             cluster = cluster_nodes(
                 x.detach(), batch, self.k, self.cluster,
                 num_iters=self.kmeans_iters, batch_size=batch_size,
+                nodes_per_cluster=self.nodes_per_cluster,
             )
         z, mask = self.pooling(x, batch, cluster, pos, batch_size)
         if self.weight_head is None:
@@ -519,6 +534,8 @@ class MDGR(SequentialRecommender):
             + (f", input_norm='{self.encoder.input_norm}'"
                if self.encoder.input_norm != "none" else "")
             + (f", cluster_on='{self.cluster_on}'" if self.cluster_on != "state" else "")
+            + (f", nodes_per_cluster={self.nodes_per_cluster}"
+               if self.nodes_per_cluster is not None else "")
             + (f", query='candidate', train_sample={self.train_sample}"
                if self.query == "candidate" else "")
             + (f", repeat='{self.repeat}'" if self.repeat != "none" else "")

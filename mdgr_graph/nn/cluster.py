@@ -41,6 +41,28 @@ def _batch_info(
     return batch, batch_size, counts
 
 
+def clusters_per_graph(counts: Tensor, k: int, nodes_per_cluster: int | None) -> Tensor | None:
+    r"""How many clusters each graph may have: :math:`\min(k, \max(1, \lfloor n /
+    s \rfloor))` for a graph of :math:`n` nodes and :math:`s` = ``nodes_per_cluster``, so
+    that a short sequence is not cut into singletons (with :math:`n \le k` every node
+    would be its own cluster, no pair would share one and Eq. 9 would keep no edge).
+    :obj:`None` (the paper): ``k`` for every graph, returned as :obj:`None`.
+
+    Args:
+        counts: nodes per graph ``[B]``.
+        k: the most clusters of any graph.
+        nodes_per_cluster: :math:`s \ge 1`, or :obj:`None`.
+
+    Returns:
+        LongTensor ``[B]`` in :math:`[1, k]`, or :obj:`None`.
+    """
+    if nodes_per_cluster is None:
+        return None
+    if nodes_per_cluster < 1:
+        raise ValueError(f"'nodes_per_cluster' must be at least 1 (got {nodes_per_cluster})")
+    return torch.div(counts, nodes_per_cluster, rounding_mode="floor").clamp(min=1, max=k)
+
+
 def _dist(xd: Tensor, centres: Tensor) -> Tensor:
     """Euclidean distances ``[B, n, k]`` between ``xd [B, n, d]`` and ``centres [B, k, d]``.
 
@@ -76,6 +98,7 @@ def batched_kmeans(
     k: int,
     num_iters: int = 10,
     batch_size: int | None = None,
+    nodes_per_cluster: int | None = None,
 ) -> Tensor:
     r"""Deterministic k-means over every graph of a batch at once.
 
@@ -102,6 +125,10 @@ def batched_kmeans(
         num_iters (int, optional): Number of Lloyd steps. (default: :obj:`10`)
         batch_size (int, optional): Number of graphs :math:`B`; computed from ``batch``
             (one device sync) when :obj:`None`. (default: :obj:`None`)
+        nodes_per_cluster (int, optional): At most :math:`\max(1, \lfloor n / s
+            \rfloor)` clusters in a graph of :math:`n` nodes (:func:`clusters_per_graph`;
+            the farthest-point start stops there). **Not in the paper**, which uses ``k``
+            for every sequence. (default: :obj:`None`)
 
     Returns:
         LongTensor: cluster label in :math:`\{0, \ldots, k-1\}` per node, :math:`(N)`.
@@ -110,6 +137,8 @@ def batched_kmeans(
         raise ValueError(f"'k' must be at least 1 (got {k})")
     if num_iters < 0:
         raise ValueError(f"'num_iters' must be non-negative (got {num_iters})")
+    if nodes_per_cluster is not None and nodes_per_cluster < 1:
+        raise ValueError(f"'nodes_per_cluster' must be at least 1 (got {nodes_per_cluster})")
     x = x.detach()
     if not x.is_floating_point():
         x = x.float()
@@ -118,6 +147,7 @@ def batched_kmeans(
         return torch.zeros(0, dtype=torch.long, device=x.device)
 
     batch, batch_size, counts = _batch_info(num_nodes, batch, x.device, batch_size)
+    limit = clusters_per_graph(counts, k, nodes_per_cluster)
     max_num_nodes = int(counts.max())
     xd, mask = to_dense_batch(x, batch, batch_size=batch_size, max_num_nodes=max_num_nodes)
     # Each graph scaled by a power of two (exact: the same labels) so that squared
@@ -140,7 +170,7 @@ def batched_kmeans(
         idx = min_dist.argmax(dim=1)
         best = min_dist.gather(1, idx.unsqueeze(1)).squeeze(1)
         centres[:, t] = xd[arange, idx]
-        valid[:, t] = best > 0
+        valid[:, t] = best > 0 if limit is None else (best > 0) & (limit > t)
         new_dist = _dist(xd, centres[:, t : t + 1]).squeeze(-1).masked_fill(~mask, -1.0)
         min_dist = torch.minimum(min_dist, new_dist)
 
@@ -165,13 +195,15 @@ def batched_kmeans(
     return assign[mask]
 
 
-def sklearn_cluster(x: Tensor, batch: Tensor | None, k: int, method: str) -> Tensor:
+def sklearn_cluster(x: Tensor, batch: Tensor | None, k: int, method: str,
+                    nodes_per_cluster: int | None = None) -> Tensor:
     """Cluster each graph separately with scikit-learn (slow; the test reference).
 
     ``method`` is ``"ward"`` (``AgglomerativeClustering(linkage="ward")``), ``"kmeans"``
     (``KMeans(n_init=10, random_state=0)``) or ``"birch"`` (``Birch``). Each graph uses
-    ``n_clusters = min(k, number of distinct rows of that graph)``; a graph with one
-    node, or with identical rows only, gets label 0 everywhere.
+    ``n_clusters = min(k, number of distinct rows of that graph)`` (and at most
+    :func:`clusters_per_graph` with ``nodes_per_cluster``); a graph with one node, or
+    with identical rows only, gets label 0 everywhere.
 
     Args:
         x (Tensor): Node features :math:`(N, d)`.
@@ -193,13 +225,15 @@ def sklearn_cluster(x: Tensor, batch: Tensor | None, k: int, method: str) -> Ten
 
     num_nodes = x.size(0)
     batch, _, counts = _batch_info(num_nodes, batch, x.device, None)
+    limit = clusters_per_graph(counts, k, nodes_per_cluster)
+    limits = [k] * counts.numel() if limit is None else limit.tolist()
     feats = x.detach().cpu().double().numpy()
     out = np.zeros(num_nodes, dtype=np.int64)
     start = 0
-    for n in counts.tolist():
+    for n, most in zip(counts.tolist(), limits, strict=True):
         xs = feats[start : start + n]
         n_distinct = len(np.unique(xs, axis=0)) if n > 0 else 0
-        n_clusters = min(k, n_distinct)
+        n_clusters = min(most, n_distinct)
         if n_clusters > 1:
             if method == "ward":
                 model = AgglomerativeClustering(n_clusters=n_clusters, linkage="ward")
@@ -219,8 +253,10 @@ def cluster_nodes(
     method: str = "kmeans",
     num_iters: int = 10,
     batch_size: int | None = None,
+    nodes_per_cluster: int | None = None,
 ) -> Tensor:
-    """Cluster the nodes of each graph into at most ``k`` groups.
+    """Cluster the nodes of each graph into at most ``k`` groups (with
+    ``nodes_per_cluster``, at most :func:`clusters_per_graph` of them; not in the paper).
 
     ``"kmeans"`` runs :func:`batched_kmeans` (fast, batched, default); ``"ward"``,
     ``"sklearn-kmeans"`` and ``"birch"`` run :func:`sklearn_cluster` graph by graph.
@@ -229,11 +265,12 @@ def cluster_nodes(
         LongTensor: cluster label per node, :math:`(N)`.
     """
     if method == "kmeans":
-        return batched_kmeans(x, batch, k, num_iters=num_iters, batch_size=batch_size)
+        return batched_kmeans(x, batch, k, num_iters=num_iters, batch_size=batch_size,
+                              nodes_per_cluster=nodes_per_cluster)
     if method == "sklearn-kmeans":
-        return sklearn_cluster(x, batch, k, "kmeans")
+        return sklearn_cluster(x, batch, k, "kmeans", nodes_per_cluster)
     if method in ("ward", "birch"):
-        return sklearn_cluster(x, batch, k, method)
+        return sklearn_cluster(x, batch, k, method, nodes_per_cluster)
     raise ValueError(
         f"Unknown clustering method '{method}' "
         f"(valid: {', '.join(repr(m) for m in CLUSTER_METHODS)})"

@@ -216,6 +216,12 @@ class DynamicClusterConv(MessagePassing):
         sparse (bool, optional): Build the graph as an edge list and update the nodes
             with :meth:`propagate` instead of the dense batched path.
             (default: :obj:`False`)
+        nodes_per_cluster (int, optional): A graph of :math:`n` nodes gets at most
+            :math:`\max(1, \lfloor n / s \rfloor)` clusters (and at most ``k``;
+            :func:`~mdgr_graph.nn.cluster.clusters_per_graph`), so that a sequence with
+            no more items than ``k`` is not cut into singletons, which share no cluster
+            and so keep no edge. **Not in the paper** (fixed ``k``); only for the
+            clustering this layer runs itself. (default: :obj:`None`)
 
     Shapes:
         - **input:**
@@ -245,6 +251,7 @@ class DynamicClusterConv(MessagePassing):
         negative_slope: float = 0.2,
         dropout: float = 0.0,
         sparse: bool = False,
+        nodes_per_cluster: int | None = None,
     ):
         super().__init__(aggr="add", flow="source_to_target", node_dim=0)
         if channels < 1 or k < 1 or delta < 1 or heads < 1 or hops < 1:
@@ -261,6 +268,8 @@ class DynamicClusterConv(MessagePassing):
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"'dropout' must lie in [0, 1) (got {dropout})")
+        if nodes_per_cluster is not None and nodes_per_cluster < 1:
+            raise ValueError(f"'nodes_per_cluster' must be at least 1 (got {nodes_per_cluster})")
 
         self.channels = channels
         self.k = k
@@ -275,6 +284,7 @@ class DynamicClusterConv(MessagePassing):
         self.negative_slope = negative_slope
         self.dropout = dropout
         self.sparse = sparse
+        self.nodes_per_cluster = nodes_per_cluster
 
         self.metric_weight = Parameter(torch.empty(delta, channels))
         self.lin_c = Linear(channels, channels, bias=False)  # W_c
@@ -471,6 +481,7 @@ class DynamicClusterConv(MessagePassing):
         return cluster_nodes(
             x.detach(), batch, self.k, self.cluster,
             num_iters=self.kmeans_iters, batch_size=batch_size,
+            nodes_per_cluster=self.nodes_per_cluster,
         )
 
     def forward(
@@ -766,6 +777,8 @@ class DynamicClusterConv(MessagePassing):
         return (
             f"{self.__class__.__name__}({self.channels}, k={self.k}, gamma={self.gamma}, "
             f"delta={self.delta}, heads={self.heads}, cluster='{self.cluster}'"
-            f"{', sparse=True' if self.sparse else ''})"
+            + (f", nodes_per_cluster={self.nodes_per_cluster}"
+               if self.nodes_per_cluster is not None else "")
+            + f"{', sparse=True' if self.sparse else ''})"
         )
 

@@ -396,3 +396,32 @@ def test_encoder_in_evaluation_computes_what_training_computes_without_dropout()
         evaluated = model.eval().encode(batch)
     trained = model.train().encode(batch)
     assert torch.equal(evaluated, trained.detach())
+
+
+def test_nodes_per_cluster_gives_short_sequences_edges():
+    # with k = 8, a 6-item history is 6 singletons and keeps no edge; with s = 2 it is
+    # cut into 3 clusters, pairs share one, and the graph has edges; long ones unchanged
+    torch.manual_seed(0)
+    batch = make_batch([6, 6, 12])
+    plain = MDGR(NUM_ITEMS, dim=16, k=8, m=1, max_len=12, time_dim=8, pos_dim=8).eval()
+    torch.manual_seed(0)
+    capped = MDGR(NUM_ITEMS, dim=16, k=8, m=1, max_len=12, time_dim=8, pos_dim=8,
+                  nodes_per_cluster=2).eval()
+    assert "nodes_per_cluster=2" in repr(capped) and "nodes_per_cluster" in repr(
+        capped.convs[0])
+    with torch.no_grad():
+        _, graphs_plain = plain.node_states(batch, return_graphs=True)
+        _, graphs_capped = capped.node_states(batch, return_graphs=True)
+        mask_plain = plain.interests(batch)[2]
+        mask = capped.interests(batch)[2]
+    edges_plain, edges_capped = graphs_plain[0][0], graphs_capped[0][0]
+    first = batch.batch[edges_plain[1]] < 2  # edges of the two short sequences
+    assert not first.any()
+    assert (batch.batch[edges_capped[1]] < 2).any()
+    assert mask_plain[:2].sum(1).tolist() == [6, 6]  # singletons
+    assert (mask[:2].sum(1) <= 3).all() and int(mask[2].sum()) <= 6
+    loss = capped.train().loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="nodes_per_cluster"):
+        MDGR(NUM_ITEMS, nodes_per_cluster=0)

@@ -122,3 +122,27 @@ def test_unknown_method():
         sklearn_cluster(x, None, 2, method="sklearn-kmeans")
     with pytest.raises(ValueError, match="'k' must be at least 1"):
         batched_kmeans(x, None, k=0)
+
+
+@pytest.mark.parametrize("method", ["kmeans", "ward", "sklearn-kmeans"])
+def test_nodes_per_cluster_caps_clusters_per_graph(method):
+    from mdgr_graph.nn.cluster import clusters_per_graph
+
+    # graph sizes 1, 3, 5, 8, 40 with k = 8 and s = 2: at most 1, 1, 2, 4, 8 clusters
+    sizes, k = [1, 3, 5, 8, 40], 8
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(sum(sizes), 6, generator=gen)
+    batch = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))
+    counts = torch.tensor(sizes)
+    assert clusters_per_graph(counts, k, None) is None
+    assert clusters_per_graph(counts, k, 2).tolist() == [1, 1, 2, 4, 8]
+    assert clusters_per_graph(counts, k, 1).tolist() == [1, 3, 5, 8, 8]
+    capped = cluster_nodes(x, batch, k, method, nodes_per_cluster=2)
+    free = cluster_nodes(x, batch, k, method)
+    for g, (lab, full) in enumerate(zip(split(capped, batch), split(free, batch), strict=True)):
+        assert lab.unique().numel() == [1, 1, 2, 4, 8][g]
+        assert full.unique().numel() == min(sizes[g], k)
+    # s = 1 allows as many clusters as nodes: the labels of fixed k, exactly
+    assert torch.equal(cluster_nodes(x, batch, k, method, nodes_per_cluster=1), free)
+    with pytest.raises(ValueError, match="nodes_per_cluster"):
+        cluster_nodes(x, batch, k, method, nodes_per_cluster=0)
