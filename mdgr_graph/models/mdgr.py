@@ -19,7 +19,7 @@ from mdgr_graph.models.base import (
     check_train_sample,
     sample_candidates,
 )
-from mdgr_graph.nn.cluster import cluster_nodes
+from mdgr_graph.nn.cluster import check_nodes_per_cluster, cluster_nodes
 from mdgr_graph.nn.dynamic_cluster_conv import DynamicClusterConv, candidate_graphs
 from mdgr_graph.nn.encoding import sinusoidal_encoding
 from mdgr_graph.nn.interest import (
@@ -263,8 +263,7 @@ class MDGR(SequentialRecommender):
                              f"{', '.join(CLUSTER_INPUTS)}")
         if candidate_chunk < 1:
             raise ValueError(f"candidate_chunk must be >= 1, got {candidate_chunk}")
-        if nodes_per_cluster is not None and nodes_per_cluster < 1:
-            raise ValueError(f"nodes_per_cluster must be >= 1 (or None), got {nodes_per_cluster}")
+        check_nodes_per_cluster(nodes_per_cluster)
         self.query = query
         self.cluster_on = cluster_on
         self.train_sample = check_train_sample(train_positives, train_negatives)

@@ -41,6 +41,12 @@ def _batch_info(
     return batch, batch_size, counts
 
 
+def check_nodes_per_cluster(nodes_per_cluster: int | None) -> None:
+    """Raise a ``ValueError`` unless ``nodes_per_cluster`` is :obj:`None` or at least 1."""
+    if nodes_per_cluster is not None and nodes_per_cluster < 1:
+        raise ValueError(f"'nodes_per_cluster' must be at least 1 (got {nodes_per_cluster})")
+
+
 def clusters_per_graph(counts: Tensor, k: int, nodes_per_cluster: int | None) -> Tensor | None:
     r"""How many clusters each graph may have: :math:`\min(k, \max(1, \lfloor n /
     s \rfloor))` for a graph of :math:`n` nodes and :math:`s` = ``nodes_per_cluster``, so
@@ -56,10 +62,9 @@ def clusters_per_graph(counts: Tensor, k: int, nodes_per_cluster: int | None) ->
     Returns:
         LongTensor ``[B]`` in :math:`[1, k]`, or :obj:`None`.
     """
+    check_nodes_per_cluster(nodes_per_cluster)
     if nodes_per_cluster is None:
         return None
-    if nodes_per_cluster < 1:
-        raise ValueError(f"'nodes_per_cluster' must be at least 1 (got {nodes_per_cluster})")
     return torch.div(counts, nodes_per_cluster, rounding_mode="floor").clamp(min=1, max=k)
 
 
@@ -137,8 +142,7 @@ def batched_kmeans(
         raise ValueError(f"'k' must be at least 1 (got {k})")
     if num_iters < 0:
         raise ValueError(f"'num_iters' must be non-negative (got {num_iters})")
-    if nodes_per_cluster is not None and nodes_per_cluster < 1:
-        raise ValueError(f"'nodes_per_cluster' must be at least 1 (got {nodes_per_cluster})")
+    check_nodes_per_cluster(nodes_per_cluster)
     x = x.detach()
     if not x.is_floating_point():
         x = x.float()

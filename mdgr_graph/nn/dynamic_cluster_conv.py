@@ -11,7 +11,7 @@ from torch.nn import LayerNorm, Linear, Parameter, Sequential, Tanh
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter, softmax, to_dense_batch
 
-from mdgr_graph.nn.cluster import CLUSTER_METHODS, cluster_nodes
+from mdgr_graph.nn.cluster import CLUSTER_METHODS, check_nodes_per_cluster, cluster_nodes
 from mdgr_graph.nn.metric import (
     edge_budget,
     pow2_rescale,
@@ -268,8 +268,7 @@ class DynamicClusterConv(MessagePassing):
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"'dropout' must lie in [0, 1) (got {dropout})")
-        if nodes_per_cluster is not None and nodes_per_cluster < 1:
-            raise ValueError(f"'nodes_per_cluster' must be at least 1 (got {nodes_per_cluster})")
+        check_nodes_per_cluster(nodes_per_cluster)
 
         self.channels = channels
         self.k = k
