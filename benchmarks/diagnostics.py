@@ -7,7 +7,10 @@ same cluster sizes, how far apart the kept edges reach against random pairs, the
 same-cluster pairs kept, how far the iterations move the node states, genre purity of the
 clusters against contiguous time segments and random partitions of the same sizes
 (--genres), the interests' mean pairwise cosine and weight spread, and the size of the
-item, time and position parts of the encoder input. The model comes from one of:
+item, time and position parts of the encoder input. Under leave-one-out, --readouts also
+ranks the catalogue with the model's interests read out in other ways (their mean, the
+most weighted one, the one holding the last item, the last node's state) beside Eq. 16.
+The model comes from one of:
 
   --run DIR          a finished 'examples/train_mdgr.py --out DIR' run: its data and
                      model options from DIR/args.json, its weights from DIR/best.pt (or
@@ -133,6 +136,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d.add_argument("--genres", type=Path, default=None, metavar="MOVIES_DAT",
                    help="MovieLens movies.dat(.gz) (id::title::genres): adds genre purity "
                         "of the clusters against time segments and random partitions")
+    d.add_argument("--readouts", action="store_true",
+                   help="leave-one-out: also full-ranking HR/NDCG of the split's users (the "
+                        "first --max-windows) under other readouts of the same interests "
+                        "(mdgr_graph.diagnostics.readout_ranking)")
     d.add_argument("--baseline-seed", type=int, default=0,
                    help="seed of the random-partition baseline of genre purity")
     d.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -242,6 +249,16 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return "nan" if value != value else f"{value:.{digits}f}"
     return str(value)
+
+
+def readout_table(readouts: dict[str, Any]) -> str:
+    """The readouts of :func:`mdgr_graph.diagnostics.readout_ranking` as a text table."""
+    lines = [f"readouts, full ranking of {readouts['users']} {readouts['split']} users:",
+             f"  {'readout':<20}{'HR@10':>8}{'NDCG@10':>9}{'HR@50':>8}"]
+    for name, m in readouts["readouts"].items():
+        lines.append(f"  {name:<20}{m['hr@10/full']:>8.4f}{m['ndcg@10/full']:>9.4f}"
+                     f"{m['hr@50/full']:>8.4f}")
+    return "\n".join(lines)
 
 
 def table(result: dict[str, Any]) -> str:
@@ -358,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         model.to(args.device)
         result = diagnostics.diagnose(model, prepared, args.split, args.max_windows,
                                       item_genres, args.batch_size, args.baseline_seed)
+        if args.readouts:
+            result["readouts"] = diagnostics.readout_ranking(
+                model, prepared, args.split, args.max_windows)
     except (OSError, ValueError, TypeError, RuntimeError, ImportError, UsageError,
             pickle.UnpicklingError) as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -365,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
     print(table(result))
+    if "readouts" in result:
+        print("\n" + readout_table(result["readouts"]))
     if args.json is not None:
         payload = {"diagnostics": result, "source": source, "data": prepared.stats(),
                    "genres": str(args.genres) if args.genres else None,

@@ -20,6 +20,10 @@ or nodes) went into the mean.
 - :func:`iteration_drift`: how far each iteration moves the node states.
 - :func:`genre_purity`: genre purity of the clusters against contiguous time segments and
   random partitions of the same sizes (:func:`read_item_genres` reads MovieLens genres).
+- :func:`readout_ranking`: leave-one-out full-ranking metrics of a trained model's
+  interests read out in other ways (their mean, the most weighted one, the one holding
+  the last item, the last node's state): whether Eq. 16's max over interests is what
+  the scores rest on.
 - :func:`diagnose`: all of the above over a split of a prepared dataset, per iteration and
   for the final clustering (``benchmarks/diagnostics.py`` is its command line).
 """
@@ -40,7 +44,7 @@ from torch_geometric.loader import DataLoader
 from mdgr_graph.data.dataset import SequenceDataset
 from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.data.titles import read_movielens_titles
-from mdgr_graph.metrics import auc_per_row
+from mdgr_graph.metrics import auc_per_row, full_ranking_metrics, rank_of_target
 from mdgr_graph.models.mdgr import MDGR
 
 __all__ = [
@@ -62,6 +66,7 @@ __all__ = [
     "iteration_drift",
     "kept_share_of_same_cluster_pairs",
     "read_item_genres",
+    "readout_ranking",
 ]
 
 
@@ -786,3 +791,121 @@ def diagnose(
         "iterations": iterations,
         "final": final,
     }
+
+
+# ---------------------------------------------------------------------- readouts
+#: The readouts of :func:`readout_ranking`, in the order it reports them.
+READOUTS: tuple[str, ...] = ("eq16", "unweighted", "mean_interest", "top_weight",
+                             "last_item_interest", "last_state")
+
+
+def _readout_scores(model: MDGR, batch: Batch, items: Tensor) -> dict[str, Tensor]:
+    """``[B, I + 1]`` scores of every readout of :data:`READOUTS` for one batch."""
+    x = model.node_states(batch)
+    z, weight, mask, cluster = model.pool_interests(
+        x, batch.batch, batch.pos, batch.t, batch.num_graphs,
+        cluster=model.item_clusters(batch)[1])
+    last = batch.ptr[1:] - 1
+    one = torch.ones_like(mask[:, :1])
+
+    def only(j: Tensor) -> Tensor:  # the mask of interest j of every row
+        return torch.zeros_like(mask).scatter_(1, j.unsqueeze(1), True) & mask
+
+    count = mask.sum(1, keepdim=True).clamp(min=1)
+    z_mean = (z * mask.unsqueeze(-1)).sum(1, keepdim=True) / count.unsqueeze(-1)
+    w_mean = (weight * mask).sum(1, keepdim=True) / count
+    cases = {
+        "eq16": (z, weight, mask),
+        "unweighted": (z, torch.ones_like(weight), mask),
+        "mean_interest": (z_mean, w_mean, one),
+        "top_weight": (z, weight, only(weight.masked_fill(~mask, float("-inf")).argmax(1))),
+        "last_item_interest": (z, weight, only(cluster[last])),
+        "last_state": (x[last].unsqueeze(1), torch.ones_like(w_mean), one),
+    }
+    return {name: model.score_item_chunks(
+        lambda chunk, c=case: model.scorer(*c, chunk), items, 2048)
+        for name, case in cases.items()}
+
+
+@torch.no_grad()
+def readout_ranking(
+    model: MDGR,
+    prepared: PreparedDataset,
+    split: str = "valid",
+    max_users: int | None = None,
+    batch_size: int = 256,
+    mask_seen: bool = True,
+) -> dict[str, Any]:
+    r"""Leave-one-out full-ranking metrics of one trained model under other readouts.
+
+    The node states, clusters, interests :math:`z_j` and weights :math:`\omega_j` are the
+    model's own (eval mode); only the step from interests to item scores changes, always
+    through the model's :class:`~mdgr_graph.nn.interest.InterestScore`:
+
+    - ``eq16``: the model's score, :math:`\max_j \omega_j \mathrm{Linear}(z_j \odot p)`
+      over the non-empty interests (equals :func:`mdgr_graph.train.evaluate`);
+    - ``unweighted``: the same max with every :math:`\omega_j = 1`;
+    - ``mean_interest``: one interest, the mean of the non-empty ones, with their mean
+      weight;
+    - ``top_weight``: only the interest with the largest weight;
+    - ``last_item_interest``: only the interest of the cluster that holds the most recent
+      item;
+    - ``last_state``: the most recent item's final node state as the only interest
+      (weight 1), a SASRec-style readout without pooling.
+
+    A post-hoc probe: the model was trained through ``eq16``, so a readout that scores
+    close to it shows that the scores do not depend on the max over several interests
+    (the multi-interest part carries no ranking signal), not what a model trained with
+    that readout would reach.
+
+    Args:
+        model: an MDGR-family model with ``query="last"`` and no repeat term.
+        prepared: a leave-one-out dataset.
+        split: ``valid`` or ``test``. (default: ``"valid"``)
+        max_users: only the split's first this many users (all when None).
+        batch_size: users per batch. (default: 256)
+        mask_seen: exclude each user's earlier items from the ranking, as
+            :func:`~mdgr_graph.train.evaluate` does. (default: :obj:`True`)
+
+    Returns:
+        ``{"split", "users", "readouts": {name: metrics}}`` with the metrics of
+        :func:`~mdgr_graph.metrics.full_ranking_metrics` (``hr@10/full``, ...).
+    """
+    from mdgr_graph.train import _seen_mask
+
+    if not isinstance(model, MDGR):
+        raise TypeError(f"readout_ranking needs an MDGR-family model, got "
+                        f"{type(model).__name__}")
+    if model.candidate_mode:
+        raise ValueError("readout_ranking does not support query='candidate' (the "
+                         "interests depend on the candidate)")
+    if model.repeat_score is not None:
+        raise ValueError("readout_ranking compares interest readouts; a model with "
+                         "repeat='gate' adds a repeat term to every one of them")
+    if prepared.protocol != "loo":
+        raise ValueError(f"readout_ranking ranks the catalogue: it needs a leave-one-out "
+                         f"dataset, got protocol {prepared.protocol!r}")
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    dataset = SequenceDataset(prepared, split)
+    if max_users is not None:
+        if max_users < 1:
+            raise ValueError(f"max_users must be >= 1, got {max_users}")
+        dataset = dataset[: min(max_users, len(dataset))]
+    device = next(model.parameters()).device
+    seen = prepared.seen_items(split) if mask_seen else None
+    ranks: dict[str, list[Tensor]] = {name: [] for name in READOUTS}
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in DataLoader(dataset, batch_size=batch_size):
+            batch = batch.to(device)
+            exclude = (None if seen is None
+                       else _seen_mask(seen, batch.sample.cpu(), prepared.num_items))
+            target = batch.target.cpu()
+            for name, scores in _readout_scores(model, batch, model.item_emb.weight).items():
+                ranks[name].append(rank_of_target(scores.float().cpu(), target, exclude))
+    finally:
+        model.train(was_training)
+    return {"split": split, "users": len(dataset),
+            "readouts": {name: full_ranking_metrics(torch.cat(r)) for name, r in ranks.items()}}

@@ -471,3 +471,89 @@ def test_interest_use_two_interests_each_serving_half_the_positives():
     use = D.interest_use(scorer, z, weight, mask, items, labels)
     assert use.auc == 1.0  # ...but not their own interest's max (2.0)
     assert use.auc_mean_interest == 0.5
+
+
+# ---------------------------------------------------------------------- readouts
+@pytest.mark.parametrize("k", [1, 3])
+def test_readout_ranking_eq16_is_the_models_own_evaluation(loo_data, k):
+    from mdgr_graph.train import evaluate
+
+    torch.manual_seed(0)
+    model = build_model("mdgr", loo_data, dim=16, k=k, m=1)
+    model.train()
+    result = D.readout_ranking(model, loo_data, "valid", max_users=40, batch_size=16)
+    assert model.training  # restored
+    json.dumps(result)
+    assert result["users"] == 40 and tuple(result["readouts"]) == D.READOUTS
+    own = evaluate(model, loo_data, "valid", batch_size=40, max_batches=1)
+    model.train()
+    for key in ("hr@10/full", "ndcg@10/full", "mrr/full"):
+        assert result["readouts"]["eq16"][key] == pytest.approx(own[key], abs=1e-6)
+    if k == 1:  # one interest: every interest readout is Eq. 16 itself
+        for name in ("top_weight", "last_item_interest", "mean_interest"):
+            assert result["readouts"][name] == pytest.approx(result["readouts"]["eq16"])
+
+
+def test_readout_scores_match_a_per_row_computation(loo_data):
+    torch.manual_seed(1)
+    model = build_model("mdgr", loo_data, dim=16, k=3, m=1).eval()
+    batch = next(iter(DataLoader(SequenceDataset(loo_data, "test")[:6], batch_size=6)))
+    items = model.item_emb.weight
+    with torch.no_grad():
+        scores = D._readout_scores(model, batch, items)
+        z, weight, mask, cluster = model.interests(batch)
+        x = model.node_states(batch)
+    last = batch.ptr[1:] - 1
+    lin = model.scorer.lin
+    for b in range(6):
+        raw = (z[b].unsqueeze(1) * items.unsqueeze(0)) @ lin.weight.view(-1) + lin.bias
+        on = mask[b]
+        want = {
+            "eq16": (weight[b, on].unsqueeze(1) * raw[on]).max(0).values,
+            "unweighted": raw[on].max(0).values,
+            "top_weight": weight[b][on].max() * raw[on][weight[b][on].argmax()],
+            "last_item_interest": weight[b, cluster[last[b]]] * raw[cluster[last[b]]],
+            "last_state": (x[last[b]] * items) @ lin.weight.view(-1) + lin.bias,
+        }
+        mean_z = z[b, on].mean(0)
+        want["mean_interest"] = weight[b, on].mean() * ((mean_z * items) @ lin.weight.view(-1)
+                                                         + lin.bias)
+        for name, expected in want.items():
+            assert torch.allclose(scores[name][b], expected, atol=1e-5), name
+
+
+def test_readout_ranking_refuses_what_it_cannot_read(loo_data, paper_data):
+    model = build_model("mdgr", paper_data, dim=16, k=3, m=1)
+    with pytest.raises(ValueError, match="leave-one-out"):
+        D.readout_ranking(model, paper_data)
+    loo_model = build_model("mdgr", loo_data, dim=16, k=3, m=1)
+    with pytest.raises(ValueError, match="split must be"):
+        D.readout_ranking(loo_model, loo_data, "train")
+    with pytest.raises(ValueError, match="max_users"):
+        D.readout_ranking(loo_model, loo_data, max_users=0)
+    with pytest.raises(ValueError, match="query='candidate'"):
+        D.readout_ranking(build_model("mdgr", loo_data, dim=16, k=3, m=1, query="candidate"),
+                          loo_data)
+    with pytest.raises(ValueError, match="repeat"):
+        D.readout_ranking(build_model("mdgr", loo_data, dim=16, k=3, m=1, repeat="gate"),
+                          loo_data)
+    with pytest.raises(TypeError, match="MDGR-family"):
+        D.readout_ranking(build_model("sasrec", loo_data, dim=16), loo_data)
+
+
+def test_command_readouts_under_leave_one_out(tmp_path, capsys):
+    command = load_command()
+    loo = ["--synthetic-users", "60", "--synthetic-items", "80", "--synthetic-topics", "4",
+           "--protocol", "loo", "--max-len", "20", "--negatives", "10", "--no-cache", "--dim", "16",
+           "--k", "3"]
+    out = tmp_path / "r.json"
+    assert command.main(["--untrained", *loo, "--split", "valid", "--max-windows", "12",
+                         "--readouts", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "readouts, full ranking of 12 valid users" in printed and "last_state" in printed
+    readouts = json.loads(out.read_text())["diagnostics"]["readouts"]
+    assert readouts["users"] == 12 and set(readouts["readouts"]) == set(D.READOUTS)
+    # under the paper protocol there is no catalogue ranking: one error line, status 2
+    assert command.main(["--untrained", *SYNTHETIC, "--max-windows", "2", "--readouts"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "leave-one-out" in err[0]
