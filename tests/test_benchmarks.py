@@ -434,6 +434,13 @@ def test_any_log_synthetic_repeats_and_new_model_options(tmp_path, capsys):
                                                                  "history_targets": False,
                                                                  "loss": "ce"}
     assert "loss" not in runner.run_config("maerec", args)["model_kwargs"]  # its own loss
+    gbce = runner.parse_args(["--dataset", "synthetic", "--loss", "gbce", "--gbce-t", "0.5",
+                              "--out", str(tmp_path)])
+    assert runner.summary_path(gbce).name.startswith("synthetic-paper-loss-gbce-t0p5")
+    assert runner.run_config("sasrec", gbce)["model_kwargs"]["gbce_t"] == 0.5
+    with pytest.raises(SystemExit):
+        runner.parse_args(["--dataset", "synthetic", "--gbce-t", "0.5"])
+    assert "needs --loss gbce" in capsys.readouterr().err
     plain = runner.parse_args(["--dataset", "synthetic"])
     assert runner.run_config("mdgr", plain)["model_kwargs"] == {"dim": 32}
     log = tmp_path / "clicks.csv.gz"

@@ -33,7 +33,7 @@ def test_every_model_has_one_row_and_its_keywords_exist():
         cls = model_class(name)
         method = cls.from_prepared if name in CLOSED_FORM else cls.__init__
         params = inspect.signature(method).parameters
-        own = set(row) - {"loss"}  # build_model's own keyword: sets candidate_loss_kind
+        own = set(row) - {"loss", "gbce_t"}  # build_model's own keywords (the loss)
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             assert own <= set(params), (name, own - set(params))
 
@@ -47,11 +47,17 @@ def test_repeat_and_loss_are_passed_only_when_given(capsys):
     assert options("--model", "mdgr", "--repeat", "gate")["repeat"] == "gate"
     assert options("--model", "sasrec", "--loss", "ce")["loss"] == "ce"
     assert options("--model", "surge", "--loss", "bce")["loss"] == "bce"
+    gbce = options("--model", "gru4rec", "--loss", "gbce", "--gbce-t", "0.9")
+    assert gbce["loss"] == "gbce" and gbce["gbce_t"] == 0.9
+    assert "gbce_t" not in options("--model", "gru4rec", "--loss", "gbce")
     for argv, message in [(["--model", "sasrec", "--repeat", "gate"], "--repeat is for"),
                           (["--model", "ease", "--loss", "ce"], "--loss is for"),
                           (["--model", "maerec", "--loss", "ce"], "--loss is for"),
                           (["--model", "mdgr", "--loss", "ce", "--query", "candidate"],
-                           "not with --query candidate")]:
+                           "not with --query candidate"),
+                          (["--model", "sasrec", "--gbce-t", "0.5"], "needs --loss gbce"),
+                          (["--model", "sasrec", "--loss", "gbce", "--gbce-t", "2"],
+                           "must lie in [0, 1]")]:
         with pytest.raises(SystemExit):
             train_cli.parse_args(argv)
         assert message in capsys.readouterr().err

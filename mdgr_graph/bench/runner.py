@@ -176,6 +176,9 @@ def parse_args(argv: list[str] | None = None, root: Path | None = None) -> argpa
                    help="neural models that support it: training loss, 'ce' = a softmax over "
                         "every item (default: each model's own, Eq. 17's BCE for most); "
                         "models without the option keep their own")
+    p.add_argument("--gbce-t", type=float, default=None,
+                   help="with --loss gbce: gBCE's calibration t in [0, 1] (default: the "
+                        "models', 0.75)")
     p.add_argument("--query", choices=["last", "candidate"], default=None,
                    help="MDGR variants and surge: query of the graph attention (Eq. 11); "
                         "'candidate' builds one graph per (window, candidate), as the paper "
@@ -226,6 +229,10 @@ def parse_args(argv: list[str] | None = None, root: Path | None = None) -> argpa
         p.error("--train-positives and --train-negatives go together")
     if args.train_all_candidates and args.train_positives is not None:
         p.error("--train-all-candidates replaces --train-positives/--train-negatives")
+    if args.gbce_t is not None and args.loss != "gbce":
+        p.error("--gbce-t is gBCE's calibration: it needs --loss gbce")
+    if args.gbce_t is not None and not 0 <= args.gbce_t <= 1:
+        p.error(f"--gbce-t must lie in [0, 1], got {args.gbce_t}")
     if args.query == "candidate" and args.protocol == "loo":
         p.error("--query candidate under loo: the tables rank the whole catalogue, one graph "
                 "pass per item in this mode; train it with mdgr-train and re-rank a first "
@@ -520,6 +527,8 @@ def summary_path(args: argparse.Namespace) -> Path:
         name += f"-repeat-{args.mdgr_repeat}"
     if getattr(args, "loss", None) is not None:
         name += f"-loss-{args.loss}"
+    if getattr(args, "gbce_t", None) is not None:
+        name += f"-t{_dotless(args.gbce_t)}"
     if getattr(args, "history_targets", False):
         name += "-history-targets"
     if getattr(args, "query", None) is not None:

@@ -31,9 +31,9 @@ DRAWS: tuple[str, ...] = ("train_positives", "train_negatives")
 _MDGR = {name: name for name in (
     "dim", "k", "m", "gamma", "delta", "conv_heads", "dropout", "cluster", "pool", "binary",
     "weighting", "input_norm", "cluster_on", "query", "conv_residual", "conv_norm", *DRAWS,
-    "repeat", "loss", "nodes_per_cluster")}
+    "repeat", "loss", "gbce_t", "nodes_per_cluster")}
 _SASREC = {"dim": "dim", "dropout": "dropout", "num_blocks": "blocks",
-           "history_targets": "history_targets", "loss": "loss"}
+           "history_targets": "history_targets", "loss": "loss", "gbce_t": "gbce_t"}
 
 #: Model name -> ``{keyword of build_model: option of mdgr-train (attribute of its args)}``.
 MODEL_OPTIONS: dict[str, dict[str, str]] = {
@@ -41,18 +41,20 @@ MODEL_OPTIONS: dict[str, dict[str, str]] = {
     "sasrec": _SASREC,
     "tisasrec": _SASREC,
     "gru4rec": {"dim": "dim", "dropout": "dropout", "num_layers": "blocks",
-                "history_targets": "history_targets", "loss": "loss"},
+                "history_targets": "history_targets", "loss": "loss", "gbce_t": "gbce_t"},
     "bert4rec": {"dim": "dim", "dropout": "dropout", "num_blocks": "blocks",
-                 "mask_prob": "mask_prob", "loss": "loss"},
+                 "mask_prob": "mask_prob", "loss": "loss", "gbce_t": "gbce_t"},
     "maerec": {"dim": "dim", "history_targets": "history_targets"},
-    "comirec-sa": {"dim": "dim", "interests": "k", "dropout": "dropout", "loss": "loss"},
-    "comirec-dr": {"dim": "dim", "interests": "k", "loss": "loss"},
-    "surge": {"dim": "dim", "query": "query", **{d: d for d in DRAWS}, "loss": "loss"},
+    "comirec-sa": {"dim": "dim", "interests": "k", "dropout": "dropout", "loss": "loss",
+                   "gbce_t": "gbce_t"},
+    "comirec-dr": {"dim": "dim", "interests": "k", "loss": "loss", "gbce_t": "gbce_t"},
+    "surge": {"dim": "dim", "query": "query", **{d: d for d in DRAWS}, "loss": "loss",
+              "gbce_t": "gbce_t"},
     "din": {"dim": "dim", "dropout": "dropout", **{d: d for d in DRAWS}},
     # their own defaults for the rest
     "pintext": {"dim": "dim"},
     "bigcf": {"dim": "dim"},
-    "dcrec": {"dim": "dim", "loss": "loss"},
+    "dcrec": {"dim": "dim", "loss": "loss", "gbce_t": "gbce_t"},
     "itemknn": {"neighbours": "neighbours", "shrink": "shrink"},
     "ease": {"l2": "l2"},
     "pop": {},
@@ -62,7 +64,8 @@ assert set(MODEL_OPTIONS) == set(MODELS), "every model needs its row"
 
 #: Keywords passed only when their option differs from this value, so that runs made
 #: before the option existed keep their recorded options (and hashes).
-ONLY_WHEN_SET: dict[str, Any] = {"repeat": "none", "loss": None, "nodes_per_cluster": None}
+ONLY_WHEN_SET: dict[str, Any] = {"repeat": "none", "loss": None, "gbce_t": None,
+                                 "nodes_per_cluster": None}
 
 #: Models that can train with ``--loss`` (a softmax over the catalogue among the choices).
 LOSS_MODELS: tuple[str, ...] = tuple(name for name, row in MODEL_OPTIONS.items()
@@ -87,6 +90,7 @@ BENCHMARK_OPTIONS: dict[str, str] = {
     "dim": "dim", "history_targets": "history_targets", "k": "mdgr_k", "m": "mdgr_m",
     "weighting": "mdgr_weighting", "cluster": "mdgr_cluster", "input_norm": "mdgr_input_norm",
     "cluster_on": "mdgr_cluster_on", "query": "query", "repeat": "mdgr_repeat", "loss": "loss",
+    "gbce_t": "gbce_t",
     "train_positives": "train_positives", "train_negatives": "train_negatives",
     "nodes_per_cluster": "mdgr_nodes_per_cluster",
 }

@@ -136,8 +136,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--loss", default=None, choices=list(CANDIDATE_LOSSES),
                    help="neural models: training loss; bce: Eq. 17 over the candidates (loo: "
                         "the target and one sampled negative); sampled_softmax: each positive "
-                        "against the sampled negatives; ce: a softmax over every item "
-                        "(default: the model's own, bce for most)")
+                        "against the sampled negatives; gbce: gSASRec's gBCE over the "
+                        "candidates (not in the paper; --gbce-t); ce: a softmax over every "
+                        "item (default: the model's own, bce for most)")
+    g.add_argument("--gbce-t", type=float, default=None,
+                   help="with --loss gbce: gBCE's calibration t in [0, 1] (0: BCE; default: "
+                        "0.75, gSASRec's)")
     g.add_argument("--train-positives", type=int, default=1,
                    help="candidate mode (and din): positives of each window drawn per "
                         "training step")
@@ -198,6 +202,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--repeat is for {', '.join(REPEAT_MODELS)}, not {args.model}")
     if args.loss is not None and args.model not in LOSS_MODELS:
         parser.error(f"--loss is for {', '.join(LOSS_MODELS)}, not {args.model}")
+    if args.gbce_t is not None and args.loss != "gbce":
+        parser.error("--gbce-t is gBCE's calibration: it needs --loss gbce")
+    if args.gbce_t is not None and not (math.isfinite(args.gbce_t) and 0 <= args.gbce_t <= 1):
+        parser.error(f"--gbce-t must lie in [0, 1], got {args.gbce_t}")
     if args.loss == "ce" and args.query == "candidate":
         parser.error("--loss ce scores every item with one user state: not with --query "
                      "candidate")

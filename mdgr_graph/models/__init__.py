@@ -85,8 +85,9 @@ def build_model(name: str, prepared: PreparedDataset, **kwargs: Any) -> Sequenti
     ``shrink``, ``ease``
     ``l2``; ``pop`` and ``spop`` (S-POP) take none.
     ``loss`` (any neural model) sets :attr:`~SequentialRecommender.candidate_loss_kind`:
-    ``"bce"`` (Eq. 17 over the given candidates), ``"sampled_softmax"`` or ``"ce"`` (a
-    softmax over the whole catalogue, issue 27); not given, the model's own default.
+    ``"bce"`` (Eq. 17 over the given candidates), ``"sampled_softmax"``, ``"gbce"``
+    (gSASRec's gBCE, calibration ``gbce_t``, default 0.75) or ``"ce"`` (a softmax over the
+    whole catalogue, issue 27); not given, the model's own default.
     Closed-form models are fitted on the training interactions here; a neural baseline
     with a ``from_prepared(prepared, max_len, **kwargs)`` class method (one that builds a
     global item graph or reads item labels) is built through it.
@@ -97,9 +98,17 @@ def build_model(name: str, prepared: PreparedDataset, **kwargs: Any) -> Sequenti
     if name in CLOSED_FORM:
         return cls.from_prepared(prepared, **kwargs)
     loss = kwargs.pop("loss", None)
+    gbce_t = kwargs.pop("gbce_t", None)
     model = _build_neural(name, cls, prepared, **kwargs)
     if loss is not None:
         model.candidate_loss_kind = loss
+    if gbce_t is not None:
+        if model.candidate_loss_kind != "gbce":
+            raise ValueError(f"gbce_t is gBCE's calibration: it needs loss='gbce' (got "
+                             f"{model.candidate_loss_kind!r})")
+        if not 0.0 <= gbce_t <= 1.0:
+            raise ValueError(f"gbce_t must lie in [0, 1], got {gbce_t}")
+        model.gbce_t = float(gbce_t)
     return model
 
 

@@ -21,7 +21,10 @@ from torch_geometric.data import Batch
 
 #: Losses a model can train with: over ``batch.candidates`` (see :func:`candidate_loss`)
 #: or, ``"ce"``, a softmax over the whole catalogue (:func:`catalogue_softmax_loss`).
-CANDIDATE_LOSSES: tuple[str, ...] = ("bce", "sampled_softmax", "ce")
+CANDIDATE_LOSSES: tuple[str, ...] = ("bce", "sampled_softmax", "ce", "gbce")
+
+#: gSASRec's calibration :math:`t` of :func:`gbce_loss` (the value its authors recommend).
+GBCE_T = 0.75
 
 
 def sampled_softmax_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -47,6 +50,42 @@ def sampled_softmax_loss(logits: Tensor, labels: Tensor) -> Tensor:
     negative_lse = torch.logsumexp(logits.masked_fill(positive, float("-inf")), dim=1)
     gap = negative_lse.unsqueeze(1) - logits  # [B, C]; only the positives' entries are used
     return nn.functional.softplus(gap[positive]).mean()
+
+
+def gbce_loss(logits: Tensor, labels: Tensor, num_items: int, t: float = GBCE_T) -> Tensor:
+    r"""gBCE of gSASRec (Petrov and Macdonald, RecSys 2023): binary cross-entropy with the
+    positives' probability raised to the power :math:`\beta`, which undoes the
+    overconfidence that negative sampling teaches.
+
+    .. math::
+        \mathcal{L} = \frac{1}{BC} \Big(\sum_{p} -\beta \log \sigma(s_p)
+        + \sum_{n} -\log(1 - \sigma(s_n))\Big), \qquad
+        \beta = \alpha \big(t (1 - 1/\alpha) + 1/\alpha\big) = 1 - t (1 - \alpha),
+
+    with :math:`\alpha = N / (I - 1)` the sampling rate of a row's :math:`N` negatives among
+    the :math:`I - 1` other items, and the mean over all :math:`B \times C` entries as in
+    :func:`candidate_loss`'s ``"bce"``. :math:`t = 0` is that binary cross-entropy,
+    :math:`t = 1` gives :math:`\beta = \alpha`.
+
+    Args:
+        logits: ``[B, C]`` candidate scores.
+        labels: ``[B, C]``, 1 (or True) at positives, 0 at negatives.
+        num_items: :math:`I`, the number of real items (at least 2).
+        t: calibration in ``[0, 1]``. (default: :data:`GBCE_T`)
+    """
+    if logits.shape != labels.shape or logits.dim() != 2:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} "
+                         "must both be [B, C]")
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"gBCE's t must lie in [0, 1], got {t}")
+    if num_items < 2:
+        raise ValueError(f"gBCE needs at least 2 items, got num_items={num_items}")
+    positive = labels.bool()
+    alpha = ((~positive).sum(1, keepdim=True).to(logits.dtype) / (num_items - 1)).clamp(max=1)
+    beta = 1.0 - t * (1.0 - alpha)  # [B, 1]
+    terms = torch.where(positive, beta * nn.functional.softplus(-logits),
+                        nn.functional.softplus(logits))
+    return terms.mean()
 
 
 def catalogue_softmax_loss(logits: Tensor, rows: Tensor, targets: Tensor,
@@ -96,16 +135,21 @@ def check_candidate_loss(kind: str) -> None:
                          f"{', '.join(CANDIDATE_LOSSES)}")
 
 
-def candidate_loss(logits: Tensor, labels: Tensor, kind: str = "bce") -> Tensor:
+def candidate_loss(logits: Tensor, labels: Tensor, kind: str = "bce",
+                   num_items: int | None = None, gbce_t: float = GBCE_T) -> Tensor:
     """The loss ``kind`` (one of :data:`CANDIDATE_LOSSES`) of candidate ``logits [B, C]``:
     ``"bce"`` is Eq. 17 (mean binary cross-entropy against ``labels``), ``"sampled_softmax"``
-    is :func:`sampled_softmax_loss`."""
+    is :func:`sampled_softmax_loss`, ``"gbce"`` :func:`gbce_loss` (needs ``num_items``)."""
     check_candidate_loss(kind)
     if kind == "ce":
         raise ValueError("loss 'ce' is a softmax over the catalogue, not over the candidates: "
                          "use catalogue_softmax_loss")
     if kind == "bce":
         return nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+    if kind == "gbce":
+        if num_items is None:
+            raise ValueError("loss 'gbce' needs num_items (its sampling rate)")
+        return gbce_loss(logits, labels, num_items, gbce_t)
     return sampled_softmax_loss(logits, labels)
 
 
@@ -201,6 +245,13 @@ class SequentialRecommender(nn.Module):
 
     _candidate_loss_kind: str = "bce"
 
+    #: The losses this model can train with (a subclass that cannot score the catalogue in
+    #: one pass, or has a loss of its own, lists fewer).
+    SUPPORTED_LOSSES: tuple[str, ...] = CANDIDATE_LOSSES
+
+    #: gBCE's calibration :math:`t` when :attr:`candidate_loss_kind` is ``"gbce"``.
+    gbce_t: float = GBCE_T
+
     def __init__(self, num_items: int) -> None:
         super().__init__()
         check_positive(num_items=num_items)
@@ -208,13 +259,23 @@ class SequentialRecommender(nn.Module):
 
     @property
     def candidate_loss_kind(self) -> str:
-        """The loss over the candidates, one of :data:`CANDIDATE_LOSSES` (checked when set)."""
+        """The loss over the candidates, one of :data:`CANDIDATE_LOSSES` that the model
+        supports (:attr:`SUPPORTED_LOSSES`; checked when set)."""
         return self._candidate_loss_kind
 
     @candidate_loss_kind.setter
     def candidate_loss_kind(self, kind: str) -> None:
         check_candidate_loss(kind)
+        if kind not in self.SUPPORTED_LOSSES:
+            raise ValueError(f"{type(self).__name__} cannot train with loss {kind!r}; it "
+                             f"supports {', '.join(self.SUPPORTED_LOSSES)}")
         self._candidate_loss_kind = kind
+
+    def loss_over_candidates(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """:func:`candidate_loss` of ``logits [B, C]`` with this model's
+        :attr:`candidate_loss_kind` (not ``"ce"``), item count and :attr:`gbce_t`."""
+        return candidate_loss(logits, labels, self.candidate_loss_kind, self.num_items,
+                              self.gbce_t)
 
     @property
     def ranks_catalogue_in_one_pass(self) -> bool:
@@ -238,7 +299,7 @@ class SequentialRecommender(nn.Module):
         labels = self.candidate_labels(batch)
         if self.candidate_loss_kind == "ce":
             return self.catalogue_loss(batch, labels)
-        return candidate_loss(self.score_candidates(batch), labels, self.candidate_loss_kind)
+        return self.loss_over_candidates(self.score_candidates(batch), labels)
 
     def catalogue_loss(self, batch: Batch, labels: Tensor, logits: Tensor | None = None) -> Tensor:
         """:func:`catalogue_softmax_loss` of every positive of ``batch.candidates`` against

@@ -15,7 +15,6 @@ from torch_geometric.utils import to_dense_batch
 
 from mdgr_graph.models.base import (
     SequentialRecommender,
-    candidate_loss,
     check_train_sample,
     sample_candidates,
 )
@@ -485,8 +484,7 @@ class MDGR(SequentialRecommender):
         self._check_candidates(batch)
         labels = self.candidate_labels(batch)
         candidates, labels = sample_candidates(batch.candidates, labels, *self.train_sample)
-        return candidate_loss(self.candidate_scores(batch, candidates), labels,
-                              self.candidate_loss_kind)
+        return self.loss_over_candidates(self.candidate_scores(batch, candidates), labels)
 
     def score_all(self, batch: Batch, chunk_size: int = 8192) -> Tensor:
         """Logits of every item ``[B, num_items + 1]``, computed in item chunks (candidate

@@ -16,6 +16,7 @@ from mdgr_graph.models.base import (
     SequentialRecommender,
     candidate_loss,
     catalogue_softmax_loss,
+    gbce_loss,
     sampled_softmax_loss,
 )
 
@@ -65,7 +66,7 @@ def test_edge_cases_and_errors():
         sampled_softmax_loss(logits, torch.ones(2, 4))
     with pytest.raises(ValueError, match="unknown candidate loss 'hinge'"):
         candidate_loss(logits, torch.ones(2, 3), "hinge")
-    assert CANDIDATE_LOSSES == ("bce", "sampled_softmax", "ce")
+    assert CANDIDATE_LOSSES == ("bce", "sampled_softmax", "ce", "gbce")
     with pytest.raises(ValueError, match="softmax over the catalogue"):
         candidate_loss(logits, torch.ones(2, 3), "ce")
     labels = torch.tensor([[1.0, 0, 0], [0, 1, 0]])
@@ -185,3 +186,139 @@ def test_surge_ce_needs_the_last_item_query():
     model.candidate_loss_kind = "ce"
     with pytest.raises(ValueError, match="query='last'"):
         model.loss(_batch())
+
+
+# ---------------------------------------------------------------------- gBCE
+def reference_gbce(logits, labels, num_items, t):
+    """gSASRec's form: the positive's logit transformed so that BCE on it is
+    -beta log sigmoid, then the mean BCE over every entry."""
+    terms = []
+    for row, lab in zip(logits.double(), labels.bool(), strict=True):
+        alpha = min(1.0, int((~lab).sum()) / (num_items - 1))
+        beta = alpha * (t * (1 - 1 / alpha) + 1 / alpha)
+        for s, positive in zip(row, lab, strict=True):
+            if positive:
+                transformed = torch.log(1 / (torch.sigmoid(s) ** -beta - 1))
+                terms.append(torch.nn.functional.binary_cross_entropy_with_logits(
+                    transformed, torch.tensor(1.0, dtype=torch.float64)))
+            else:
+                terms.append(torch.nn.functional.softplus(s))
+    return torch.stack(terms).mean()
+
+
+@pytest.mark.parametrize("t", [0.0, 0.5, 0.75, 1.0])
+def test_gbce_matches_gsasrecs_transformed_logit(t):
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 7, generator=gen, requires_grad=True)
+    labels = torch.zeros(4, 7)
+    labels[:, 0] = 1
+    labels[1, 3] = 1  # a row with two positives has one negative fewer
+    loss = gbce_loss(logits, labels, num_items=40, t=t)
+    assert torch.allclose(loss.double(), reference_gbce(logits.detach(), labels, 40, t),
+                          atol=1e-6)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
+    assert torch.allclose(candidate_loss(logits, labels, "gbce", num_items=40, gbce_t=t), loss)
+
+
+def test_gbce_at_t0_is_bce_and_at_t1_scales_the_positives_by_alpha():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 5, generator=gen)
+    labels = (torch.arange(5) == 0).float().expand(3, 5)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+    assert torch.allclose(gbce_loss(logits, labels, num_items=100, t=0.0), bce)
+    alpha = 4 / 99
+    scaled = torch.where(labels.bool(), alpha * torch.nn.functional.softplus(-logits),
+                         torch.nn.functional.softplus(logits)).mean()
+    assert torch.allclose(gbce_loss(logits, labels, num_items=100, t=1.0), scaled)
+    # more negatives than other items: the rate is capped at 1 (plain BCE)
+    assert torch.allclose(gbce_loss(logits, labels, num_items=3, t=1.0), bce)
+
+
+def test_gbce_errors():
+    logits, labels = torch.zeros(2, 3), torch.tensor([[1.0, 0, 0], [1.0, 0, 0]])
+    with pytest.raises(ValueError, match="t must lie in"):
+        gbce_loss(logits, labels, 10, t=1.5)
+    with pytest.raises(ValueError, match="at least 2 items"):
+        gbce_loss(logits, labels, 1)
+    with pytest.raises(ValueError, match="needs num_items"):
+        candidate_loss(logits, labels, "gbce")
+    with pytest.raises(ValueError, match=r"must both be \[B, C\]"):
+        gbce_loss(logits, labels[:, :2], 10)
+
+
+# ------------------------------------------------- every model honours its loss kind
+@pytest.mark.parametrize("make", [
+    lambda: SASRec(NUM_ITEMS, max_len=8, dim=8),
+    lambda: GRU4Rec(NUM_ITEMS, max_len=8, dim=8),
+    lambda: BERT4Rec(NUM_ITEMS, max_len=8, dim=8, cloze_weight=0.0),
+    lambda: MDGR(NUM_ITEMS, dim=8, k=2, m=1, max_len=8, time_dim=4, pos_dim=4),
+    lambda: SURGE(NUM_ITEMS, max_len=8, dim=8, lambda_m=0.0, lambda_a=0.0, lambda_p=0.0),
+], ids=["sasrec", "gru4rec", "bert4rec", "mdgr", "surge"])
+@pytest.mark.parametrize("kind", ["bce", "sampled_softmax", "gbce"])
+def test_candidate_loss_kinds_are_the_loss_of_score_candidates(make, kind):
+    # SASRec, GRU4Rec, BERT4Rec and SURGE once trained with BCE whatever the kind
+    torch.manual_seed(0)
+    model = make()
+    model.eval()
+    model.candidate_loss_kind = kind
+    model.gbce_t = 0.5
+    batch = _batch()
+    expected = candidate_loss(model.score_candidates(batch), batch.labels.view(3, -1), kind,
+                              NUM_ITEMS, 0.5)
+    assert torch.allclose(model.loss(batch), expected, atol=1e-6)
+
+
+def test_every_neural_model_trains_with_the_loss_it_is_given():
+    """With the same weights and draws, a model's loss under each kind it supports is
+    that kind's: no two kinds give the same value, and an unsupported kind is refused
+    when set (never trained as another)."""
+    from mdgr_graph.data.dataset import SequenceDataset
+    from mdgr_graph.data.prepare import DataOptions, prepare_dataset
+    from mdgr_graph.models import CLOSED_FORM, MODELS, build_model
+    from torch_geometric.loader import DataLoader
+
+    synthetic = {"num_users": 30, "num_items": 40, "num_topics": 2, "length": (10, 20),
+                 "topics_per_user": (1, 2)}
+    prepared = prepare_dataset(DataOptions(protocol="loo", max_len=10, negatives=5,
+                                           synthetic=synthetic), cache_dir=None)
+    batch = next(iter(DataLoader(SequenceDataset(prepared, "valid"), batch_size=8)))
+    for name in MODELS:
+        if name in CLOSED_FORM:
+            continue
+        torch.manual_seed(0)
+        model = build_model(name, prepared, dim=8)
+        model.eval()
+        values = {}
+        for kind in CANDIDATE_LOSSES:
+            if kind not in model.SUPPORTED_LOSSES:
+                with pytest.raises(ValueError, match="cannot train with loss"):
+                    model.candidate_loss_kind = kind
+                continue
+            if kind == "ce" and not model.ranks_catalogue_in_one_pass:
+                continue
+            model.candidate_loss_kind = kind
+            torch.manual_seed(1)
+            values[kind] = float(model.loss(batch).detach())
+        assert len(values) >= 1, name
+        distinct = {round(v, 6) for v in values.values()}
+        assert len(distinct) == len(values), f"{name}: {values}"
+
+
+def test_build_model_sets_gbce_t_and_refuses_it_without_gbce():
+    from mdgr_graph.data.prepare import DataOptions, prepare_dataset
+    from mdgr_graph.models import build_model
+
+    synthetic = {"num_users": 20, "num_items": 30, "num_topics": 2, "length": (8, 12),
+                 "topics_per_user": (1, 2)}
+    prepared = prepare_dataset(DataOptions(protocol="loo", max_len=8, negatives=5,
+                                           synthetic=synthetic), cache_dir=None)
+    model = build_model("sasrec", prepared, dim=8, loss="gbce", gbce_t=0.25)
+    assert model.candidate_loss_kind == "gbce" and model.gbce_t == 0.25
+    assert build_model("sasrec", prepared, dim=8, loss="gbce").gbce_t == 0.75
+    with pytest.raises(ValueError, match="needs loss='gbce'"):
+        build_model("sasrec", prepared, dim=8, gbce_t=0.5)
+    with pytest.raises(ValueError, match="must lie in"):
+        build_model("sasrec", prepared, dim=8, loss="gbce", gbce_t=-0.1)
+    with pytest.raises(ValueError, match="BIGCF cannot train with loss 'ce'"):
+        build_model("bigcf", prepared, dim=8, loss="ce")

@@ -235,8 +235,9 @@ class BERT4Rec(SequentialRecommender):
         return nn.functional.cross_entropy(logits, items[masked] - 1)
 
     def loss(self, batch: Batch) -> Tensor:
-        """Candidate BCE at the appended [mask] (``candidate_loss_kind = "ce"``: a softmax
-        over every item) plus ``cloze_weight`` x cloze loss."""
+        """The candidate loss (:attr:`candidate_loss_kind`, BCE by default; ``"ce"``: a
+        softmax over every item) at the appended [mask], plus ``cloze_weight`` x cloze
+        loss."""
         self._check_candidates(batch)
         labels = self.candidate_labels(batch)
         items, mask = self.dense_items(batch)
@@ -246,8 +247,7 @@ class BERT4Rec(SequentialRecommender):
             every = user @ self.item_emb.weight.t() + self.out_bias
             loss = self.catalogue_loss(batch, labels, every)
         else:
-            logits = self._score(user, batch.candidates)
-            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+            loss = self.loss_over_candidates(self._score(user, batch.candidates), labels)
         if self.cloze_weight > 0:
             loss = loss + self.cloze_weight * self.cloze_loss(items, mask)
         return loss

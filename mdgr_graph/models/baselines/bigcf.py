@@ -184,6 +184,9 @@ class BIGCF(SequentialRecommender):
             (default: :obj:`1`)
     """
 
+    #: Trains with its own reconstruction loss (``main_loss``), not a candidate loss.
+    SUPPORTED_LOSSES: tuple[str, ...] = ("bce",)
+
     def __init__(
         self,
         num_items: int,

@@ -58,7 +58,6 @@ from torch_geometric.utils import scatter, spmm
 from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.models.base import (
     SequentialRecommender,
-    candidate_loss,
     check_interactions,
     check_positive,
 )
@@ -747,7 +746,7 @@ class DCRec(SequentialRecommender):
             loss = self.catalogue_loss(batch, labels, user @ self.item_emb.weight.t())
         else:
             logits = torch.einsum("bd,bcd->bc", user, self.item_emb(batch.candidates))
-            loss = candidate_loss(logits, labels, self.candidate_loss_kind)
+            loss = self.loss_over_candidates(logits, labels)
         if self.cl_weight or self.kl_weight:
             cl, kl = self.auxiliary_losses(items, mask, adj_view, sim_view)
             loss = loss + cl + kl

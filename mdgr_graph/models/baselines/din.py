@@ -46,7 +46,6 @@ from torch_geometric.utils import to_dense_batch
 
 from mdgr_graph.models.base import (
     SequentialRecommender,
-    candidate_loss,
     check_positive,
     check_train_sample,
     sample_candidates,
@@ -166,6 +165,9 @@ class TargetAttentionRec(SequentialRecommender):
     Shapes:
         - **score_candidates:** ``[B, C]``; **score_all:** ``[B, num_items + 1]``
     """
+
+    #: The candidate is the query: no softmax over the catalogue in one pass.
+    SUPPORTED_LOSSES: tuple[str, ...] = ("bce", "sampled_softmax", "gbce")
 
     def __init__(
         self,
@@ -320,7 +322,7 @@ class TargetAttentionRec(SequentialRecommender):
                     f"{self.train_positives}, train_negatives={self.train_negatives}; "
                     "None for both trains on every candidate)") from err
         logits = self._logits(self.history(batch), self.item_emb(candidates))
-        return candidate_loss(logits, labels, self.candidate_loss_kind)
+        return self.loss_over_candidates(logits, labels)
 
     def _check_batch(self, batch: Batch) -> None:
         super()._check_batch(batch)

@@ -56,7 +56,6 @@ from torch_geometric.utils import coalesce, degree, is_sparse
 
 from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.models.base import (
-    candidate_loss,
     check_interactions,
     check_positive,
 )
@@ -488,6 +487,9 @@ class MAERec(CausalSequenceRecommender):
             Eq. 17). (default: :obj:`"sampled_softmax"`)
     """
 
+    #: Its candidate loss runs on the candidates only (no softmax over the catalogue).
+    SUPPORTED_LOSSES: tuple[str, ...] = ("bce", "sampled_softmax", "gbce")
+
     def __init__(
         self,
         num_items: int,
@@ -710,7 +712,7 @@ class MAERec(CausalSequenceRecommender):
         labels = self.candidate_labels(batch)
         user, _, states, mask, items = self._user_and_table(batch, table)
         logits = torch.einsum("bd,bcd->bc", user, table[batch.candidates])
-        loss = candidate_loss(logits, labels, self.candidate_loss_kind)
+        loss = self.loss_over_candidates(logits, labels)
         if self.history_targets:
             loss = loss + self._history_loss(states, mask, items, table)
         return loss

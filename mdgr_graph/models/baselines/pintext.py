@@ -53,7 +53,6 @@ from torch_geometric.utils import scatter, softmax, to_dense_batch
 from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.models.base import (
     SequentialRecommender,
-    candidate_loss,
     check_positive,
 )
 from mdgr_graph.models.baselines.sasrec import dense_recent
@@ -347,6 +346,9 @@ class PinText2(SequentialRecommender):
         - **score_candidates:** ``[B, C]``; **score_all:** ``[B, num_items + 1]``
     """
 
+    #: Its candidate loss runs on the candidates only (no softmax over the catalogue).
+    SUPPORTED_LOSSES: tuple[str, ...] = ("bce", "sampled_softmax", "gbce")
+
     def __init__(
         self,
         num_items: int,
@@ -567,7 +569,7 @@ class PinText2(SequentialRecommender):
         table = self.item_table()
         v, mask = self.interests(batch, table)
         logits = self._best(torch.einsum("bgd,bcd->bgc", v, table[batch.candidates]), mask)
-        loss = candidate_loss(logits, labels, self.candidate_loss_kind)
+        loss = self.loss_over_candidates(logits, labels)
         if self.pair_weight > 0:
             loss = loss + self.pair_weight * self.pair_loss(batch, table)
         return loss

@@ -158,7 +158,8 @@ class CausalSequenceRecommender(SequentialRecommender):
 
     # ------------------------------------------------------------------ loss
     def loss(self, batch: Batch) -> Tensor:
-        """Candidate BCE (Eq. 17), plus the history next-item loss if enabled."""
+        """The candidate loss (:attr:`candidate_loss_kind`: Eq. 17's BCE by default), plus
+        the history next-item loss if enabled."""
         self._check_candidates(batch)
         labels = self.candidate_labels(batch)
         states, mask, items = self._states(batch)
@@ -166,8 +167,7 @@ class CausalSequenceRecommender(SequentialRecommender):
         if self.candidate_loss_kind == "ce":
             loss = self.catalogue_loss(batch, labels, user @ self.item_emb.weight.t())
         else:
-            logits = self._score(user, batch.candidates)
-            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+            loss = self.loss_over_candidates(self._score(user, batch.candidates), labels)
         if self.history_targets:
             loss = loss + self.history_loss(states, mask, items)
         return loss

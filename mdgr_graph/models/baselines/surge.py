@@ -605,9 +605,9 @@ class SURGE(SequentialRecommender):
         return self.score_item_chunks(per_item, table, min(chunk_size, self.candidate_chunk))
 
     def loss(self, batch: Batch) -> Tensor:
-        """BCE over the candidates (``candidate_loss_kind = "ce"``, last-item mode only: a
-        softmax over every item, :data:`CE_CHUNK` positives at a time) + the weighted
-        regularisers of the assignment."""
+        """The candidate loss (:attr:`candidate_loss_kind`, BCE by default; ``"ce"``,
+        last-item mode only: a softmax over every item, :data:`CE_CHUNK` positives at a
+        time) + the weighted regularisers of the assignment."""
         self._check_candidates(batch)
         labels = self.candidate_labels(batch)
         candidates = batch.candidates
@@ -616,8 +616,7 @@ class SURGE(SequentialRecommender):
         if self.query == "candidate" and self.train_sample is not None:
             candidates, labels = sample_candidates(candidates, labels, *self.train_sample)
         logits, state = self._scores_and_state(batch, candidates)
-        return self._add_regularisers(
-            F.binary_cross_entropy_with_logits(logits, labels.float()), state)
+        return self._add_regularisers(self.loss_over_candidates(logits, labels), state)
 
     #: Positives per checkpointed chunk of the catalogue softmax (``[chunk, items, hidden]``).
     CE_CHUNK = 16
