@@ -273,10 +273,11 @@ def test_every_neural_model_trains_with_the_loss_it_is_given():
     """With the same weights and draws, a model's loss under each kind it supports is
     that kind's: no two kinds give the same value, and an unsupported kind is refused
     when set (never trained as another)."""
+    from torch_geometric.loader import DataLoader
+
     from mdgr_graph.data.dataset import SequenceDataset
     from mdgr_graph.data.prepare import DataOptions, prepare_dataset
     from mdgr_graph.models import CLOSED_FORM, MODELS, build_model
-    from torch_geometric.loader import DataLoader
 
     synthetic = {"num_users": 30, "num_items": 40, "num_topics": 2, "length": (10, 20),
                  "topics_per_user": (1, 2)}
