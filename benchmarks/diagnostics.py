@@ -140,6 +140,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="leave-one-out: also full-ranking HR/NDCG of the split's users (the "
                         "first --max-windows) under other readouts of the same interests "
                         "(mdgr_graph.diagnostics.readout_ranking)")
+    d.add_argument("--no-mask-seen", action="store_true",
+                   help="with --readouts: rank every item, the user's earlier items included "
+                        "(for a run trained and evaluated with --no-mask-seen)")
     d.add_argument("--baseline-seed", type=int, default=0,
                    help="seed of the random-partition baseline of genre purity")
     d.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -161,6 +164,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if given:
             parser.error(f"--run takes the data and model options from args.json; drop "
                          f"{', '.join(given)}")
+    if args.no_mask_seen and not args.readouts:
+        parser.error("--no-mask-seen is an option of --readouts")
     if args.max_windows is not None and args.max_windows < 1:
         parser.error("--max-windows must be >= 1")
     if args.batch_size < 1:
@@ -372,12 +377,16 @@ def main(argv: list[str] | None = None) -> int:
         item_genres = None
         if args.genres is not None:
             item_genres = diagnostics.read_item_genres(args.genres, prepared.arrays["item_ids"])
+        if args.readouts and prepared.protocol != "loo":
+            raise UsageError(f"--readouts ranks the catalogue: it needs --protocol loo, got "
+                             f"{prepared.protocol!r}")
         model.to(args.device)
         result = diagnostics.diagnose(model, prepared, args.split, args.max_windows,
                                       item_genres, args.batch_size, args.baseline_seed)
         if args.readouts:
             result["readouts"] = diagnostics.readout_ranking(
-                model, prepared, args.split, args.max_windows)
+                model, prepared, args.split, args.max_windows, args.batch_size,
+                mask_seen=not args.no_mask_seen)
     except (OSError, ValueError, TypeError, RuntimeError, ImportError, UsageError,
             pickle.UnpicklingError) as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]

@@ -441,6 +441,9 @@ def test_any_log_synthetic_repeats_and_new_model_options(tmp_path, capsys):
     with pytest.raises(SystemExit):
         runner.parse_args(["--dataset", "synthetic", "--gbce-t", "0.5"])
     assert "needs --loss gbce" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        runner.parse_args(["--dataset", "synthetic", "--loss", "ce", "--query", "candidate"])
+    assert "not with --query candidate" in capsys.readouterr().err
     plain = runner.parse_args(["--dataset", "synthetic"])
     assert runner.run_config("mdgr", plain)["model_kwargs"] == {"dim": 32}
     log = tmp_path / "clicks.csv.gz"

@@ -556,4 +556,14 @@ def test_command_readouts_under_leave_one_out(tmp_path, capsys):
     # under the paper protocol there is no catalogue ranking: one error line, status 2
     assert command.main(["--untrained", *SYNTHETIC, "--max-windows", "2", "--readouts"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "leave-one-out" in err[0]
+    assert len(err) == 1 and "needs --protocol loo" in err[0]
+    # --no-mask-seen reaches the readouts: Eq. 16 then equals evaluate(mask_seen=False)
+    assert command.main(["--untrained", *loo, "--split", "valid", "--max-windows", "12",
+                         "--readouts", "--no-mask-seen", "--json", str(out)]) == 0
+    unmasked = json.loads(out.read_text())["diagnostics"]["readouts"]["readouts"]["eq16"]
+    args = command.parse_args(["--untrained", *loo])
+    prepared, model, _ = command.load(args)
+    expected = D.readout_ranking(model, prepared, "valid", 12, mask_seen=False)
+    assert unmasked == pytest.approx(expected["readouts"]["eq16"])
+    with pytest.raises(SystemExit):
+        command.parse_args(["--untrained", *loo, "--no-mask-seen"])

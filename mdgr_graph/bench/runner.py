@@ -229,6 +229,8 @@ def parse_args(argv: list[str] | None = None, root: Path | None = None) -> argpa
         p.error("--train-positives and --train-negatives go together")
     if args.train_all_candidates and args.train_positives is not None:
         p.error("--train-all-candidates replaces --train-positives/--train-negatives")
+    if args.loss == "ce" and args.query == "candidate":
+        p.error("--loss ce scores every item with one user state: not with --query candidate")
     if args.gbce_t is not None and args.loss != "gbce":
         p.error("--gbce-t is gBCE's calibration: it needs --loss gbce")
     if args.gbce_t is not None and not 0 <= args.gbce_t <= 1:

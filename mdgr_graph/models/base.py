@@ -260,16 +260,24 @@ class SequentialRecommender(nn.Module):
     @property
     def candidate_loss_kind(self) -> str:
         """The loss over the candidates, one of :data:`CANDIDATE_LOSSES` that the model
-        supports (:attr:`SUPPORTED_LOSSES`; checked when set)."""
+        supports (:attr:`supported_losses`; checked when set)."""
         return self._candidate_loss_kind
 
     @candidate_loss_kind.setter
     def candidate_loss_kind(self, kind: str) -> None:
         check_candidate_loss(kind)
-        if kind not in self.SUPPORTED_LOSSES:
+        if kind not in self.supported_losses:
             raise ValueError(f"{type(self).__name__} cannot train with loss {kind!r}; it "
-                             f"supports {', '.join(self.SUPPORTED_LOSSES)}")
+                             f"supports {', '.join(self.supported_losses)}")
         self._candidate_loss_kind = kind
+
+    @property
+    def supported_losses(self) -> tuple[str, ...]:
+        """:attr:`SUPPORTED_LOSSES`, without ``"ce"`` where this instance cannot score the
+        catalogue in one pass (the candidate as the query)."""
+        if self.ranks_catalogue_in_one_pass:
+            return self.SUPPORTED_LOSSES
+        return tuple(kind for kind in self.SUPPORTED_LOSSES if kind != "ce")
 
     def loss_over_candidates(self, logits: Tensor, labels: Tensor) -> Tensor:
         """:func:`candidate_loss` of ``logits [B, C]`` with this model's
