@@ -121,13 +121,19 @@ def _batch(num_graphs=3, length=6, seed=0):
     return Batch.from_data_list(graphs)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: SASRec(NUM_ITEMS, max_len=8, dim=8),
-    lambda: GRU4Rec(NUM_ITEMS, max_len=8, dim=8),
-    lambda: BERT4Rec(NUM_ITEMS, max_len=8, dim=8, cloze_weight=0.0),
-    lambda: MDGR(NUM_ITEMS, dim=8, k=2, m=1, max_len=8, time_dim=4, pos_dim=4),
-    lambda: SURGE(NUM_ITEMS, max_len=8, dim=8, lambda_m=0.0, lambda_a=0.0, lambda_p=0.0),
-], ids=["sasrec", "gru4rec", "bert4rec", "mdgr", "surge"])
+#: Models whose whole loss is the candidate (or catalogue) loss, without extra terms.
+ONLY_CANDIDATE_LOSS = {
+    "sasrec": lambda: SASRec(NUM_ITEMS, max_len=8, dim=8),
+    "gru4rec": lambda: GRU4Rec(NUM_ITEMS, max_len=8, dim=8),
+    "bert4rec": lambda: BERT4Rec(NUM_ITEMS, max_len=8, dim=8, cloze_weight=0.0),
+    "mdgr": lambda: MDGR(NUM_ITEMS, dim=8, k=2, m=1, max_len=8, time_dim=4, pos_dim=4),
+    "surge": lambda: SURGE(NUM_ITEMS, max_len=8, dim=8, lambda_m=0.0, lambda_a=0.0,
+                           lambda_p=0.0),
+}
+
+
+@pytest.mark.parametrize("make", list(ONLY_CANDIDATE_LOSS.values()),
+                         ids=list(ONLY_CANDIDATE_LOSS))
 def test_ce_loss_is_the_catalogue_softmax_of_score_all(make):
     torch.manual_seed(0)
     model = make()
@@ -248,13 +254,8 @@ def test_gbce_errors():
 
 
 # ------------------------------------------------- every model honours its loss kind
-@pytest.mark.parametrize("make", [
-    lambda: SASRec(NUM_ITEMS, max_len=8, dim=8),
-    lambda: GRU4Rec(NUM_ITEMS, max_len=8, dim=8),
-    lambda: BERT4Rec(NUM_ITEMS, max_len=8, dim=8, cloze_weight=0.0),
-    lambda: MDGR(NUM_ITEMS, dim=8, k=2, m=1, max_len=8, time_dim=4, pos_dim=4),
-    lambda: SURGE(NUM_ITEMS, max_len=8, dim=8, lambda_m=0.0, lambda_a=0.0, lambda_p=0.0),
-], ids=["sasrec", "gru4rec", "bert4rec", "mdgr", "surge"])
+@pytest.mark.parametrize("make", list(ONLY_CANDIDATE_LOSS.values()),
+                         ids=list(ONLY_CANDIDATE_LOSS))
 @pytest.mark.parametrize("kind", ["bce", "sampled_softmax", "gbce"])
 def test_candidate_loss_kinds_are_the_loss_of_score_candidates(make, kind):
     # SASRec, GRU4Rec, BERT4Rec and SURGE once trained with BCE whatever the kind
