@@ -75,10 +75,11 @@ def test_weighted_cosine_is_the_mean_of_head_cosines():
     assert torch.all(sim[1, 3:] == 0)  # padding
 
 
-def test_weighted_cosine_is_mdgrs_and_equals_surges_former_copy_bit_for_bit():
+def test_weighted_cosine_is_mdgrs_and_equals_surges_former_copy():
     """SURGE uses the layer's weighted cosine (nn/metric.py); it replaced a copy without
-    the power-of-two rescaling, which it equals bit for bit, gradients too, at the
-    magnitudes of embeddings (trained SURGE runs reproduce)."""
+    the power-of-two rescaling and with one product per head. It equals that copy up to
+    float rounding (the heads are now summed in one product), gradients too, at the
+    magnitudes of embeddings."""
     from mdgr_graph.nn import metric
 
     assert weighted_cosine is metric.weighted_cosine
@@ -100,7 +101,7 @@ def test_weighted_cosine_is_mdgrs_and_equals_surges_former_copy_bit_for_bit():
             (sim * torch.linspace(-1, 1, sim.numel()).view_as(sim)).sum().backward()
             grads.append((sim.detach(), xs.grad, ws.grad))
         for new, old in zip(*grads, strict=True):
-            assert torch.equal(new, old)
+            torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("epsilon", [0.0, 0.1, 0.3, 0.5, 1.0])
