@@ -39,9 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import Batch
-from torch_geometric.loader import DataLoader
 
-from mdgr_graph.data.dataset import SequenceDataset
+from mdgr_graph.data.dataset import SequenceDataset, SequenceLoader
 from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.data.titles import read_movielens_titles
 from mdgr_graph.metrics import auc_per_row, full_ranking_metrics, rank_of_target
@@ -708,7 +707,7 @@ def diagnose(
     acc = _Values()
     sequences = 0
     try:
-        for batch in DataLoader(dataset, batch_size=batch_size):
+        for batch in SequenceLoader(dataset, batch_size=batch_size):
             batch = batch.to(device)
             sequences += batch.num_graphs
             node_genres = matrix[batch.x] if matrix is not None else None
@@ -898,7 +897,7 @@ def readout_ranking(
     was_training = model.training
     model.eval()
     try:
-        for batch in DataLoader(dataset, batch_size=batch_size):
+        for batch in SequenceLoader(dataset, batch_size=batch_size):
             batch = batch.to(device)
             exclude = (None if seen is None
                        else _seen_mask(seen, batch.sample.cpu(), prepared.num_items))

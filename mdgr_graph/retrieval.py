@@ -554,10 +554,9 @@ def export_interests(
     static-graph control, MIP, ComiRec-SA/DR, PinText2) and an item table (see
     :func:`item_table`).
     """
-    from torch_geometric.loader import DataLoader
     from tqdm.auto import tqdm
 
-    from mdgr_graph.data.dataset import SequenceDataset
+    from mdgr_graph.data.dataset import SequenceDataset, SequenceLoader
 
     if not callable(getattr(model, "interest_queries", None)):
         raise TypeError(
@@ -567,7 +566,7 @@ def export_interests(
     items = item_table(model).float().cpu()
     was_training = model.training
     model.eval()
-    loader = DataLoader(SequenceDataset(prepared, split), batch_size=batch_size)
+    loader = SequenceLoader(SequenceDataset(prepared, split), batch_size=batch_size)
     parts: list[tuple[Tensor, ...]] = []
     try:
         with torch.no_grad():
@@ -627,9 +626,9 @@ def rerank(
     Returns:
         :class:`Retrieved` ``[U, n]``, best first.
     """
-    from torch_geometric.loader import DataLoader
 
-    from mdgr_graph.data.dataset import SequenceDataset
+
+    from mdgr_graph.data.dataset import SequenceDataset, SequenceLoader
 
     dataset = SequenceDataset(prepared, split)
     candidates = torch.as_tensor(candidates).long()
@@ -647,7 +646,7 @@ def rerank(
     scores, start = [], 0
     try:
         with torch.no_grad():
-            for batch in tqdm(DataLoader(dataset, batch_size=batch_size),
+            for batch in tqdm(SequenceLoader(dataset, batch_size=batch_size),
                               desc=f"rerank {split}", disable=not progress, leave=False):
                 rows = candidates[start : start + batch.num_graphs]
                 start += batch.num_graphs

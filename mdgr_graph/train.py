@@ -31,11 +31,10 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from torch_geometric.data import Batch
-from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
 from mdgr_graph import distributed
-from mdgr_graph.data.dataset import SequenceDataset
+from mdgr_graph.data.dataset import SequenceDataset, SequenceLoader
 from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.data.protocols import ragged_ranges
 from mdgr_graph.io import atomic_torch_save, atomic_write_text, remove_stale_temporaries
@@ -354,7 +353,7 @@ def evaluate(
         dataset = dataset.index_select(
             torch.arange(distributed.rank(), len(dataset), distributed.world_size())
         )
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = SequenceLoader(dataset, batch_size=batch_size, shuffle=False)
     acc = MetricAccumulator()
     seen = prepared.seen_items(split) if prepared.protocol == "loo" and mask_seen else None
     full_ranking = model.ranks_catalogue_in_one_pass
@@ -387,11 +386,11 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.default_rng([seed, 2, epoch]).integers(2**62))
 
 
-def _train_loader(dataset: SequenceDataset, config: TrainConfig, epoch: int) -> DataLoader:
+def _train_loader(dataset: SequenceDataset, config: TrainConfig, epoch: int) -> SequenceLoader:
     """Shuffled batches of epoch ``epoch``; in a process group, this rank's share of them."""
     if not distributed.is_distributed():
         gen = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch) + 1)
-        return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=gen)
+        return SequenceLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=gen)
     world = distributed.world_size()
     if config.batch_size % world:
         raise ValueError(
@@ -401,7 +400,7 @@ def _train_loader(dataset: SequenceDataset, config: TrainConfig, epoch: int) -> 
     sampler = DistributedSampler(dataset, num_replicas=world, rank=distributed.rank(),
                                  shuffle=True, seed=config.seed)
     sampler.set_epoch(epoch)
-    return DataLoader(dataset, batch_size=config.batch_size // world, sampler=sampler)
+    return SequenceLoader(dataset, batch_size=config.batch_size // world, sampler=sampler)
 
 
 def _train_epoch(

@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch_geometric.loader import DataLoader
 
-from mdgr_graph.data.dataset import SequenceDataset
+from mdgr_graph.data.dataset import SequenceDataset, SequenceLoader
 from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.metrics import full_ranking_per_row, window_metrics_per_row
 from mdgr_graph.models.baselines import training_item_counts
@@ -43,7 +42,7 @@ def per_window(model, prepared: PreparedDataset) -> dict[str, np.ndarray]:
     """``{"auc": [W], "recall@50": [W]}``: the model's metrics of every test window."""
     model.eval()
     out: dict[str, list] = {"auc": [], "recall@50": []}
-    for batch in DataLoader(SequenceDataset(prepared, "test"), batch_size=256):
+    for batch in SequenceLoader(SequenceDataset(prepared, "test"), batch_size=256):
         m = window_metrics_per_row(model.score_candidates(batch).float(), batch.labels)
         out["auc"].append(m["auc/sampled"].numpy())
         out["recall@50"].append(m["recall@50/sampled"].numpy())
@@ -64,7 +63,7 @@ def per_user(model, prepared: PreparedDataset, mask_seen: bool = True
     model.eval()
     seen = prepared.seen_items("test") if mask_seen else None
     out: dict[str, list] = {"hr@10": [], "ndcg@10": []}
-    for batch in DataLoader(SequenceDataset(prepared, "test"), batch_size=256):
+    for batch in SequenceLoader(SequenceDataset(prepared, "test"), batch_size=256):
         _, rank = full_ranking_ranks(model, batch, seen, prepared.num_items)
         m = full_ranking_per_row(rank, ks=(10,))
         out["hr@10"].append(m["hr@10/full"].numpy())

@@ -1,6 +1,11 @@
 """Reading logs, preprocessing, protocols and PyG datasets."""
 
-from mdgr_graph.data.dataset import SequenceData, SequenceDataset, make_sequence_graph
+from mdgr_graph.data.dataset import (
+    SequenceData,
+    SequenceDataset,
+    SequenceLoader,
+    make_sequence_graph,
+)
 from mdgr_graph.data.errors import DataFormatError
 from mdgr_graph.data.prepare import DataOptions, PreparedDataset, prepare_dataset
 from mdgr_graph.data.preprocess import Sequences, build_sequences
@@ -14,6 +19,7 @@ __all__ = [
     "PreparedDataset",
     "SequenceData",
     "SequenceDataset",
+    "SequenceLoader",
     "Sequences",
     "SyntheticLog",
     "build_sequences",
