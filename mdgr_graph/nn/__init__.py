@@ -5,6 +5,7 @@ from mdgr_graph.nn.cluster import (
     batched_kmeans,
     cluster_nodes,
     sklearn_cluster,
+    ward_cluster,
 )
 from mdgr_graph.nn.dynamic_cluster_conv import DynamicClusterConv, edge_budget
 from mdgr_graph.nn.encoding import SinusoidalEncoding, sinusoidal_encoding
@@ -25,6 +26,7 @@ __all__ = [
     "SinusoidalEncoding",
     "sinusoidal_encoding",
     "sklearn_cluster",
+    "ward_cluster",
     "top_pairs",
     "weighted_cosine",
 ]

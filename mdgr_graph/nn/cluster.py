@@ -8,6 +8,8 @@ Two families:
 * :func:`sklearn_cluster` — scikit-learn's Ward, KMeans and Birch run graph by graph on
   the CPU. Slow, but the paper names these methods; it is also the reference the batched
   version is tested against.
+* :func:`ward_cluster` — scikit-learn's Ward labels exactly, from scipy's tree without
+  the estimator's overhead (what ``"ward"`` runs: MIP and ``cluster="ward"``).
 
 :func:`cluster_nodes` dispatches on a method name.
 
@@ -17,6 +19,8 @@ callers mask empty groups instead of seeing NaN.
 """
 
 from __future__ import annotations
+
+import heapq
 
 import numpy as np
 import torch
@@ -250,6 +254,81 @@ def sklearn_cluster(x: Tensor, batch: Tensor | None, k: int, method: str,
     return torch.from_numpy(out).to(x.device)
 
 
+def _hc_cut(children: np.ndarray, n_clusters: int, n_leaves: int) -> np.ndarray:
+    """Labels of the ``n_clusters`` clusters left after undoing the last merges of a full
+    merge tree (``children [n_leaves - 1, 2]``, scipy's linkage order), numbered exactly
+    as scikit-learn's ``AgglomerativeClustering`` numbers them: the order of its heap of
+    negated node ids after expanding the largest node ``n_clusters - 1`` times."""
+    nodes = [-(int(children[-1].max()) + 1)]
+    for _ in range(n_clusters - 1):
+        left, right = children[-nodes[0] - n_leaves]
+        heapq.heappush(nodes, -int(left))
+        heapq.heappushpop(nodes, -int(right))
+    # The kept nodes are the roots of the components after the first n - n_clusters
+    # merges: point every node to its parent within them, then jump to the roots.
+    kept_merges = n_leaves - n_clusters
+    parent = np.arange(2 * n_leaves - 1)
+    merged = np.arange(n_leaves, n_leaves + kept_merges)
+    parent[children[:kept_merges].ravel()] = np.repeat(merged, 2)
+    while True:
+        jumped = parent[parent]
+        if np.array_equal(jumped, parent):
+            break
+        parent = jumped
+    label_of = np.zeros(2 * n_leaves - 1, dtype=np.int64)
+    label_of[[-node for node in nodes]] = np.arange(n_clusters)
+    return label_of[parent[:n_leaves]]
+
+
+def _distinct_rows(feats: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+    """``[B]`` number of distinct rows of each graph (exact comparison, ``-0.0 == 0.0``,
+    as ``np.unique(axis=0)``), for the whole batch at once."""
+    keyed = torch.cat([batch.unsqueeze(1).to(feats.dtype), feats], dim=1)
+    rows = torch.unique(keyed, dim=0)
+    return torch.bincount(rows[:, 0].long(), minlength=num_graphs)
+
+
+def ward_cluster(x: Tensor, batch: Tensor | None, k: int,
+                 nodes_per_cluster: int | None = None) -> Tensor:
+    """Ward clustering of each graph: the labels of :func:`sklearn_cluster` with
+    ``"ward"``, bit for bit, several times faster.
+
+    scikit-learn's ``AgglomerativeClustering(linkage="ward")`` without connectivity builds
+    the full tree with :func:`scipy.cluster.hierarchy.ward` (float64) and cuts it
+    (``_hc_cut``); this calls scipy directly and cuts the tree the same way
+    (:func:`_hc_cut`), without the estimator's per-call validation, and counts each
+    graph's distinct rows for the whole batch at once. Still one scipy call per graph
+    that needs two or more clusters (the tree is built sequentially); graphs with one node
+    or identical rows only get label 0 without a call. ``tests/nn/test_cluster.py``
+    compares the labels with scikit-learn's.
+
+    Raises:
+        ValueError: on NaN or infinite features (scikit-learn refuses them too).
+    """
+    if k < 1:
+        raise ValueError(f"'k' must be at least 1 (got {k})")
+    from scipy.cluster.hierarchy import ward as ward_linkage
+
+    num_nodes = x.size(0)
+    if num_nodes == 0:
+        return torch.zeros(0, dtype=torch.long, device=x.device)
+    batch, num_graphs, counts = _batch_info(num_nodes, batch, x.device, None)
+    feats = x.detach().cpu().double()
+    if not bool(torch.isfinite(feats).all()):
+        raise ValueError("Ward clustering needs finite node features (got NaN or inf)")
+    limit = clusters_per_graph(counts, k, nodes_per_cluster)
+    most = torch.full_like(counts, k) if limit is None else limit
+    n_clusters = torch.minimum(most.cpu(), _distinct_rows(feats, batch.cpu(), num_graphs))
+    ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).tolist()
+    feats = feats.numpy()
+    out = np.zeros(num_nodes, dtype=np.int64)
+    for graph in torch.nonzero(n_clusters > 1).flatten().tolist():
+        start, end = ptr[graph], ptr[graph + 1]
+        children = ward_linkage(feats[start:end])[:, :2].astype(np.intp)
+        out[start:end] = _hc_cut(children, int(n_clusters[graph]), end - start)
+    return torch.from_numpy(out).to(x.device)
+
+
 def cluster_nodes(
     x: Tensor,
     batch: Tensor | None,
@@ -262,7 +341,8 @@ def cluster_nodes(
     """Cluster the nodes of each graph into at most ``k`` groups (with
     ``nodes_per_cluster``, at most :func:`clusters_per_graph` of them; not in the paper).
 
-    ``"kmeans"`` runs :func:`batched_kmeans` (fast, batched, default); ``"ward"``,
+    ``"kmeans"`` runs :func:`batched_kmeans` (fast, batched, default); ``"ward"`` runs
+    :func:`ward_cluster` (scikit-learn's Ward labels from scipy, graph by graph);
     ``"sklearn-kmeans"`` and ``"birch"`` run :func:`sklearn_cluster` graph by graph.
 
     Returns:
@@ -273,7 +353,9 @@ def cluster_nodes(
                               nodes_per_cluster=nodes_per_cluster)
     if method == "sklearn-kmeans":
         return sklearn_cluster(x, batch, k, "kmeans", nodes_per_cluster)
-    if method in ("ward", "birch"):
+    if method == "ward":
+        return ward_cluster(x, batch, k, nodes_per_cluster)
+    if method == "birch":
         return sklearn_cluster(x, batch, k, method, nodes_per_cluster)
     raise ValueError(
         f"Unknown clustering method '{method}' "

@@ -146,3 +146,54 @@ def test_nodes_per_cluster_caps_clusters_per_graph(method):
     assert torch.equal(cluster_nodes(x, batch, k, method, nodes_per_cluster=1), free)
     with pytest.raises(ValueError, match="nodes_per_cluster"):
         cluster_nodes(x, batch, k, method, nodes_per_cluster=0)
+
+
+def _ward_cases(seed: int, count: int):
+    """Random batches of small graphs with duplicates, exact distance ties (integer
+    grids), signed zeros, one-node graphs and ``nodes_per_cluster`` caps."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        sizes = rng.integers(1, 30, size=int(rng.integers(1, 8)))
+        dim = int(rng.integers(1, 6))
+        parts = []
+        for n in sizes:
+            rows = rng.normal(size=(int(n), dim))
+            if rng.random() < 0.5:
+                rows = rows[rng.integers(0, max(1, n // 2), size=n)]
+            if rng.random() < 0.2:
+                rows = np.round(rows)
+            if rng.random() < 0.1:
+                rows = -0.0 * rows
+            parts.append(rows)
+        x = torch.tensor(np.concatenate(parts), dtype=torch.float32)
+        batch = torch.arange(len(sizes)).repeat_interleave(torch.as_tensor(sizes))
+        cap = None if rng.random() < 0.7 else int(rng.integers(1, 4))
+        yield x, batch, int(rng.integers(1, 10)), cap
+
+
+def test_ward_cluster_equals_sklearn_label_for_label():
+    """The fast Ward path gives scikit-learn's labels exactly, numbering included."""
+    from mdgr_graph.nn.cluster import ward_cluster
+
+    for x, batch, k, cap in _ward_cases(seed=0, count=150):
+        expected = sklearn_cluster(x, batch, k, "ward", nodes_per_cluster=cap)
+        assert torch.equal(ward_cluster(x, batch, k, nodes_per_cluster=cap), expected)
+        assert torch.equal(cluster_nodes(x, batch, k, "ward", nodes_per_cluster=cap),
+                           expected)
+
+
+def test_ward_cluster_edge_cases():
+    from mdgr_graph.nn.cluster import ward_cluster
+
+    assert ward_cluster(torch.zeros(0, 3), None, 4).shape == (0,)
+    assert ward_cluster(torch.randn(1, 3), None, 4).tolist() == [0]
+    same = torch.ones(5, 2)
+    assert ward_cluster(same, None, 3).tolist() == [0] * 5
+    x = torch.randn(6, 2)
+    assert sorted(ward_cluster(x, None, 8).tolist()) == list(range(6))  # n < k
+    with pytest.raises(ValueError, match="finite"):
+        ward_cluster(torch.tensor([[0.0], [float("nan")], [1.0]]), None, 2)
+    with pytest.raises(ValueError, match="'k' must be at least 1"):
+        ward_cluster(x, None, 0)
