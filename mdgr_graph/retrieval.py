@@ -626,8 +626,6 @@ def rerank(
     Returns:
         :class:`Retrieved` ``[U, n]``, best first.
     """
-
-
     from mdgr_graph.data.dataset import SequenceDataset, SequenceLoader
 
     dataset = SequenceDataset(prepared, split)

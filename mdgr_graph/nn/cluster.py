@@ -303,10 +303,12 @@ def ward_cluster(x: Tensor, batch: Tensor | None, k: int,
     compares the labels with scikit-learn's.
 
     Raises:
-        ValueError: on NaN or infinite features (scikit-learn refuses them too).
+        ValueError: on NaN or infinite features in a graph that needs two or more
+            clusters (scikit-learn refuses them there too).
     """
     if k < 1:
         raise ValueError(f"'k' must be at least 1 (got {k})")
+    check_nodes_per_cluster(nodes_per_cluster)
     from scipy.cluster.hierarchy import ward as ward_linkage
 
     num_nodes = x.size(0)
@@ -314,11 +316,14 @@ def ward_cluster(x: Tensor, batch: Tensor | None, k: int,
         return torch.zeros(0, dtype=torch.long, device=x.device)
     batch, num_graphs, counts = _batch_info(num_nodes, batch, x.device, None)
     feats = x.detach().cpu().double()
-    if not bool(torch.isfinite(feats).all()):
-        raise ValueError("Ward clustering needs finite node features (got NaN or inf)")
     limit = clusters_per_graph(counts, k, nodes_per_cluster)
     most = torch.full_like(counts, k) if limit is None else limit
     n_clusters = torch.minimum(most.cpu(), _distinct_rows(feats, batch.cpu(), num_graphs))
+    # As scikit-learn: only a graph that is actually clustered must be finite.
+    clustered = (n_clusters > 1)[batch.cpu()]
+    if not bool(torch.isfinite(feats[clustered]).all()):
+        raise ValueError("Ward clustering needs finite node features (got NaN or inf in a "
+                         "graph with two or more clusters)")
     ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).tolist()
     feats = feats.numpy()
     out = np.zeros(num_nodes, dtype=np.int64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 
 from mdgr_graph.data.dataset import SequenceData, SequenceDataset, make_sequence_graph
@@ -339,9 +340,9 @@ def _assert_same_batch(fast, ref):
     assert fast._store._num_nodes == ref._store._num_nodes
     assert fast._slice_dict.keys() == ref._slice_dict.keys()
     for key in ref._slice_dict:
-        assert torch.equal(fast._slice_dict[key], ref._slice_dict[key]), key
-        assert torch.equal(torch.as_tensor(fast._inc_dict[key]),
-                           torch.as_tensor(ref._inc_dict[key])), key
+        for a, b in ((fast._slice_dict[key], ref._slice_dict[key]),
+                     (torch.as_tensor(fast._inc_dict[key]), torch.as_tensor(ref._inc_dict[key]))):
+            assert a.dtype == b.dtype and torch.equal(a, b), key
     for g, h in zip(fast.to_data_list(), ref.to_data_list(), strict=True):
         assert list(g.keys()) == list(h.keys())
         assert all(torch.equal(torch.as_tensor(g[k]), torch.as_tensor(h[k])) for k in h.keys())
@@ -365,13 +366,14 @@ def test_sequence_loader_equals_pyg_paper(paper, split):
     _loaders_agree(SequenceDataset(paper, split), 7)
 
 
-@pytest.mark.parametrize("split,targets", [("train", "last"), ("train", "random"),
-                                           ("train", "all"), ("valid", "last"),
-                                           ("test", "last")])
-def test_sequence_loader_equals_pyg_loo(loo, split, targets):
-    ds = SequenceDataset(loo, split, loo_train_targets=targets)
+@pytest.mark.parametrize("split,targets,positives", [
+    ("train", "last", 1), ("train", "random", 1), ("train", "random", 3), ("train", "all", 1),
+    ("valid", "last", 1), ("test", "last", 1)])
+def test_sequence_loader_equals_pyg_loo(loo, split, targets, positives):
+    ds = SequenceDataset(loo, split, loo_train_targets=targets, loo_train_positives=positives)
     ds.set_epoch(2)
     _loaders_agree(ds, 6)
+    _loaders_agree(ds[3:17], 5)  # a slice view
 
 
 def test_sequence_loader_short_histories_shuffled_and_subsets(write_csv):
@@ -429,9 +431,16 @@ def test_sequence_loader_with_transform_and_errors(paper):
         return g
 
     ds = SequenceDataset(paper, "test", transform=mark)
+    _loaders_agree(ds, 3)
     batch = next(iter(SequenceLoader(ds, batch_size=3)))
     assert batch.marked.tolist() == [1, 1, 1]
     plain = SequenceDataset(paper, "test")
+    loader = SequenceLoader(plain, batch_size=4)
+    assert loader.dataset is plain and len(loader) == -(-len(plain) // 4)
+    # negative positions count from the end, as ds[-1] does; out of range is an error
+    _assert_same_batch(plain.collate([-1, 0]), Batch.from_data_list([plain[-1], plain[0]]))
+    with pytest.raises(IndexError, match="positions must lie in"):
+        plain.collate([len(plain)])
     with pytest.raises(ValueError, match="at least one example"):
         plain.collate([])
     with pytest.raises(ValueError, match="batch_size"):

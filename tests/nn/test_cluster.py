@@ -162,10 +162,8 @@ def _ward_cases(seed: int, count: int):
             rows = rng.normal(size=(int(n), dim))
             if rng.random() < 0.5:
                 rows = rows[rng.integers(0, max(1, n // 2), size=n)]
-            if rng.random() < 0.2:
-                rows = np.round(rows)
-            if rng.random() < 0.1:
-                rows = -0.0 * rows
+            if rng.random() < 0.3:  # integer grid; entry signs flipped: mixed -0.0 / 0.0
+                rows = np.round(rows) * rng.choice([-1.0, 1.0], size=rows.shape)
             parts.append(rows)
         x = torch.tensor(np.concatenate(parts), dtype=torch.float32)
         batch = torch.arange(len(sizes)).repeat_interleave(torch.as_tensor(sizes))
@@ -193,7 +191,15 @@ def test_ward_cluster_edge_cases():
     assert ward_cluster(same, None, 3).tolist() == [0] * 5
     x = torch.randn(6, 2)
     assert sorted(ward_cluster(x, None, 8).tolist()) == list(range(6))  # n < k
+    nan_graph = torch.tensor([[0.0], [float("nan")], [1.0]])
     with pytest.raises(ValueError, match="finite"):
-        ward_cluster(torch.tensor([[0.0], [float("nan")], [1.0]]), None, 2)
+        ward_cluster(nan_graph, None, 2)
+    with pytest.raises(ValueError):  # scikit-learn refuses it too
+        sklearn_cluster(nan_graph, None, 2, "ward")
+    # a graph that is not clustered (k = 1, one node) may hold NaN, as with scikit-learn
+    assert ward_cluster(nan_graph, None, 1).tolist() == [0, 0, 0]
+    assert sklearn_cluster(nan_graph, None, 1, "ward").tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="nodes_per_cluster"):
+        ward_cluster(torch.zeros(0, 3), None, 4, nodes_per_cluster=0)
     with pytest.raises(ValueError, match="'k' must be at least 1"):
         ward_cluster(x, None, 0)
