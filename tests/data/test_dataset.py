@@ -449,3 +449,17 @@ def test_sequence_loader_with_transform_and_errors(paper):
         from torch.utils.data import SequentialSampler
 
         SequenceLoader(plain, batch_size=2, shuffle=True, sampler=SequentialSampler(plain))
+
+
+@pytest.mark.realdata
+def test_sequence_loader_equals_pyg_on_ml100k(shared_data, tmp_path):
+    """The fast loader on a real log: every-prefix training batches (shuffled) and the
+    loo test split, against PyG's loader."""
+    path = shared_data / "ml-100k" / "u.data.gz"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    prepared = prepare_dataset(DataOptions(format="movielens", path=str(path), protocol="loo"),
+                               cache_dir=tmp_path)
+    train = SequenceDataset(prepared, "train", loo_train_targets="all")
+    _loaders_agree(train[:4096], 128, shuffle=True, seed=7)
+    _loaders_agree(SequenceDataset(prepared, "test"), 256)
