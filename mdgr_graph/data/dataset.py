@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, RandomSampler, Sampler, SequentialSampler
 from torch.utils.data import DataLoader as TorchDataLoader
 from torch_geometric.data import Batch, Data, Dataset
+from torch_geometric.utils import cumsum
 
 from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.data.protocols import SPLIT_NAMES, ragged_ranges, relative_days
@@ -264,8 +265,7 @@ def _sequence_batch(items: Tensor, days: Tensor, lengths: Tensor,
     ``[N]``, ``lengths [B]`` (every one at least 1), ``graph_fields`` ``[B, ...]``."""
     num_graphs = lengths.numel()
     lengths = lengths.long()
-    ptr = torch.zeros(num_graphs + 1, dtype=torch.long)
-    torch.cumsum(lengths, 0, out=ptr[1:])
+    ptr = cumsum(lengths)
     batch_vector = torch.repeat_interleave(torch.arange(num_graphs), lengths)
     out = Batch(_base_cls=SequenceData)
     out.x = items

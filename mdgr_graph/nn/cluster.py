@@ -25,7 +25,7 @@ import heapq
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.utils import to_dense_batch
+from torch_geometric.utils import cumsum, to_dense_batch
 
 from mdgr_graph.nn.metric import pow2_rescale
 
@@ -324,7 +324,7 @@ def ward_cluster(x: Tensor, batch: Tensor | None, k: int,
     if not bool(torch.isfinite(feats[clustered]).all()):
         raise ValueError("Ward clustering needs finite node features (got NaN or inf in a "
                          "graph with two or more clusters)")
-    ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).tolist()
+    ptr = cumsum(counts).tolist()
     feats = feats.numpy()
     out = np.zeros(num_nodes, dtype=np.int64)
     for graph in torch.nonzero(n_clusters > 1).flatten().tolist():
