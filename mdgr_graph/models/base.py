@@ -19,6 +19,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from torch_geometric.data import Batch
 
+from mdgr_graph.nn.interest import InterestQueries
+
 #: Losses a model can train with: over ``batch.candidates`` (see :func:`candidate_loss`)
 #: or, ``"ce"``, a softmax over the whole catalogue (:func:`catalogue_softmax_loss`).
 CANDIDATE_LOSSES: tuple[str, ...] = ("bce", "sampled_softmax", "ce", "gbce")
@@ -121,6 +123,86 @@ def catalogue_softmax_loss(logits: Tensor, rows: Tensor, targets: Tensor,
                            use_reentrant=False)
                 for i in range(0, rows.numel(), step))
     return total / rows.numel()
+
+
+class _MaxInterestLogSumExp(torch.autograd.Function):
+    """Autograd of :func:`max_interest_logsumexp`: the forward keeps each item's winning
+    score and which interests reach it; the backward gives each item's softmax weight to
+    them (split evenly at a tie, as ``amax`` does), chunk by chunk."""
+
+    @staticmethod
+    def forward(ctx, queries: Tensor, offsets: Tensor, items: Tensor,
+                chunk_size: int) -> Tensor:
+        batch_size, k, dim = queries.shape
+        flat_queries = queries.reshape(batch_size * k, dim)
+        best = queries.new_empty(batch_size, items.size(0))
+        winners = torch.empty(batch_size, k, items.size(0), dtype=torch.bool,
+                              device=queries.device)
+        for start in range(0, items.size(0), chunk_size):
+            chunk = slice(start, start + chunk_size)
+            scores = torch.mm(flat_queries, items[chunk].t()).view(batch_size, k, -1)
+            scores.add_(offsets.unsqueeze(-1))  # [B, k, chunk], in cache
+            best[:, chunk] = torch.amax(scores, dim=1)
+            torch.eq(scores, best[:, chunk].unsqueeze(1), out=winners[:, :, chunk])
+        lse = torch.logsumexp(best, dim=1)
+        ctx.save_for_backward(queries, items, best, winners, lse)
+        ctx.chunk_size = chunk_size
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad_lse: Tensor):
+        queries, items, best, winners, lse = ctx.saved_tensors
+        batch_size, k, dim = queries.shape
+        # d lse_b / d s_{b,i} = softmax_i, shared by the interests that reach s_{b,i}
+        weight = torch.exp(best - lse.unsqueeze(1)).mul_(grad_lse.unsqueeze(1))  # [B, I]
+        flat_queries = queries.reshape(batch_size * k, dim)
+        grad_queries = torch.zeros_like(flat_queries)
+        grad_offsets = queries.new_zeros(batch_size, k)
+        grad_items = torch.empty_like(items)
+        for start in range(0, items.size(0), ctx.chunk_size):
+            chunk = slice(start, start + ctx.chunk_size)
+            spread = winners[:, :, chunk].to(weight.dtype)  # [B, k, chunk]
+            spread.mul_((weight[:, chunk] / spread.sum(dim=1)).unsqueeze(1))
+            grad_offsets += spread.sum(dim=-1)
+            spread = spread.view(batch_size * k, -1)
+            grad_queries.addmm_(spread, items[chunk])
+            torch.mm(spread.t(), flat_queries, out=grad_items[chunk])
+        return grad_queries.view_as(queries), grad_offsets, grad_items, None
+
+
+def max_interest_logsumexp(queries: Tensor, offsets: Tensor, items: Tensor,
+                           chunk_size: int = 512) -> Tensor:
+    r"""Log-partition of a multi-interest score over an item table, differentiable.
+
+    .. math::
+        \mathrm{lse}_b = \log \sum_{i} \exp \big(\max_j\ q_{bj}^\top p_i + c_{bj}\big)
+
+    The same value and gradient as autograd through
+    ``torch.logsumexp((queries @ items.T + offsets[..., None]).amax(1), 1)``, up to float
+    rounding (ties between interests share the gradient, as with ``amax``), computed
+    ``chunk_size`` items at a time so that each chunk's ``[B, k, chunk]`` scores stay in
+    cache, and differentiated by hand: the forward keeps the winning score of every item
+    and a bool mask of the interests that reach it; the backward multiplies the softmax
+    weights through that mask, without autograd's saved scores and ``cat``. A masked
+    interest takes a zero query and an offset of ``-inf``; every row needs at least one
+    interest that is not masked.
+
+    Args:
+        queries: :math:`q`, ``[B, k, d]``.
+        offsets: :math:`c`, ``[B, k]``.
+        items: :math:`p`, ``[I, d]``.
+        chunk_size: items per chunk. (default: :obj:`512`)
+
+    Returns:
+        ``[B]``.
+    """
+    if queries.dim() != 3 or offsets.shape != queries.shape[:2] or items.dim() != 2 \
+            or items.size(1) != queries.size(2):
+        raise ValueError(f"need queries [B, k, d], offsets [B, k] and items [I, d]; got "
+                         f"{tuple(queries.shape)}, {tuple(offsets.shape)}, {tuple(items.shape)}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return _MaxInterestLogSumExp.apply(queries, offsets, items, chunk_size)
 
 
 def _softmax_terms(logits: Tensor, targets: Tensor) -> Tensor:
@@ -315,6 +397,31 @@ class SequentialRecommender(nn.Module):
         rows, column = labels.bool().nonzero(as_tuple=True)
         logits = self.score_all(batch) if logits is None else logits
         return catalogue_softmax_loss(logits, rows, batch.candidates[rows, column])
+
+    @staticmethod
+    def interest_catalogue_loss(queries: InterestQueries, table: Tensor, labels: Tensor,
+                                candidates: Tensor) -> Tensor:
+        r""":func:`catalogue_softmax_loss` of a multi-interest score
+        :math:`s(p) = \max_{j:\,\mathrm{mask}_j} q_j^\top p + c_j` over the item
+        ``table [num_items + 1, d]`` (row 0 the padding, left out), without its
+        ``[B, num_items + 1]`` logits: the log-partition comes from
+        :func:`max_interest_logsumexp`, each positive's score from its own row. Equal to
+        ``catalogue_loss`` of the chunked scores up to float rounding, gradient included.
+
+        Args:
+            queries: :class:`~mdgr_graph.nn.interest.InterestQueries` of the batch.
+            table: item embeddings ``[num_items + 1, d]``.
+            labels, candidates: ``[B, C]``; every positive of ``candidates`` is a target.
+        """
+        rows, column = labels.bool().nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            raise ValueError("catalogue_softmax_loss needs at least one positive")
+        keep = queries.mask
+        q = queries.queries.masked_fill(~keep.unsqueeze(-1), 0.0)
+        c = queries.offsets.masked_fill(~keep, float("-inf"))
+        lse = max_interest_logsumexp(q, c, table[1:])
+        target = (q[rows] @ table[candidates[rows, column]].unsqueeze(-1)).squeeze(-1)
+        return (lse[rows] - (target + c[rows]).amax(dim=1)).mean()
 
     def candidate_labels(self, batch: Batch) -> Tensor:
         """``batch.labels [B, C]``, checked to exist and to match ``batch.candidates``."""

@@ -10,13 +10,14 @@ import torch
 from torch_geometric.data import Batch
 
 from mdgr_graph.data.dataset import make_sequence_graph
-from mdgr_graph.models import MDGR, SURGE, BERT4Rec, DCRec, GRU4Rec, SASRec
+from mdgr_graph.models import MDGR, SURGE, BERT4Rec, ComiRecSA, DCRec, GRU4Rec, SASRec
 from mdgr_graph.models.base import (
     CANDIDATE_LOSSES,
     SequentialRecommender,
     candidate_loss,
     catalogue_softmax_loss,
     gbce_loss,
+    max_interest_logsumexp,
     sampled_softmax_loss,
 )
 
@@ -129,6 +130,11 @@ ONLY_CANDIDATE_LOSS = {
     "mdgr": lambda: MDGR(NUM_ITEMS, dim=8, k=2, m=1, max_len=8, time_dim=4, pos_dim=4),
     "surge": lambda: SURGE(NUM_ITEMS, max_len=8, dim=8, lambda_m=0.0, lambda_a=0.0,
                            lambda_p=0.0),
+    "mip": lambda: MDGR.from_variant("mdgr-dgc", NUM_ITEMS, dim=8, k=2, max_len=8,
+                                     time_dim=4, pos_dim=4),
+    "mdgr-log-m2": lambda: MDGR(NUM_ITEMS, dim=8, k=3, m=2, max_len=8, time_dim=4, pos_dim=4,
+                                weighting="log"),
+    "comirec-sa": lambda: ComiRecSA(NUM_ITEMS, max_len=8, dim=8, interests=3),
 }
 
 
@@ -147,6 +153,72 @@ def test_ce_loss_is_the_catalogue_softmax_of_score_all(make):
     assert torch.allclose(loss, expected, atol=1e-5)
     loss.backward()
     assert model.item_emb.weight.grad.abs().sum() > 0
+
+
+def reference_max_interest_lse(queries, offsets, items):
+    """Autograd through the whole ``[B, k, I]`` scores, the max and the logsumexp."""
+    scores = queries @ items.t() + offsets.unsqueeze(-1)
+    return torch.logsumexp(scores.amax(dim=1), dim=1)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 7, 64])
+def test_max_interest_logsumexp_matches_autograd_of_the_max(chunk_size):
+    gen = torch.Generator().manual_seed(1)
+    queries = torch.randn(5, 3, 6, generator=gen)
+    offsets = torch.randn(5, 3, generator=gen)
+    items = torch.randn(23, 6, generator=gen)
+    # masked interests as the models pass them: zero query, offset -inf
+    mask = torch.rand(5, 3, generator=gen) > 0.4
+    mask[:, 0] = True
+    queries = queries.masked_fill(~mask.unsqueeze(-1), 0.0)
+    offsets = offsets.masked_fill(~mask, float("-inf"))
+    # exact ties: row 1's only interests, 1 and 2, score every item 0.5 (a zero query
+    # keeps the products exact), so they share each item's gradient
+    queries[1], offsets[1], mask[1] = 0.0, float("-inf"), torch.tensor([False, True, True])
+    offsets[1, 1:] = 0.5
+    weights = torch.rand(5, generator=gen)
+    got, expected = [], []
+    for fn, out in ((lambda q, c, p: max_interest_logsumexp(q, c, p, chunk_size), got),
+                    (reference_max_interest_lse, expected)):
+        q, c, p = (t.clone().requires_grad_() for t in (queries, offsets, items))
+        value = fn(q, c, p)
+        out.extend([value, *torch.autograd.grad((value * weights).sum(), (q, c, p))])
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b)
+    assert got[2][~mask].abs().sum() == 0  # nothing reaches a masked interest
+    assert got[1][1, 1].abs().sum() > 0
+    torch.testing.assert_close(got[1][1, 1], got[1][1, 2])
+
+
+def test_max_interest_logsumexp_errors():
+    q, c, p = torch.zeros(2, 3, 4), torch.zeros(2, 3), torch.zeros(5, 4)
+    for args in ((q[0], c, p), (q, c[:, :2], p), (q, c, p[:, :3]), (q, c, p[0])):
+        with pytest.raises(ValueError, match="need queries"):
+            max_interest_logsumexp(*args)
+    with pytest.raises(ValueError, match="chunk_size"):
+        max_interest_logsumexp(q, c, p, chunk_size=0)
+
+
+@pytest.mark.parametrize("name", ["mdgr", "mip", "mdgr-log-m2", "comirec-sa"])
+def test_interest_catalogue_loss_equals_the_generic_path_with_its_gradient(name):
+    torch.manual_seed(0)
+    model = ONLY_CANDIDATE_LOSS[name]()
+    model.eval()
+    model.candidate_loss_kind = "ce"
+    batch = _batch(num_graphs=4, seed=3)
+    batch.labels[1, 2] = 1.0  # a row with two positives
+    grads = []
+    for loss_fn in (model.loss,
+                    lambda b: SequentialRecommender.catalogue_loss(model, b, b.labels)):
+        model.zero_grad()
+        loss = loss_fn(batch)
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()
+                                      if p.grad is not None]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    assert len(grads[0][1]) == len(grads[1][1]) > 0
+    for a, b in zip(grads[0][1], grads[1][1], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
 def test_ce_history_targets_softmax_over_every_position():
