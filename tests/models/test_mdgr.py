@@ -398,6 +398,35 @@ def test_encoder_in_evaluation_computes_what_training_computes_without_dropout()
     assert torch.equal(evaluated, trained.detach())
 
 
+def dense_encoder_reference(encoder, item_emb, t, pos, batch, batch_size):
+    """The encoder as first written: every step on the padded [B, L, d] batch, with
+    nn.MultiheadAttention itself (its composite path)."""
+    from torch_geometric.utils import to_dense_batch
+
+    e = encoder.proj(torch.cat(encoder.input_parts(item_emb, t, pos), dim=-1))
+    dense, mask = to_dense_batch(e, batch, batch_size=batch_size)
+    attended, _ = encoder.attn(dense, dense, dense.view_as(dense), key_padding_mask=~mask,
+                               need_weights=False)
+    h = encoder.norm1(dense + encoder.dropout(attended))
+    h = encoder.norm2(h + encoder.dropout(encoder.ffn(h)))
+    return h[mask]
+
+
+@pytest.mark.parametrize("lengths", [[5, 12, 1, 8], [1], [3, 3, 3]])
+def test_encoder_packed_attention_equals_the_padded_multihead_attention(lengths):
+    torch.manual_seed(0)
+    model = small_model(dim=16).eval()
+    batch = make_batch(lengths, seed=2)
+    args = (model.item_emb(batch.x), batch.t, batch.pos, batch.batch, batch.num_graphs)
+    got = model.encoder(*args)
+    expected = dense_encoder_reference(model.encoder, *args)
+    torch.testing.assert_close(got, expected)
+    grads = [torch.autograd.grad(out.square().sum(), list(model.encoder.parameters()))
+             for out in (model.encoder(*args), dense_encoder_reference(model.encoder, *args))]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_nodes_per_cluster_gives_short_sequences_edges():
     # with k = 8, a 6-item history is 6 singletons and keeps no edge; with s = 2 it is
     # cut into 3 clusters, pairs share one, and the graph has edges; long ones unchanged
