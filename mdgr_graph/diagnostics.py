@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import Batch
+from torch_geometric.utils import cumsum
 
 from mdgr_graph.data.dataset import SequenceDataset, SequenceLoader
 from mdgr_graph.data.prepare import PreparedDataset
@@ -129,7 +130,7 @@ def _rank_in_sequence(batch: Tensor, key: Tensor, num_graphs: int) -> tuple[Tens
     order = torch.sort(key, stable=True).indices
     order = order[torch.sort(batch[order], stable=True).indices]
     counts = torch.bincount(batch, minlength=num_graphs)
-    ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    ptr = cumsum(counts)
     rank = torch.empty_like(batch)
     rank[order] = torch.arange(batch.numel(), device=batch.device) - ptr[batch[order]]
     return rank, order

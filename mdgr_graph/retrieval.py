@@ -46,6 +46,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import torch
 from torch import Tensor
+from torch_geometric.utils import cumsum
 
 from mdgr_graph.data.protocols import ragged_ranges
 from mdgr_graph.io import atomic_torch_save
@@ -305,7 +306,7 @@ def _exclusion_csr(exclude: Tensor | tuple[Tensor, Tensor] | None, num_users: in
         exclude = exclude.cpu().clone()
         exclude[:, 0] = False
         counts = exclude.sum(dim=1)
-        ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        ptr = cumsum(counts)
         return ptr, exclude.nonzero()[:, 1]
     if not isinstance(exclude, (tuple, list)) or len(exclude) != 2:
         raise TypeError("exclude must be None, a bool tensor [U, num_items + 1] or a "
@@ -421,7 +422,7 @@ def _reorder_csr(ptr: Tensor, items: Tensor, order: Tensor) -> tuple[Tensor, Ten
     start, end = ptr[:-1][order], ptr[1:][order]
     _, index = ragged_ranges(start.numpy(), end.numpy())
     counts = end - start
-    return torch.cat([counts.new_zeros(1), counts.cumsum(0)]), items[torch.from_numpy(index)]
+    return cumsum(counts), items[torch.from_numpy(index)]
 
 
 def _retrieve_batch(queries: Tensor, offsets: Tensor, mask: Tensor, index: Index, n: int,

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import LayerNorm, Linear, Parameter, Sequential, Tanh
 from torch_geometric.nn import MessagePassing
-from torch_geometric.utils import scatter, softmax, to_dense_batch
+from torch_geometric.utils import cumsum, scatter, softmax, to_dense_batch
 
 from mdgr_graph.nn.cluster import CLUSTER_METHODS, check_nodes_per_cluster, cluster_nodes
 from mdgr_graph.nn.metric import (
@@ -72,11 +72,11 @@ def candidate_graphs(batch: Tensor, num_graphs: int, num_candidates: int) -> tup
         vector of the :math:`B C` copies.
     """
     counts = torch.bincount(batch, minlength=num_graphs)
-    ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    ptr = cumsum(counts)
     graph = torch.arange(num_graphs * num_candidates, device=batch.device)
     counts_e = counts.repeat_interleave(num_candidates)
     new_batch = graph.repeat_interleave(counts_e)
-    ptr_e = torch.cat([counts.new_zeros(1), counts_e.cumsum(0)])
+    ptr_e = cumsum(counts_e)
     local = torch.arange(new_batch.numel(), device=batch.device) - ptr_e[new_batch]
     return ptr[new_batch // num_candidates] + local, new_batch
 
@@ -401,7 +401,7 @@ class DynamicClusterConv(MessagePassing):
         n_max = int(counts.max()) if counts.numel() > 0 else 0
         if n_max < 2:
             return None
-        ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        ptr = cumsum(counts)
         xd, mask = to_dense_batch(x, batch, batch_size=num_graphs, max_num_nodes=n_max)
         cd, _ = to_dense_batch(
             cluster, batch, fill_value=-1, batch_size=num_graphs, max_num_nodes=n_max

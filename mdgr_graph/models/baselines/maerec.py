@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 from torch_geometric.nn import MessagePassing
-from torch_geometric.utils import coalesce, degree, is_sparse
+from torch_geometric.utils import coalesce, cumsum, degree, is_sparse
 
 from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.models.base import (
@@ -94,7 +94,7 @@ def transition_graph(user: Tensor, item: Tensor, num_items: int, distance: int) 
 def csr(row: Tensor, col: Tensor, value: Tensor, num_nodes: int) -> Tensor:
     """A ``[num_nodes, num_nodes]`` CSR matrix from entries sorted by ``row``."""
     counts = torch.bincount(row, minlength=num_nodes)
-    crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    crow = cumsum(counts)
     with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
         warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support.*")
         return torch.sparse_csr_tensor(crow, col, value, (num_nodes, num_nodes),
@@ -132,8 +132,8 @@ def _kept_csr(row: Tensor, col: Tensor, value: Tensor | None, keep: Tensor,
     """CSR of the kept entries of a row-sorted list, without boolean gathers of ``row``:
     the row pointer is the running count of kept entries at each row's start."""
     counts = torch.bincount(row, minlength=num_nodes)
-    start = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-    kept = torch.cat([counts.new_zeros(1), keep.long().cumsum(0)])
+    start = cumsum(counts)
+    kept = cumsum(keep.long())
     idx = keep.nonzero().view(-1)
     val = torch.ones(idx.numel(), device=row.device) if value is None else value[idx]
     with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
