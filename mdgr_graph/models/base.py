@@ -150,6 +150,7 @@ class _MaxInterestLogSumExp(torch.autograd.Function):
         return lse
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_lse: Tensor):
         queries, items, best, winners, lse = ctx.saved_tensors
         batch_size, k, dim = queries.shape
@@ -183,9 +184,11 @@ def max_interest_logsumexp(queries: Tensor, offsets: Tensor, items: Tensor,
     ``chunk_size`` items at a time so that each chunk's ``[B, k, chunk]`` scores stay in
     cache, and differentiated by hand: the forward keeps the winning score of every item
     and a bool mask of the interests that reach it; the backward multiplies the softmax
-    weights through that mask, without autograd's saved scores and ``cat``. A masked
-    interest takes a zero query and an offset of ``-inf``; every row needs at least one
-    interest that is not masked.
+    weights through that mask. What it avoids is autograd's float ``[B, k, I]`` scores
+    saved for the max, and the ``cat`` of the chunks; it keeps the ``[B, I]`` winning
+    scores and the ``[B, k, I]`` bool mask. A masked interest takes a zero query and an
+    offset of ``-inf``; every row needs at least one interest that is not masked. First
+    derivatives only (``create_graph`` is refused).
 
     Args:
         queries: :math:`q`, ``[B, k, d]``.
@@ -416,12 +419,17 @@ class SequentialRecommender(nn.Module):
         rows, column = labels.bool().nonzero(as_tuple=True)
         if rows.numel() == 0:
             raise ValueError("catalogue_softmax_loss needs at least one positive")
+        targets = candidates[rows, column]
+        if bool((targets < 1).any()):
+            raise ValueError("a positive candidate is the padding id 0; targets must be >= 1")
         keep = queries.mask
         q = queries.queries.masked_fill(~keep.unsqueeze(-1), 0.0)
         c = queries.offsets.masked_fill(~keep, float("-inf"))
-        lse = max_interest_logsumexp(q, c, table[1:])
-        target = (q[rows] @ table[candidates[rows, column]].unsqueeze(-1)).squeeze(-1)
-        return (lse[rows] - (target + c[rows]).amax(dim=1)).mean()
+        # the log-partition of the rows with a positive only (each once)
+        with_positive, row_of = rows.unique(return_inverse=True)
+        lse = max_interest_logsumexp(q[with_positive], c[with_positive], table[1:])
+        target = (q[rows] @ table[targets].unsqueeze(-1)).squeeze(-1)
+        return (lse[row_of] - (target + c[rows]).amax(dim=1)).mean()
 
     def candidate_labels(self, batch: Batch) -> Tensor:
         """``batch.labels [B, C]``, checked to exist and to match ``batch.candidates``."""

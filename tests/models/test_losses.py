@@ -190,6 +190,34 @@ def test_max_interest_logsumexp_matches_autograd_of_the_max(chunk_size):
     torch.testing.assert_close(got[1][1, 1], got[1][1, 2])
 
 
+def test_interest_catalogue_loss_rows_without_positive_and_padding_targets():
+    from mdgr_graph.nn.interest import InterestQueries
+
+    gen = torch.Generator().manual_seed(4)
+    table = torch.randn(9, 5, generator=gen, requires_grad=True)
+    queries = torch.randn(3, 2, 5, generator=gen)
+    mask = torch.tensor([[True, False], [False, False], [True, True]])  # row 1: all masked
+    q = InterestQueries(queries, torch.zeros(3, 2), mask, queries, torch.ones(3, 2))
+    candidates = torch.tensor([[3, 4], [5, 6], [7, 8]])
+    labels = torch.tensor([[1, 0], [0, 0], [0, 1]])  # row 1 has no positive
+    loss = SequentialRecommender.interest_catalogue_loss(q, table, labels, candidates)
+    (grad,) = torch.autograd.grad(loss, table)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    logits = torch.stack([torch.cat([table.new_zeros(1),
+                                     (table[1:] @ queries[r][mask[r]].t()).amax(1)])
+                          for r in (0, 2)])
+    expected = catalogue_softmax_loss(logits, torch.tensor([0, 1]), torch.tensor([3, 8]))
+    torch.testing.assert_close(loss, expected)
+    with pytest.raises(ValueError, match="padding id 0"):
+        SequentialRecommender.interest_catalogue_loss(q, table, labels,
+                                                      candidates.masked_fill(labels.bool(), 0))
+    q2 = torch.randn(2, 2, 5, requires_grad=True)
+    out = max_interest_logsumexp(q2, torch.zeros(2, 2), table.detach()[1:])
+    (g,) = torch.autograd.grad(out.sum(), q2, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()
+
+
 def test_max_interest_logsumexp_errors():
     q, c, p = torch.zeros(2, 3, 4), torch.zeros(2, 3), torch.zeros(5, 4)
     for args in ((q[0], c, p), (q, c[:, :2], p), (q, c, p[:, :3]), (q, c, p[0])):
