@@ -394,9 +394,18 @@ class SequentialRecommender(nn.Module):
             return self.catalogue_loss(batch, labels)
         return self.loss_over_candidates(self.score_candidates(batch), labels)
 
+    #: True where ``loss="ce"`` can take :meth:`interest_catalogue_loss` of
+    #: ``interest_queries(batch)`` over ``item_emb`` instead of :meth:`score_all`'s logits
+    #: (a max-over-interests score with nothing added to it).
+    catalogue_by_interests: bool = False
+
     def catalogue_loss(self, batch: Batch, labels: Tensor, logits: Tensor | None = None) -> Tensor:
         """:func:`catalogue_softmax_loss` of every positive of ``batch.candidates`` against
-        all items, from ``logits [B, num_items + 1]`` (default: :meth:`score_all`)."""
+        all items, from ``logits [B, num_items + 1]`` (default: :meth:`score_all`, or
+        :meth:`interest_catalogue_loss` where :attr:`catalogue_by_interests`)."""
+        if logits is None and self.catalogue_by_interests:
+            return self.interest_catalogue_loss(self.interest_queries(batch),
+                                                self.item_emb.weight, labels, batch.candidates)
         rows, column = labels.bool().nonzero(as_tuple=True)
         logits = self.score_all(batch) if logits is None else logits
         return catalogue_softmax_loss(logits, rows, batch.candidates[rows, column])

@@ -497,14 +497,11 @@ class MDGR(SequentialRecommender):
         candidates, labels = sample_candidates(batch.candidates, labels, *self.train_sample)
         return self.loss_over_candidates(self.candidate_scores(batch, candidates), labels)
 
-    def catalogue_loss(self, batch: Batch, labels: Tensor, logits: Tensor | None = None) -> Tensor:
-        """``loss="ce"``: :meth:`interest_catalogue_loss` of :meth:`interest_queries` (the
-        generic path through :meth:`score_all` in candidate mode, with the repeat term, or
-        when ``logits`` are given)."""
-        if logits is not None or self.candidate_mode or self.repeat_score is not None:
-            return super().catalogue_loss(batch, labels, logits)
-        return self.interest_catalogue_loss(self.interest_queries(batch), self.item_emb.weight,
-                                            labels, batch.candidates)
+    @property
+    def catalogue_by_interests(self) -> bool:
+        """``loss="ce"`` through :meth:`interest_catalogue_loss`, except in candidate mode
+        and with the repeat term (those go through :meth:`score_all`)."""
+        return not self.candidate_mode and self.repeat_score is None
 
     def score_all(self, batch: Batch, chunk_size: int = 8192) -> Tensor:
         """Logits of every item ``[B, num_items + 1]``, computed in item chunks (candidate

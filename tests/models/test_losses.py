@@ -233,11 +233,12 @@ def test_interest_catalogue_loss_equals_the_generic_path_with_its_gradient(name)
     model = ONLY_CANDIDATE_LOSS[name]()
     model.eval()
     model.candidate_loss_kind = "ce"
+    assert model.catalogue_by_interests  # model.loss takes the fused path
     batch = _batch(num_graphs=4, seed=3)
     batch.labels[1, 2] = 1.0  # a row with two positives
     grads = []
     for loss_fn in (model.loss,
-                    lambda b: SequentialRecommender.catalogue_loss(model, b, b.labels)):
+                    lambda b: model.catalogue_loss(b, b.labels, model.score_all(b))):
         model.zero_grad()
         loss = loss_fn(batch)
         loss.backward()

@@ -107,13 +107,8 @@ class MultiInterestRecommender(SequentialRecommender):
         self._check_candidates(batch)
         return self._score(self.interests(batch), batch.candidates)
 
-    def catalogue_loss(self, batch: Batch, labels: Tensor, logits: Tensor | None = None) -> Tensor:
-        """``loss="ce"``: :meth:`interest_catalogue_loss` of :meth:`interest_queries`
-        (through ``logits`` when they are given)."""
-        if logits is not None:
-            return super().catalogue_loss(batch, labels, logits)
-        return self.interest_catalogue_loss(self.interest_queries(batch), self.item_emb.weight,
-                                            labels, batch.candidates)
+    #: ``loss="ce"`` through :meth:`interest_catalogue_loss` (the score is the plain max).
+    catalogue_by_interests = True
 
     def score_all(self, batch: Batch, chunk_size: int = 8192) -> Tensor:
         """Logits of every item ``[B, num_items + 1]`` (column 0 included), in item chunks."""
