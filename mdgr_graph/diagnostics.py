@@ -733,7 +733,7 @@ def diagnose(
                         F.cosine_similarity(states[i], states[i - 1], dim=1))
             z, weight, mask, cluster = model.pool_interests(
                 states[-1], batch.batch, batch.pos, batch.t, batch.num_graphs,
-                cluster=model.item_clusters(batch)[1])
+                cluster=model.item_clusters(batch)[1], values=model.pool_input(batch))
             _clustering_values(acc, "final_", cluster, batch, node_genres, generator)
             acc.add("final_cosine", _interest_cosine_per_user(z, mask))
             ratio, cv = _weight_spread_per_user(weight, mask)
@@ -804,7 +804,7 @@ def _readout_scores(model: MDGR, batch: Batch, items: Tensor) -> dict[str, Tenso
     x = model.node_states(batch)
     z, weight, mask, cluster = model.pool_interests(
         x, batch.batch, batch.pos, batch.t, batch.num_graphs,
-        cluster=model.item_clusters(batch)[1])
+        cluster=model.item_clusters(batch)[1], values=model.pool_input(batch))
     last = batch.ptr[1:] - 1
     one = torch.ones_like(mask[:, :1])
 

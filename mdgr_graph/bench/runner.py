@@ -165,6 +165,10 @@ def parse_args(argv: list[str] | None = None, root: Path | None = None) -> argpa
                    help="MDGR variants, MIP and static-graph: at most max(1, n // S) clusters "
                         "for a sequence of n items (not in the paper; default: the model's, "
                         "k for every sequence)")
+    p.add_argument("--mdgr-pool-values", choices=["state", "item"], default=None,
+                   help="MDGR variants, MIP and static-graph: what the interest pooling mixes "
+                        "(default: the model's, 'state' = the paper; 'item': the item "
+                        "embeddings, not in the paper)")
     p.add_argument("--mdgr-input-norm", choices=["none", "scale", "layer"], default=None,
                    help="MDGR variants, MIP and static-graph: balance of the encoder's input "
                         "parts (default: the model's, 'none' = the paper)")
@@ -503,7 +507,8 @@ def run_neural(name: str, prepared: PreparedDataset, seed: int, config: dict[str
 def summary_path(args: argparse.Namespace) -> Path:
     """``<out>/<dataset>-<protocol>`` (``.json`` / ``.md``), with ``-stride<S>``, ``-k<K>``,
     ``-m<M>``, ``-weighting-<W>``, ``-cluster-<C>``, ``-cluster-on-<I>``, ``-npc<S>``,
-    ``-input-norm-<N>``, ``-repeat-<R>``, ``-loss-<L>``, ``-history-targets``, ``-query-<Q>``,
+    ``-input-norm-<N>``, ``-pool-values-<V>``, ``-repeat-<R>``, ``-loss-<L>``,
+    ``-history-targets``, ``-query-<Q>``,
     ``-targets-<T>[-p<P>]`` (loo training targets other than ``last``), ``-unmasked``
     (``--no-mask-seen``) and ``-lr<LR>``
     (or ``-lrgrid-<LRs>``) appended when those options are set (the learning rate when it
@@ -525,6 +530,8 @@ def summary_path(args: argparse.Namespace) -> Path:
         name += f"-npc{args.mdgr_nodes_per_cluster}"
     if getattr(args, "mdgr_input_norm", None) is not None:
         name += f"-input-norm-{args.mdgr_input_norm}"
+    if getattr(args, "mdgr_pool_values", None) is not None:
+        name += f"-pool-values-{args.mdgr_pool_values}"
     if getattr(args, "mdgr_repeat", None) is not None:
         name += f"-repeat-{args.mdgr_repeat}"
     if getattr(args, "loss", None) is not None:

@@ -31,7 +31,7 @@ DRAWS: tuple[str, ...] = ("train_positives", "train_negatives")
 _MDGR = {name: name for name in (
     "dim", "k", "m", "gamma", "delta", "conv_heads", "dropout", "cluster", "pool", "binary",
     "weighting", "input_norm", "cluster_on", "query", "conv_residual", "conv_norm", *DRAWS,
-    "repeat", "loss", "gbce_t", "nodes_per_cluster")}
+    "repeat", "loss", "gbce_t", "nodes_per_cluster", "pool_values")}
 _SASREC = {"dim": "dim", "dropout": "dropout", "num_blocks": "blocks",
            "history_targets": "history_targets", "loss": "loss", "gbce_t": "gbce_t"}
 
@@ -65,7 +65,7 @@ assert set(MODEL_OPTIONS) == set(MODELS), "every model needs its row"
 #: Keywords passed only when their option differs from this value, so that runs made
 #: before the option existed keep their recorded options (and hashes).
 ONLY_WHEN_SET: dict[str, Any] = {"repeat": "none", "loss": None, "gbce_t": None,
-                                 "nodes_per_cluster": None}
+                                 "nodes_per_cluster": None, "pool_values": "state"}
 
 #: Models that can train with ``--loss`` (a softmax over the catalogue among the choices).
 LOSS_MODELS: tuple[str, ...] = tuple(name for name, row in MODEL_OPTIONS.items()
@@ -92,7 +92,7 @@ BENCHMARK_OPTIONS: dict[str, str] = {
     "cluster_on": "mdgr_cluster_on", "query": "query", "repeat": "mdgr_repeat", "loss": "loss",
     "gbce_t": "gbce_t",
     "train_positives": "train_positives", "train_negatives": "train_negatives",
-    "nodes_per_cluster": "mdgr_nodes_per_cluster",
+    "nodes_per_cluster": "mdgr_nodes_per_cluster", "pool_values": "mdgr_pool_values",
 }
 
 #: Keywords the benchmark never passes to a model although the model takes them: MIP

@@ -119,6 +119,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="MDGR: build the clustering and the metric graph from the node "
                         "states ('state', the paper) or from the item embeddings alone "
                         "('item', not in the paper; docs/model.md)")
+    g.add_argument("--pool-values", default="state", choices=["state", "item"],
+                   help="MDGR variants, MIP, static-graph: what the interest pooling (Eq. 14) "
+                        "mixes: the node states ('state', the paper) or the item embeddings "
+                        "with the weights the states give ('item', as ComiRec-SA's interests; "
+                        "not in the paper; docs/model.md)")
     g.add_argument("--nodes-per-cluster", type=int, default=None, metavar="S",
                    help="MDGR variants, MIP, static-graph: a sequence of n items gets at most "
                         "max(1, n // S) clusters (and at most k), so short histories are not "

@@ -48,6 +48,9 @@ CLUSTER_INPUTS: tuple[str, ...] = ("state", "item")
 
 #: Where the query :math:`\phi_t` of Eq. 11 comes from (DESIGN.md decision 6).
 QUERIES: tuple[str, ...] = ("last", "candidate")
+#: What the interest pooling mixes (``pool_values``): the node states (the paper) or the
+#: item embeddings of the group's nodes.
+POOL_VALUES: tuple[str, ...] = ("state", "item")
 
 
 class SequenceEncoder(nn.Module):
@@ -180,6 +183,12 @@ class MDGR(SequentialRecommender):
             users); with ``s = 2`` it gets pairs. Sequences of ``s k`` items or more are
             unchanged. Not in the paper. (default: :obj:`None`, fixed ``k``)
         pool: interest pooling, ``"attention"``, ``"last"`` or ``"mean"``.
+        pool_values: what the pooling of Eq. 14 mixes. ``"state"`` (default, the paper):
+            the node states :math:`\varphi_i`. ``"item"``: the item embeddings
+            :math:`e_{x_i}` of the group's nodes, with the weights the states give
+            (attention logits, last item and clusters are unchanged), so that an interest
+            is a mix of the item table's own rows, as ComiRec-SA's are, and the score
+            :math:`z_j^\top e_c` compares items with items. Not in the paper.
         binary: use the paper's binary adjacency instead of weighted edges.
         conv_residual, conv_norm: the residual connection and the LayerNorm around each
             iteration's aggregation (Eq. 13, DESIGN.md decision 7; the paper has
@@ -247,6 +256,7 @@ class MDGR(SequentialRecommender):
         kmeans_iters: int = 10,
         nodes_per_cluster: int | None = None,
         pool: str = "attention",
+        pool_values: str = "state",
         binary: bool = False,
         conv_residual: bool = True,
         conv_norm: bool = True,
@@ -271,11 +281,15 @@ class MDGR(SequentialRecommender):
         if cluster_on not in CLUSTER_INPUTS:
             raise ValueError(f"unknown cluster_on {cluster_on!r}; choose from "
                              f"{', '.join(CLUSTER_INPUTS)}")
+        if pool_values not in POOL_VALUES:
+            raise ValueError(f"unknown pool_values {pool_values!r}; choose from "
+                             f"{', '.join(POOL_VALUES)}")
         if candidate_chunk < 1:
             raise ValueError(f"candidate_chunk must be >= 1, got {candidate_chunk}")
         check_nodes_per_cluster(nodes_per_cluster)
         self.query = query
         self.cluster_on = cluster_on
+        self.pool_values = pool_values
         self.train_sample = check_train_sample(train_positives, train_negatives)
         self.candidate_chunk = candidate_chunk
         self.dim, self.k, self.m, self.max_len = dim, k, m, max_len
@@ -372,7 +386,13 @@ class MDGR(SequentialRecommender):
                              "interests (retrieval)")
         x = self.node_states(batch)
         return self.pool_interests(x, batch.batch, batch.pos, batch.t, batch.num_graphs,
-                                   cluster=self.item_clusters(batch)[1])
+                                   cluster=self.item_clusters(batch)[1],
+                                   values=self.pool_input(batch))
+
+    def pool_input(self, batch: Batch) -> Tensor | None:
+        """What the pooling mixes besides the states: the item embeddings ``[N, d]`` with
+        ``pool_values="item"``, :obj:`None` (the states) with ``"state"``."""
+        return self.item_emb(batch.x) if self.pool_values == "item" else None
 
     def item_clusters(self, batch: Batch) -> tuple[Tensor | None, Tensor | None]:
         """With ``cluster_on="item"``: the item embeddings ``[N, d]`` the graph is built
@@ -389,18 +409,20 @@ class MDGR(SequentialRecommender):
     def pool_interests(
         self, x: Tensor, batch: Tensor, pos: Tensor, t: Tensor | None, batch_size: int,
         time_terms: Tensor | None = None, cluster: Tensor | None = None,
+        values: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Final clustering, interest pooling (Eq. 14) and weights (Eq. 15) of node states
         ``x [N, d]``; returns what :meth:`interests` returns. ``time_terms``
         (:meth:`InterestWeight.node_terms`, computed once per original node in candidate
-        mode) replaces ``t``; given labels ``cluster [N]`` replace the final clustering."""
+        mode) replaces ``t``; given labels ``cluster [N]`` replace the final clustering;
+        ``values [N, d]`` (:meth:`pool_input`) are mixed in place of the states."""
         if cluster is None:
             cluster = cluster_nodes(
                 x.detach(), batch, self.k, self.cluster,
                 num_iters=self.kmeans_iters, batch_size=batch_size,
                 nodes_per_cluster=self.nodes_per_cluster,
             )
-        z, mask = self.pooling(x, batch, cluster, pos, batch_size)
+        z, mask = self.pooling(x, batch, cluster, pos, batch_size, values)
         if self.weight_head is None:
             weight = torch.ones_like(mask, dtype=z.dtype)
         else:
@@ -446,6 +468,7 @@ class MDGR(SequentialRecommender):
         num_seq, d = batch.num_graphs, self.dim
         graph_x, cluster = self.item_clusters(batch)
         shared = self.convs[0].prepare(x, batch.batch, cluster, num_seq, graph_x)
+        values = self.pool_input(batch)
         time_terms = None
         if self.weight_head is not None:  # a node's time term is the same in every copy
             time_terms = self.weight_head.node_terms(
@@ -465,6 +488,7 @@ class MDGR(SequentialRecommender):
                 h, graph, batch.pos[node], None, num_seq * num_cand,
                 None if time_terms is None else time_terms[node],
                 None if cluster is None else cluster[node],
+                None if values is None else values[node],
             )
             logit = self.scorer(z, weight, mask, flat_query.unsqueeze(1)).view(num_seq, num_cand)
             if self.repeat_score is not None:  # the gate reads each pair's own interests
@@ -548,6 +572,7 @@ class MDGR(SequentialRecommender):
             + (f", input_norm='{self.encoder.input_norm}'"
                if self.encoder.input_norm != "none" else "")
             + (f", cluster_on='{self.cluster_on}'" if self.cluster_on != "state" else "")
+            + (f", pool_values='{self.pool_values}'" if self.pool_values != "state" else "")
             + (f", nodes_per_cluster={self.nodes_per_cluster}"
                if self.nodes_per_cluster is not None else "")
             + (f", query='candidate', train_sample={self.train_sample}"

@@ -40,14 +40,20 @@ class InterestPooling(nn.Module):
     (q^\top W_k \varphi_i / \sqrt{d})\, \varphi_i` with :math:`q = W_q \varphi_{last(j)}`;
     ``"last"`` takes the most recent item; ``"mean"`` averages the group.
 
+    ``values`` (optional, ``[N, d_v]``) are what the pool mixes in place of the node states
+    :math:`\varphi_i`, with the same weights: the attention logits still read the states.
+    :class:`~mdgr_graph.models.MDGR`'s ``pool_values="item"`` passes the item embeddings
+    (not in the paper).
+
     Args:
         channels: node width :math:`d`.
         k: number of groups per graph.
         pool: ``"attention"``, ``"last"`` or ``"mean"``. (default: :obj:`"attention"`)
 
     Shapes:
-        - **input:** x ``[N, d]``, batch ``[N]``, cluster ``[N]``, pos ``[N]``
-        - **output:** Z ``[B, k, d]``, mask ``[B, k]`` (True for non-empty groups)
+        - **input:** x ``[N, d]``, batch ``[N]``, cluster ``[N]``, pos ``[N]``, values
+          ``[N, d_v]`` (optional; default ``x``)
+        - **output:** Z ``[B, k, d_v]``, mask ``[B, k]`` (True for non-empty groups)
     """
 
     def __init__(self, channels: int, k: int, pool: str = "attention") -> None:
@@ -66,25 +72,31 @@ class InterestPooling(nn.Module):
             self.key.reset_parameters()
 
     def forward(
-        self, x: Tensor, batch: Tensor, cluster: Tensor, pos: Tensor, batch_size: int
+        self, x: Tensor, batch: Tensor, cluster: Tensor, pos: Tensor, batch_size: int,
+        values: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
+        if values is None:
+            values = x
+        elif values.dim() != 2 or values.size(0) != x.size(0):
+            raise ValueError(f"values must be [N, d_v] with N = {x.size(0)} nodes, got "
+                             f"{tuple(values.shape)}")
         num_groups = batch_size * self.k
         group = group_index(batch, cluster, self.k)
         count = scatter(torch.ones_like(group), group, dim=0, dim_size=num_groups, reduce="sum")
         mask = (count > 0).view(batch_size, self.k)
         if self.pool == "mean":
-            z = scatter(x, group, dim=0, dim_size=num_groups, reduce="mean")
+            z = scatter(values, group, dim=0, dim_size=num_groups, reduce="mean")
         else:
-            is_last = last_of_group(pos, group, num_groups)
-            last = scatter(x * is_last.unsqueeze(-1), group, dim=0, dim_size=num_groups)
+            is_last = last_of_group(pos, group, num_groups).unsqueeze(-1)
             if self.pool == "last":
-                z = last
+                z = scatter(values * is_last, group, dim=0, dim_size=num_groups)
             else:
+                last = scatter(x * is_last, group, dim=0, dim_size=num_groups)
                 q = self.query(last)[group]
                 logit = (q * self.key(x)).sum(-1) / math.sqrt(self.channels)
                 attn = softmax(logit, group, num_nodes=num_groups)
-                z = scatter(attn.unsqueeze(-1) * x, group, dim=0, dim_size=num_groups)
-        return z.view(batch_size, self.k, self.channels), mask
+                z = scatter(attn.unsqueeze(-1) * values, group, dim=0, dim_size=num_groups)
+        return z.view(batch_size, self.k, values.size(-1)), mask
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.channels}, k={self.k}, pool='{self.pool}')"

@@ -60,6 +60,67 @@ def test_interest_pooling_last_and_mean():
     assert repr(InterestPooling(2, k=3)) == "InterestPooling(2, k=3, pool='attention')"
 
 
+def _pool_by_hand(pooling, x, values, batch, cluster, pos, batch_size):
+    """Reference for ``values``: one group at a time, weights read from the states."""
+    k = pooling.k
+    z = torch.zeros(batch_size, k, values.size(1))
+    for b in range(batch_size):
+        for j in range(k):
+            members = torch.nonzero((batch == b) & (cluster == j)).flatten()
+            if members.numel() == 0:
+                continue
+            last = members[pos[members].argmax()]
+            if pooling.pool == "last":
+                z[b, j] = values[last]
+            elif pooling.pool == "mean":
+                z[b, j] = values[members].mean(0)
+            else:
+                q = pooling.query(x[last])
+                logit = pooling.key(x[members]) @ q / pooling.channels ** 0.5
+                z[b, j] = torch.softmax(logit, 0) @ values[members]
+    return z
+
+
+@pytest.mark.parametrize("pool", ["attention", "last", "mean"])
+def test_interest_pooling_of_other_values_equals_reference(pool):
+    gen = torch.Generator().manual_seed(3)
+    x, values = torch.randn(9, 4, generator=gen), torch.randn(9, 3, generator=gen)
+    batch = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2])
+    cluster = torch.tensor([0, 1, 0, 1, 2, 2, 0, 0, 0])
+    pos = torch.tensor([0, 1, 2, 3, 0, 1, 0, 1, 2])
+    torch.manual_seed(0)
+    pooling = InterestPooling(4, k=3, pool=pool)
+    with torch.no_grad():
+        z, mask = pooling(x, batch, cluster, pos, 3, values)
+        assert z.shape == (3, 3, 3)
+        assert torch.allclose(z, _pool_by_hand(pooling, x, values, batch, cluster, pos, 3),
+                              atol=1e-6)
+        # the default values are the states themselves
+        assert torch.equal(pooling(x, batch, cluster, pos, 3, x)[0],
+                           pooling(x, batch, cluster, pos, 3)[0])
+    with pytest.raises(ValueError, match="values must be"):
+        pooling(x, batch, cluster, pos, 3, values[:5])
+
+
+def test_item_valued_interests_of_singletons_are_item_embeddings():
+    """With every node its own cluster the interests are exactly the items' embeddings, and
+    the embeddings get a gradient through the pooling."""
+    model = small_model(k=12, pool_values="item")
+    assert "pool_values='item'" in repr(model) and "pool_values" not in repr(small_model())
+    batch = make_batch([4, 7], seed=6, items=[torch.tensor([3, 5, 8, 13]),
+                                              torch.tensor([1, 2, 4, 6, 9, 10, 11])])
+    z, weight, mask, cluster = model.interests(batch)
+    assert mask.sum().item() == 11
+    for b in range(2):
+        nodes = torch.nonzero(batch.batch == b).flatten()
+        got = z[b, cluster[nodes]]
+        assert torch.allclose(got, model.item_emb(batch.x[nodes]), atol=1e-6)
+    model.score_candidates(batch).sum().backward()
+    assert model.item_emb.weight.grad[batch.x].abs().sum() > 0
+    with pytest.raises(ValueError, match="pool_values"):
+        small_model(pool_values="items")
+
+
 def test_interest_weight_equals_explicit_concatenation():
     torch.manual_seed(0)
     head = InterestWeight(4, time_channels=2, max_len=3, hidden=5)
