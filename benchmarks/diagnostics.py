@@ -63,7 +63,7 @@ MODELS = (*VARIANTS, MIP, STATIC_GRAPH)
 MODEL_DEFAULTS: dict[str, Any] = {
     "model": "mdgr", "dim": 32, "k": 8, "m": 1, "gamma": 0.1, "delta": 4, "conv_heads": 2,
     "dropout": 0.1, "cluster": "kmeans", "pool": "attention", "weighting": "paper",
-    "binary": False, "input_norm": "none", "cluster_on": "state",
+    "binary": False, "input_norm": "none", "cluster_on": "state", "pool_values": "state",
 }
 
 
@@ -128,6 +128,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    choices=["state", "item"],
                    help="what the clusters and the metric graph are built from (state: the "
                         "paper)")
+    g.add_argument("--pool-values", default=MODEL_DEFAULTS["pool_values"],
+                   choices=["state", "item"],
+                   help="what the interest pooling mixes (state: the paper; item: the item "
+                        "embeddings)")
     d = parser.add_argument_group("diagnostics")
     d.add_argument("--split", choices=SPLIT_NAMES, default="test", help="split to diagnose")
     d.add_argument("--max-windows", type=int, default=None, metavar="N",
