@@ -376,6 +376,10 @@ def test_compare_mdgr_options_reach_the_model_and_the_table_name():
     assert benchmark_model_kwargs("mip", args) == {"dim": 32}  # MIP: Ward, no iterations
     assert runner.summary_path(args).name == (
         "ml-1m-subset-paper-m1-cluster-ward-cluster-on-item")
+    args = runner.parse_args(["--models", "mdgr,mip", "--mdgr-pool-values", "item"])
+    assert benchmark_model_kwargs("mdgr", args) == {"dim": 32, "pool_values": "item"}
+    assert benchmark_model_kwargs("mip", args) == {"dim": 32, "pool_values": "item"}
+    assert runner.summary_path(args).name == "ml-1m-subset-paper-pool-values-item"
 
 
 def committed_runs() -> list[tuple[Path, dict]]:

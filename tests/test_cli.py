@@ -44,6 +44,8 @@ def test_repeat_and_loss_are_passed_only_when_given(capsys):
 
     plain = options("--model", "mdgr")
     assert "repeat" not in plain and "loss" not in plain  # earlier runs keep their options
+    assert "pool_values" not in plain
+    assert options("--model", "mdgr", "--pool-values", "item")["pool_values"] == "item"
     assert options("--model", "mdgr", "--repeat", "gate")["repeat"] == "gate"
     assert options("--model", "sasrec", "--loss", "ce")["loss"] == "ce"
     assert options("--model", "surge", "--loss", "bce")["loss"] == "bce"

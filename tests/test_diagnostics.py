@@ -474,12 +474,12 @@ def test_interest_use_two_interests_each_serving_half_the_positives():
 
 
 # ---------------------------------------------------------------------- readouts
-@pytest.mark.parametrize("k", [1, 3])
-def test_readout_ranking_eq16_is_the_models_own_evaluation(loo_data, k):
+@pytest.mark.parametrize("k,pool_values", [(1, "state"), (3, "state"), (3, "item")])
+def test_readout_ranking_eq16_is_the_models_own_evaluation(loo_data, k, pool_values):
     from mdgr_graph.train import evaluate
 
     torch.manual_seed(0)
-    model = build_model("mdgr", loo_data, dim=16, k=k, m=1)
+    model = build_model("mdgr", loo_data, dim=16, k=k, m=1, pool_values=pool_values)
     model.train()
     result = D.readout_ranking(model, loo_data, "valid", max_users=40, batch_size=16)
     assert model.training  # restored

@@ -185,10 +185,11 @@ class MDGR(SequentialRecommender):
         pool: interest pooling, ``"attention"``, ``"last"`` or ``"mean"``.
         pool_values: what the pooling of Eq. 14 mixes. ``"state"`` (default, the paper):
             the node states :math:`\varphi_i`. ``"item"``: the item embeddings
-            :math:`e_{x_i}` of the group's nodes, with the weights the states give
-            (attention logits, last item and clusters are unchanged), so that an interest
-            is a mix of the item table's own rows, as ComiRec-SA's are, and the score
-            :math:`z_j^\top e_c` compares items with items. Not in the paper.
+            :math:`e_{x_i}` of the group's nodes, with the attention weights the states
+            give (clusters and each group's last item are chosen as before), so that an
+            interest is a mix of the item table's own rows, as ComiRec-SA's are, and
+            Eq. 16 compares items with items. Needs ``pool="attention"``: with
+            ``"last"`` or ``"mean"`` nothing would train the encoder. Not in the paper.
         binary: use the paper's binary adjacency instead of weighted edges.
         conv_residual, conv_norm: the residual connection and the LayerNorm around each
             iteration's aggregation (Eq. 13, DESIGN.md decision 7; the paper has
@@ -284,6 +285,11 @@ class MDGR(SequentialRecommender):
         if pool_values not in POOL_VALUES:
             raise ValueError(f"unknown pool_values {pool_values!r}; choose from "
                              f"{', '.join(POOL_VALUES)}")
+        if pool_values == "item" and pool != "attention":
+            raise ValueError(
+                f"pool_values='item' needs pool='attention' (got {pool!r}): with 'last' or "
+                "'mean' the states would only choose the (detached) clusters, and the "
+                "encoder and graph layers would get no gradient")
         if candidate_chunk < 1:
             raise ValueError(f"candidate_chunk must be >= 1, got {candidate_chunk}")
         check_nodes_per_cluster(nodes_per_cluster)

@@ -135,6 +135,8 @@ ONLY_CANDIDATE_LOSS = {
     "mdgr-log-m2": lambda: MDGR(NUM_ITEMS, dim=8, k=3, m=2, max_len=8, time_dim=4, pos_dim=4,
                                 weighting="log"),
     "comirec-sa": lambda: ComiRecSA(NUM_ITEMS, max_len=8, dim=8, interests=3),
+    "mdgr-item-values": lambda: MDGR(NUM_ITEMS, dim=8, k=2, m=1, max_len=8, time_dim=4,
+                                     pos_dim=4, pool_values="item"),
 }
 
 
@@ -227,7 +229,8 @@ def test_max_interest_logsumexp_errors():
         max_interest_logsumexp(q, c, p, chunk_size=0)
 
 
-@pytest.mark.parametrize("name", ["mdgr", "mip", "mdgr-log-m2", "comirec-sa"])
+@pytest.mark.parametrize("name", ["mdgr", "mip", "mdgr-log-m2", "comirec-sa",
+                                  "mdgr-item-values"])
 def test_interest_catalogue_loss_equals_the_generic_path_with_its_gradient(name):
     torch.manual_seed(0)
     model = ONLY_CANDIDATE_LOSS[name]()

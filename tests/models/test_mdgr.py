@@ -119,6 +119,14 @@ def test_item_valued_interests_of_singletons_are_item_embeddings():
     assert model.item_emb.weight.grad[batch.x].abs().sum() > 0
     with pytest.raises(ValueError, match="pool_values"):
         small_model(pool_values="items")
+    for pool in ("last", "mean"):  # the encoder would get no gradient
+        with pytest.raises(ValueError, match="needs pool='attention'"):
+            small_model(pool=pool, pool_values="item")
+    # every parameter but the unused position-slot rows learns
+    model.zero_grad()
+    model.loss(batch).backward()
+    assert all(p.grad is not None for n, p in model.named_parameters()
+               if n.startswith(("encoder.", "convs.", "pooling.")))
 
 
 def test_interest_weight_equals_explicit_concatenation():

@@ -140,9 +140,9 @@ def test_candidate_mode_with_item_clusters_equals_reference(m):
     assert torch.allclose(fast, ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("pool", ["attention", "last", "mean"])
-def test_candidate_mode_with_item_values_equals_reference(pool):
-    model = small_model(m=2, query="candidate", pool=pool, pool_values="item",
+@pytest.mark.parametrize("cluster_on", ["state", "item"])
+def test_candidate_mode_with_item_values_equals_reference(cluster_on):
+    model = small_model(m=2, query="candidate", pool_values="item", cluster_on=cluster_on,
                         candidate_chunk=3).eval()
     batch = make_batch([1, 4, 9, 12], num_candidates=7, seed=5)
     with torch.no_grad():
