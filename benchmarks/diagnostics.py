@@ -51,7 +51,7 @@ from mdgr_graph.data.prepare import PreparedDataset, prepare_dataset
 from mdgr_graph.data.protocols import SPLIT_NAMES
 from mdgr_graph.io import atomic_write_bytes, atomic_write_text
 from mdgr_graph.models import MIP, STATIC_GRAPH, VARIANTS, build_model
-from mdgr_graph.models.mdgr import MDGR
+from mdgr_graph.models.mdgr import MDGR, POOL_VALUES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,7 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="what the clusters and the metric graph are built from (state: the "
                         "paper)")
     g.add_argument("--pool-values", default=MODEL_DEFAULTS["pool_values"],
-                   choices=["state", "item"],
+                   choices=list(POOL_VALUES),
                    help="what the interest pooling mixes (state: the paper; item: the item "
                         "embeddings)")
     d = parser.add_argument_group("diagnostics")

@@ -63,6 +63,7 @@ from mdgr_graph.data.repeats import repeat_share
 from mdgr_graph.io import atomic_write_text
 from mdgr_graph.models import CLOSED_FORM, MODELS, build_model, model_defaults
 from mdgr_graph.models.base import CANDIDATE_LOSSES, SequentialRecommender
+from mdgr_graph.models.mdgr import POOL_VALUES
 from mdgr_graph.nn.repeat import REPEAT_MODES
 from mdgr_graph.train import SELECTION_METRIC, TrainConfig, evaluate, fit, load_checkpoint
 
@@ -165,7 +166,7 @@ def parse_args(argv: list[str] | None = None, root: Path | None = None) -> argpa
                    help="MDGR variants, MIP and static-graph: at most max(1, n // S) clusters "
                         "for a sequence of n items (not in the paper; default: the model's, "
                         "k for every sequence)")
-    p.add_argument("--mdgr-pool-values", choices=["state", "item"], default=None,
+    p.add_argument("--mdgr-pool-values", choices=list(POOL_VALUES), default=None,
                    help="MDGR variants, MIP and static-graph: what the interest pooling mixes "
                         "(default: the model's, 'state' = the paper; 'item': the item "
                         "embeddings, not in the paper)")

@@ -51,6 +51,7 @@ from mdgr_graph.data.prepare import PreparedDataset, prepare_dataset
 from mdgr_graph.io import atomic_write_text
 from mdgr_graph.models import CAUSAL_BASELINES, MODELS, build_model
 from mdgr_graph.models.base import CANDIDATE_LOSSES, SequentialRecommender
+from mdgr_graph.models.mdgr import POOL_VALUES
 from mdgr_graph.nn.repeat import REPEAT_MODES
 from mdgr_graph.train import (
     RunDirError,
@@ -119,7 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="MDGR: build the clustering and the metric graph from the node "
                         "states ('state', the paper) or from the item embeddings alone "
                         "('item', not in the paper; docs/model.md)")
-    g.add_argument("--pool-values", default="state", choices=["state", "item"],
+    g.add_argument("--pool-values", default="state", choices=list(POOL_VALUES),
                    help="MDGR variants, MIP, static-graph: what the interest pooling (Eq. 14) "
                         "mixes: the node states ('state', the paper) or the item embeddings "
                         "with the weights the states give ('item', as ComiRec-SA's interests; "
