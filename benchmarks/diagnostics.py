@@ -52,6 +52,7 @@ from mdgr_graph.data.protocols import SPLIT_NAMES
 from mdgr_graph.io import atomic_write_bytes, atomic_write_text
 from mdgr_graph.models import MIP, STATIC_GRAPH, VARIANTS, build_model
 from mdgr_graph.models.mdgr import MDGR, POOL_VALUES
+from mdgr_graph.nn.repeat import REPEAT_MODES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,6 +65,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "model": "mdgr", "dim": 32, "k": 8, "m": 1, "gamma": 0.1, "delta": 4, "conv_heads": 2,
     "dropout": 0.1, "cluster": "kmeans", "pool": "attention", "weighting": "paper",
     "binary": False, "input_norm": "none", "cluster_on": "state", "pool_values": "state",
+    "nodes_per_cluster": None, "repeat": "none",
 }
 
 
@@ -132,6 +134,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    choices=list(POOL_VALUES),
                    help="what the interest pooling mixes (state: the paper; item: the item "
                         "embeddings)")
+    g.add_argument("--nodes-per-cluster", type=int, default=MODEL_DEFAULTS["nodes_per_cluster"],
+                   metavar="C",
+                   help="at most n // C clusters per graph (not in the paper); every graph "
+                        "has k when not given")
+    g.add_argument("--repeat", default=MODEL_DEFAULTS["repeat"], choices=list(REPEAT_MODES),
+                   help="the repeat term of the run (gate: not in the paper); --readouts "
+                        "refuses it")
     d = parser.add_argument_group("diagnostics")
     d.add_argument("--split", choices=SPLIT_NAMES, default="test", help="split to diagnose")
     d.add_argument("--max-windows", type=int, default=None, metavar="N",

@@ -431,6 +431,31 @@ def test_command_untrained_writes_json_and_plot(tmp_path, capsys):
     assert trained["final"] != result["final"]
 
 
+def test_command_rebuilds_nodes_per_cluster_and_repeat_of_the_run(tmp_path):
+    command = load_command()
+    argv = ["--untrained", *SYNTHETIC, "--dim", "16", "--k", "3", "--m", "1"]
+    prepared, model, source = command.load(command.parse_args(argv))
+    assert model.nodes_per_cluster is None and model.repeat_score is None
+    assert source["model_kwargs"]["nodes_per_cluster"] is None
+    _, model, _ = command.load(command.parse_args([*argv, "--nodes-per-cluster", "2",
+                                                   "--repeat", "gate"]))
+    assert model.nodes_per_cluster == 2 and model.repeat_score is not None
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = {key: (str(v) if isinstance(v, Path) else v)
+             for key, v in vars(command.parse_args(argv)).items() if key != "untrained"}
+    saved.update(model="mdgr", nodes_per_cluster=2, repeat="gate", pool_values="item")
+    (run / "args.json").write_text(json.dumps(saved))
+    built = build_model("mdgr", prepared, dim=16, k=3, m=1, nodes_per_cluster=2,
+                        repeat="gate", pool_values="item")
+    torch.save({"model": built.state_dict()}, run / "best.pt")
+    _, model, source = command.load(command.parse_args(["--run", str(run)]))
+    assert model.nodes_per_cluster == 2 and model.repeat_score is not None
+    assert model.pool_values == "item"
+    assert source["model_kwargs"]["nodes_per_cluster"] == 2
+
+
 def test_command_errors_exit_2_with_one_error_line(tmp_path, capsys):
     command = load_command()
     missing = tmp_path / "nope.dat"
