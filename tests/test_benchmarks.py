@@ -130,6 +130,29 @@ def test_markdown_table_states_the_neural_budget_and_epochs_run():
     assert "training targets `all`" in table and "epochs run" in table
     assert "| sasrec | 0.2000 ± 0.0000 | 0 | 10 | 5 | 3 | 1.0 |" in table
     assert "| ease | 0.2000 ± 0.0000 | 0 | 10 | 5 | - | 1.0 |" in table
+    assert "cut" not in table  # entries without the flag (older summaries) mark nothing
+
+
+def test_compare_table_marks_runs_cut_by_the_epoch_budget():
+    config = {"epochs": 40, "patience": 5, "batch_size": 128}
+
+    def run(epochs, best_epoch, model="mdgr"):
+        return {"model": model, "epochs": epochs, "best_epoch": best_epoch, "config": config}
+
+    assert runner.cut_by_budget(run(40, 39))  # still improving at the last epoch
+    assert runner.cut_by_budget(run(40, 35))  # 4 epochs without improvement < patience 5
+    assert not runner.cut_by_budget(run(40, 34))  # early stopping would have fired now
+    assert not runner.cut_by_budget(run(28, 22))  # early-stopped
+    assert not runner.cut_by_budget({"model": "ease", "epochs": 0, "best_epoch": 0,
+                                     "config": {"grid": {}}})
+    entry = {"model": "mdgr", "mean": {"AUC": 0.8}, "std": {"AUC": 0.0}, "seeds": [0, 1],
+             "params": 10, "params_without_item_table": 5, "epochs": [40, 28],
+             "cut": [True, False], "train_seconds": 1.0, "config": config}
+    table = runner.markdown_table(
+        {"dataset": "d", "protocol": "paper", "models": [entry],
+         "environment": {"platform": "p", "cpu_count": 2, "threads": 1, "torch": "t"}},
+        [("AUC", "auc/sampled")])
+    assert "| 40*,28 |" in table and "**cut**" in table
 
 
 def test_compare_refuses_unknown_models(capsys):

@@ -649,6 +649,7 @@ def summarize(folder: Path, args: argparse.Namespace,
             "params_without_item_table": rs[0]["params_without_item_table"],
             "train_seconds": statistics.fmean(r["train_seconds"] for r in rs),
             "epochs": [r["epochs"] for r in rs],
+            "cut": [cut_by_budget(r) for r in rs],
             "selected": [r.get("selected") for r in rs] if name in CLOSED_FORM else None,
             "lr_tuning": tuning.get(name),
             "config": rs[0]["config"],
@@ -687,6 +688,24 @@ def repeat_line(shares: dict[str, float | None] | None) -> str | None:
             f"{100 * statistics.fmean(known.values()):.1f} % (seeds {', '.join(known)}: "
             f"{per_seed} %); the sampled negatives never do, so where this is large "
             f"S-POP (`spop`) is the baseline to beat (docs/data.md, repeat consumption).")
+
+
+def cut_by_budget(run: dict[str, Any]) -> bool:
+    """Whether a neural run used its whole epoch budget before early stopping fired: its
+    last ``patience`` epochs did not all fail to improve on validation, so it is not shown
+    to have converged (``best_epoch`` counts from 0, ``epochs`` is the number run)."""
+    config = run.get("config", {})
+    if run.get("model") in CLOSED_FORM or "patience" not in config or "epochs" not in config:
+        return False
+    return (run["epochs"] >= config["epochs"]
+            and run["epochs"] - 1 - run["best_epoch"] < config["patience"])
+
+
+def epochs_cell(entry: dict[str, Any]) -> str:
+    """The table's "epochs run" cell: one count per seed, ``*`` after a run that was cut
+    by the epoch budget (:func:`cut_by_budget`)."""
+    cut = entry.get("cut") or [False] * len(entry["epochs"])
+    return ",".join(f"{n}{'*' if c else ''}" for n, c in zip(entry["epochs"], cut, strict=True))
 
 
 def markdown_table(summary: dict[str, Any], keys: list[tuple[str, str]]) -> str:
@@ -728,9 +747,13 @@ def markdown_table(summary: dict[str, Any], keys: list[tuple[str, str]]) -> str:
         cells += [f"{e['mean'][col]:.4f} ± {e['std'][col]:.4f}" for col, _ in keys]
         cells += [",".join(map(str, e["seeds"])), f"{e['params']:,}",
                   f"{e['params_without_item_table']:,}",
-                  "-" if e["model"] in CLOSED_FORM else ",".join(map(str, e["epochs"])),
+                  "-" if e["model"] in CLOSED_FORM else epochs_cell(e),
                   f"{e['train_seconds']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(any(e.get("cut") or []) for e in summary["models"]):
+        lines += ["", "`*` in \"epochs run\": **cut**, the run used its whole epoch budget while "
+                  "validation was still improving within the patience, so it is not shown to "
+                  "have converged (more epochs may change its row)."]
     return "\n".join(lines) + "\n"
 
 
