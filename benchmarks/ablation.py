@@ -91,7 +91,9 @@ def table(args: argparse.Namespace, variants: list[str]) -> dict[str, Any]:
         runs = [r for seed in args.seeds
                 if (r := runner.finished_run(run_name, seed, args))]
         row: dict[str, Any] = {"model": name, "ablation": label, "runs_of": run_name,
-                               "seeds": [r["seed"] for r in runs]}
+                               "seeds": [r["seed"] for r in runs],
+                               "epochs": [r["epochs"] for r in runs],
+                               "cut": [runner.cut_by_budget(r) for r in runs]}
         for col, key in keys:
             values = [r["test"][key] for r in runs]
             row[col] = {"per_seed": values,
@@ -115,7 +117,7 @@ def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
     keys = runner.REPORTED[args.protocol]
     env = result["environment"]
     head = ["variant", "ablation", *[f"test {c}" for c, _ in keys],
-            *[f"{c} − MDGR" for c, _ in keys], "seeds"]
+            *[f"{c} − MDGR" for c, _ in keys], "seeds", "epochs run"]
     if args.protocol == "paper":
         head.append("paper (MovieLens) AUC / R@50")
     lines = [
@@ -140,10 +142,13 @@ def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
             d = row[col]["minus_full"]
             cells.append("—" if d is None or row["model"] == "mdgr" else f"{d:+.4f}")
         cells.append(",".join(map(str, row["seeds"])) or "none")
+        cells.append(runner.epochs_cell(row) or "-")
         if args.protocol == "paper":
             paper = PAPER_MOVIELENS.get(row["model"])
             cells.append(f"{paper[0]:.2f} / {paper[1]:.2f}" if paper else "")
         lines.append("| " + " | ".join(cells) + " |")
+    if any(any(row["cut"]) for row in result["rows"]):
+        lines += ["", runner.CUT_NOTE]
     return "\n".join(lines) + "\n"
 
 

@@ -291,6 +291,9 @@ def test_ablation_quick_tabulates_variants_against_full_model(shared_data, tmp_p
     table = base.with_name(base.name + "-ablation.md").read_text()
     assert "| mdgr-t | -T |" in table and "88.49 / 87.61" in table
     assert "| mdgr-dgc (runs of mip) | -DGC |" in table
+    # one epoch of a larger patience: every run is cut by the budget, and the table says so
+    assert rows["mdgr"]["epochs"] == [1] and rows["mdgr"]["cut"] == [True]
+    assert "| 0 | 1* |" in table and runner.CUT_NOTE in table
     stamps = sorted(p.stat().st_mtime_ns for p in (base / "runs").glob("*.json"))
     assert ok(script("ablation.py", *argv, "--only-finished"))  # trains nothing
     assert sorted(p.stat().st_mtime_ns for p in (base / "runs").glob("*.json")) == stamps

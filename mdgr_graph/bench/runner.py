@@ -690,6 +690,12 @@ def repeat_line(shares: dict[str, float | None] | None) -> str | None:
             f"S-POP (`spop`) is the baseline to beat (docs/data.md, repeat consumption).")
 
 
+#: The line under a table with a run marked by :func:`epochs_cell`.
+CUT_NOTE = ("`*` in \"epochs run\": **cut**, the run used its whole epoch budget while "
+            "validation was still improving within the patience, so it is not shown to have "
+            "converged (more epochs may change its row).")
+
+
 def cut_by_budget(run: dict[str, Any]) -> bool:
     """Whether a neural run used its whole epoch budget before early stopping fired: its
     last ``patience`` epochs did not all fail to improve on validation, so it is not shown
@@ -751,9 +757,7 @@ def markdown_table(summary: dict[str, Any], keys: list[tuple[str, str]]) -> str:
                   f"{e['train_seconds']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     if any(any(e.get("cut") or []) for e in summary["models"]):
-        lines += ["", "`*` in \"epochs run\": **cut**, the run used its whole epoch budget while "
-                  "validation was still improving within the patience, so it is not shown to "
-                  "have converged (more epochs may change its row)."]
+        lines += ["", CUT_NOTE]
     return "\n".join(lines) + "\n"
 
 
