@@ -90,6 +90,13 @@ def test_compare_lr_grid_tunes_each_neural_model_on_one_seed(shared_data, tmp_pa
     assert runner.main([*argv[:2], "pop", *argv[3:]]) == 0
     again = json.loads(base.with_name(base.name + "-lrgrid-0p001-0p005.json").read_text())
     assert [e["model"] for e in again["models"]] == [e["model"] for e in summary["models"]]
+    # --only-finished trains nothing, not even a missing seed, and rebuilds the same table
+    table = base.with_name(base.name + "-lrgrid-0p001-0p005.md")
+    before = table.read_text()
+    table.unlink()
+    assert runner.main([*argv[:4], "0,1,2", *argv[5:], "--only-finished"]) == 0
+    assert sorted(p.name for p in (base / "runs").glob("sasrec-*.json")) == runs
+    assert table.read_text().split("| model |")[1] == before.split("| model |")[1]
     with pytest.raises(SystemExit):
         runner.parse_args(["--lr-grid", "fast"])
 

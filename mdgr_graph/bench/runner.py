@@ -217,6 +217,9 @@ def parse_args(argv: list[str] | None = None, root: Path | None = None) -> argpa
     p.add_argument("--work-dir", type=Path, default=root / "runs" / "compare",
                    help="checkpoints of neural runs (for resuming)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--only-finished", action="store_true",
+                   help="train nothing: rebuild the summary and its table from the runs "
+                        "already finished (with --lr-grid, of the grids that finished)")
     args = p.parse_args(argv)
     if (problem := _log_problem(args)) is not None:
         p.error(problem)
@@ -893,6 +896,10 @@ def main(argv: list[str] | None = None, root: Path | None = None) -> int:
               "(and its checkpoint folder under --work-dir) to rerun it:\n  "
               + "\n  ".join(stale), file=sys.stderr)
         return 2
+    if args.only_finished:
+        summary = summarize(summary_path(args), args, finished_grids(args) if args.lr_grid else None)
+        print(markdown_table(summary, REPORTED[args.protocol]), end="")
+        return 0
     tuning = None
     if args.lr_grid:
         tuning = tune_learning_rates(args)
