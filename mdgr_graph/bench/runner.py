@@ -897,7 +897,8 @@ def main(argv: list[str] | None = None, root: Path | None = None) -> int:
               + "\n  ".join(stale), file=sys.stderr)
         return 2
     if args.only_finished:
-        summary = summarize(summary_path(args), args, finished_grids(args) if args.lr_grid else None)
+        grids = finished_grids(args) if args.lr_grid else None
+        summary = summarize(summary_path(args), args, grids)
         print(markdown_table(summary, REPORTED[args.protocol]), end="")
         return 0
     tuning = None
