@@ -15,8 +15,11 @@ user's HR@10 and NDCG@10 over the whole catalogue) and groups them
 
 Each grouping splits the test examples into tertiles; the table (written beside the
 compare.py summary as `<summary>-per-user.md` and `.json`) gives every model's mean
-metrics per tertile. Pass the same data and training options as the compare.py
-invocation whose runs you want to analyse (they pick the run files)::
+metrics per tertile. ``--cross span:length`` (repeatable; names: genres, span,
+popularity, length) adds the nine cells of one grouping's tertiles by another's, e.g. to
+see whether a gain on long spans is a gain on long histories. Pass the same data and
+training options as the compare.py invocation whose runs you want to analyse (they pick
+the run files)::
 
     .venv/bin/python benchmarks/per_user.py --train-stride 25 --lr 2e-3 --epochs 40 \\
         --patience 5 --models mdgr,sasrec,itemknn,ease --seeds 0
@@ -25,6 +28,7 @@ invocation whose runs you want to analyse (they pick the run files)::
         --patience 5 --models mdgr,ease,itemknn --seeds 0
 """
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -35,8 +39,24 @@ from mdgr_graph.io import atomic_write_text
 REPO = Path(__file__).resolve().parents[1]
 
 
+def cross_pair(text: str) -> tuple[str, str]:
+    """``"span:length"`` -> the two grouping names of :data:`groups.GROUPING_NAMES`."""
+    parts = text.split(":")
+    if len(parts) != 2 or len(set(parts)) != 2 or not set(parts) <= set(groups.GROUPING_NAMES):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give two different groupings as A:B, from "
+            f"{', '.join(groups.GROUPING_NAMES)}")
+    return groups.GROUPING_NAMES[parts[0]], groups.GROUPING_NAMES[parts[1]]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = runner.parse_args(argv, REPO)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
+    p.add_argument("--cross", type=cross_pair, action="append", default=[], metavar="A:B",
+                   help="also tabulate grouping A's tertiles by grouping B's (repeatable; "
+                        f"names: {', '.join(groups.GROUPING_NAMES)})")
+    own, rest = runner.split_wrapper_args(p, list(sys.argv[1:] if argv is None else argv),
+                                          (), "", REPO)
+    args = runner.parse_args(rest, REPO)
     lines, result = [], {}
     for seed in args.seeds:
         try:
@@ -51,8 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.dataset == "ml-1m-subset" and getattr(args, "path", None) is None:
             genres = groups.movie_genres(args.data_dir / "ml-1m-subset" / "movies.dat.gz",
                                          prepared)
-        seed_lines, seed_result = groups.tertile_tables(
-            seed, scores, groups.groupings(prepared, genres))
+        grouped = groups.groupings(prepared, genres)
+        missing = sorted({g for pair in own.cross for g in pair} - set(grouped))
+        if missing:
+            print(f"error: --cross: no grouping {missing} for this data and protocol (there "
+                  f"are {', '.join(grouped)})", file=sys.stderr)
+            return 2
+        seed_lines, seed_result = groups.tertile_tables(seed, scores, grouped, own.cross)
         lines += seed_lines
         if seed_result:
             result[str(seed)] = seed_result

@@ -335,6 +335,11 @@ def test_per_user_pooled_tables_weight_each_seed_by_its_windows():
     assert lines[3] == "| low | 4 | 0.6000 / 0.3000 |"  # (0.9 * 1 + 0.5 * 3) / 4
     assert lines[5] == "| high | 2 | 0.4000 / 0.2000 |"
     assert groups.pooled_tables({"0": result["0"]}, ["m"]) == []
+    cross = {seed: {"a x b": {"high x low": entry(2, 0.4), "low x high": entry(1, 0.1)}}
+             for seed in ("0", "1")}
+    lines = groups.pooled_tables(cross, ["m"])
+    assert lines[3:] == ["| low x high | 2 | 0.1000 / 0.0500 |",
+                         "| high x low | 4 | 0.4000 / 0.2000 |"]  # tertile order
 
 
 def test_wrapper_scripts_refuse_options_they_set():
@@ -581,7 +586,7 @@ def test_per_user_leave_one_out_groups_full_ranking_by_history_length(tmp_path):
             "--data-dir", str(tmp_path / "absent"), "--out", str(tmp_path / "r"),
             "--work-dir", str(tmp_path / "w"), "--no-progress"]
     assert runner.main(argv) == 0
-    assert ok(script("per_user.py", *argv))
+    assert ok(script("per_user.py", *argv, "--cross", "span:length"))
     base = tmp_path / "r" / "quick" / "synthetic-loo"
     table = base.with_name(base.name + "-per-user.md").read_text()
     assert table.startswith("# Per-user test metrics by group")
@@ -593,5 +598,17 @@ def test_per_user_leave_one_out_groups_full_ranking_by_history_length(tmp_path):
         users = sum(g["windows"] for g in groups_)
         hr = sum(g[entry["model"]]["hr@10"] * g["windows"] for g in groups_) / users
         assert hr == pytest.approx(entry["per_seed"]["0"]["HR@10"], abs=1e-9)
+    # the cross's cells split each span tertile by history length
+    cross = result["span (days) x history length"]
+    assert "by span (days) x history length" in table and set(cross) <= {
+        f"{a} x {b}" for a in groups.TERTILES for b in groups.TERTILES}
+    for label, span_group in result["span (days)"].items():
+        cells = [c for name, c in cross.items() if name.startswith(f"{label} x ")]
+        assert sum(c["windows"] for c in cells) == span_group["windows"]
+        assert sum(c["mdgr"]["hr@10"] * c["windows"] for c in cells) == pytest.approx(
+            span_group["mdgr"]["hr@10"] * span_group["windows"], abs=1e-9)
+    for bad in ("span:span", "span", "span:colour"):
+        refused = script("per_user.py", *argv, "--cross", bad)
+        assert refused.returncode == 2 and "--cross" in refused.stderr
     missing = script("per_user.py", *[a if a != "pop,mdgr" else "pop,sasrec" for a in argv])
     assert missing.returncode == 2 and "no finished compare.py run" in missing.stderr

@@ -125,35 +125,60 @@ def _metric_header(models: list[str], metrics: list[str]) -> str:
     return " | ".join(f"{m} {label}" for m in models)
 
 
+def tertile_of(values: np.ndarray) -> np.ndarray:
+    """Each example's tertile (0, 1, 2 for :data:`TERTILES`) by the value quantiles."""
+    return np.digitize(values, np.quantile(values, [1 / 3, 2 / 3]), right=True)
+
+
+#: Short name of each grouping (``per_user.py --cross``) -> its name in :func:`groupings`.
+GROUPING_NAMES = {"genres": "distinct genres", "span": "span (days)",
+                  "popularity": "popularity (mean log count)", "length": "history length"}
+
+#: Separator of the two groupings of a cross (``"span (days) x history length"``) and of
+#: their tertile labels (``"high x low"``).
+CROSS = " x "
+
+
 def tertile_tables(seed: int, scores: dict[str, dict[str, np.ndarray]],
-                   groups: dict[str, np.ndarray]) -> tuple[list[str], dict[str, Any]]:
+                   groups: dict[str, np.ndarray],
+                   crosses: list[tuple[str, str]] = ()) -> tuple[list[str], dict[str, Any]]:
     """Markdown lines of one seed's tables (one per grouping: each tertile's range,
     examples and every model's mean metrics) and the same numbers by grouping and
     tertile. ``scores``: :func:`per_example` of every model (the same two metrics each);
     ``groups``: :func:`groupings`. Tertile edges are value quantiles, so where many
     examples share a value (history lengths) a tertile can hold more or fewer than a
-    third, or none."""
+    third, or none. Each ``(a, b)`` of ``crosses`` adds a table of the nine cells of
+    ``a``'s tertiles by ``b``'s (the same tertiles as their own tables), named
+    ``"a x b"``, its cells ``"high x low"`` and so on."""
     models = list(scores)
     metrics = list(scores[models[0]])
     lines: list[str] = []
     result: dict[str, Any] = {}
-    for feature, values in groups.items():
-        edges = np.quantile(values, [1 / 3, 2 / 3])
-        group = np.digitize(values, edges, right=True)
+    tertile = {feature: tertile_of(values) for feature, values in groups.items()}
+    tables = [(feature, [(label, tertile[feature] == g, values)
+                         for g, label in enumerate(TERTILES)])
+              for feature, values in groups.items()]
+    for a, b in crosses:
+        cells = [(f"{la}{CROSS}{lb}", (tertile[a] == ga) & (tertile[b] == gb), None)
+                 for ga, la in enumerate(TERTILES) for gb, lb in enumerate(TERTILES)]
+        tables.append((f"{a}{CROSS}{b}", cells))
+    for feature, cells in tables:
         lines += [f"\n### seed {seed}: test examples by {feature} (tertiles)\n",
                   "| group | range | examples | " + _metric_header(models, metrics) + " |",
                   "|---|---|---|" + "---|" * len(models)]
-        for g, label in enumerate(TERTILES):
-            sel = group == g
+        for label, sel, values in cells:
             if not sel.any():
                 continue
-            cells = [" / ".join(f"{scores[m][k][sel].mean():.4f}" for k in metrics)
-                     for m in models]
-            lines.append(f"| {label} | {values[sel].min():.3g}-{values[sel].max():.3g} | "
-                         f"{int(sel.sum())} | " + " | ".join(cells) + " |")
+            cells_text = [" / ".join(f"{scores[m][k][sel].mean():.4f}" for k in metrics)
+                          for m in models]
+            span = "-" if values is None else f"{values[sel].min():.3g}-{values[sel].max():.3g}"
+            lines.append(f"| {label} | {span} | {int(sel.sum())} | "
+                         + " | ".join(cells_text) + " |")
+            entry: dict[str, Any] = {"windows": int(sel.sum())}
+            if values is not None:
+                entry["range"] = [float(values[sel].min()), float(values[sel].max())]
             result.setdefault(feature, {})[label] = {
-                "windows": int(sel.sum()),
-                "range": [float(values[sel].min()), float(values[sel].max())],
+                **entry,
                 **{m: {k: float(v[sel].mean()) for k, v in scores[m].items()} for m in models},
             }
     return lines, result
@@ -174,7 +199,9 @@ def pooled_tables(result: dict[str, Any], models: list[str]) -> list[str]:
                   "(each seed's tertiles)\n",
                   "| group | examples | " + _metric_header(models, metrics) + " |",
                   "|---|---|" + "---|" * len(models)]
-        for label in TERTILES:
+        order = [*TERTILES, *(f"{a}{CROSS}{b}" for a in TERTILES for b in TERTILES)]
+        for label in (label for label in order if any(label in result[s][feature]
+                                                      for s in seeds)):
             entries = [result[s][feature][label] for s in seeds if label in result[s][feature]]
             n = sum(e["windows"] for e in entries)
             if n == 0:
