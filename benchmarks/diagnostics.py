@@ -64,8 +64,8 @@ MODELS = (*VARIANTS, MIP, STATIC_GRAPH)
 MODEL_DEFAULTS: dict[str, Any] = {
     "model": "mdgr", "dim": 32, "k": 8, "m": 1, "gamma": 0.1, "delta": 4, "conv_heads": 2,
     "dropout": 0.1, "cluster": "kmeans", "pool": "attention", "weighting": "paper",
-    "binary": False, "input_norm": "none", "cluster_on": "state", "pool_values": "state",
-    "nodes_per_cluster": None, "repeat": "none",
+    "binary": False, "conv_residual": True, "conv_norm": True, "input_norm": "none",
+    "cluster_on": "state", "pool_values": "state", "nodes_per_cluster": None, "repeat": "none",
 }
 
 
@@ -123,6 +123,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="how interest weights enter the score")
     g.add_argument("--binary", action="store_true",
                    help="binary adjacency (paper Eq. 9) instead of weighted edges")
+    g.add_argument("--no-conv-residual", dest="conv_residual", action="store_false",
+                   help="no residual connection around each iteration (as train_mdgr.py)")
+    g.add_argument("--no-conv-norm", dest="conv_norm", action="store_false",
+                   help="no LayerNorm after each iteration (as train_mdgr.py)")
     g.add_argument("--input-norm", default=MODEL_DEFAULTS["input_norm"],
                    choices=["none", "scale", "layer"],
                    help="balance of the encoder's input parts (none: the paper)")

@@ -431,7 +431,7 @@ def test_command_untrained_writes_json_and_plot(tmp_path, capsys):
     assert trained["final"] != result["final"]
 
 
-def test_command_rebuilds_nodes_per_cluster_and_repeat_of_the_run(tmp_path):
+def test_command_rebuilds_nodes_per_cluster_repeat_and_conv_options_of_the_run(tmp_path):
     command = load_command()
     argv = ["--untrained", *SYNTHETIC, "--dim", "16", "--k", "3", "--m", "1"]
     prepared, model, source = command.load(command.parse_args(argv))
@@ -445,14 +445,18 @@ def test_command_rebuilds_nodes_per_cluster_and_repeat_of_the_run(tmp_path):
     run.mkdir()
     saved = {key: (str(v) if isinstance(v, Path) else v)
              for key, v in vars(command.parse_args(argv)).items() if key != "untrained"}
-    saved.update(model="mdgr", nodes_per_cluster=2, repeat="gate", pool_values="item")
+    saved.update(model="mdgr", nodes_per_cluster=2, repeat="gate", pool_values="item",
+                 conv_residual=False, conv_norm=False)
     (run / "args.json").write_text(json.dumps(saved))
     built = build_model("mdgr", prepared, dim=16, k=3, m=1, nodes_per_cluster=2,
-                        repeat="gate", pool_values="item")
+                        repeat="gate", pool_values="item", conv_residual=False,
+                        conv_norm=False)
     torch.save({"model": built.state_dict()}, run / "best.pt")
     _, model, source = command.load(command.parse_args(["--run", str(run)]))
     assert model.nodes_per_cluster == 2 and model.repeat_score is not None
     assert model.pool_values == "item"
+    # a run trained without the residual and the norm is rebuilt without them
+    assert not model.convs[0].residual and model.convs[0].norm is None
     assert source["model_kwargs"]["nodes_per_cluster"] == 2
 
 

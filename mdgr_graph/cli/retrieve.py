@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
               "--rerank", file=sys.stderr)
         return 2
     if not callable(getattr(model, "interest_queries", None)):
-        print(f"error: retrieval supports MDGR, its variants, static-graph, mip and ComiRec; "
-              f"the run trained {train.model!r}", file=sys.stderr)
+        print("error: retrieval supports MDGR, its variants, static-graph, mip, ComiRec and "
+              f"PinText2; the run trained {train.model!r}", file=sys.stderr)
         return 2
     out = args.out or args.run / f"top{args.n}-{args.split}.json"
     if (problem := output_problem(args, out)) is not None:
