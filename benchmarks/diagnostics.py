@@ -66,6 +66,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "dropout": 0.1, "cluster": "kmeans", "pool": "attention", "weighting": "paper",
     "binary": False, "conv_residual": True, "conv_norm": True, "input_norm": "none",
     "cluster_on": "state", "pool_values": "state", "nodes_per_cluster": None, "repeat": "none",
+    "query": "last",
 }
 
 
@@ -145,6 +146,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--repeat", default=MODEL_DEFAULTS["repeat"], choices=list(REPEAT_MODES),
                    help="the repeat term of the run (gate: not in the paper); --readouts "
                         "refuses it")
+    g.add_argument("--query", default=MODEL_DEFAULTS["query"], choices=["last", "candidate"],
+                   help="the graph's query (candidate: Eq. 11 as the paper writes it; such a "
+                        "model takes --query-dependence only)")
     d = parser.add_argument_group("diagnostics")
     d.add_argument("--split", choices=SPLIT_NAMES, default="test", help="split to diagnose")
     d.add_argument("--max-windows", type=int, default=None, metavar="N",
@@ -157,6 +161,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="leave-one-out: also full-ranking HR/NDCG of the split's users (the "
                         "first --max-windows) under other readouts of the same interests "
                         "(mdgr_graph.diagnostics.readout_ranking)")
+    d.add_argument("--query-dependence", action="store_true",
+                   help="instead of the cluster diagnostics, for a --query candidate model: "
+                        "the split's sampled metrics with the graph's query swapped for "
+                        "another candidate of the window or the last item, and how much the "
+                        "candidate moves the final clusters "
+                        "(mdgr_graph.diagnostics.query_dependence)")
     d.add_argument("--no-mask-seen", action="store_true",
                    help="with --readouts: rank every item, the user's earlier items included "
                         "(for a run trained and evaluated with --no-mask-seen)")
@@ -183,6 +193,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          f"{', '.join(given)}")
     if args.no_mask_seen and not args.readouts:
         parser.error("--no-mask-seen is an option of --readouts")
+    if args.query_dependence and (args.readouts or args.plot or args.genres):
+        parser.error("--query-dependence replaces the cluster diagnostics: drop --readouts, "
+                     "--plot and --genres")
     if args.max_windows is not None and args.max_windows < 1:
         parser.error("--max-windows must be >= 1")
     if args.batch_size < 1:
@@ -240,8 +253,6 @@ def load(args: argparse.Namespace) -> tuple[PreparedDataset, MDGR, dict[str, Any
                              f"diagnose; this command takes {', '.join(MODELS)}")
         data_args = _data_namespace(saved)
         kwargs = _model_kwargs(saved)
-        if saved.get("query", "last") != "last":
-            kwargs["query"] = saved["query"]  # diagnose explains why it refuses it
     else:
         if checkpoint is not None and not checkpoint.is_file():
             raise FileNotFoundError(f"{checkpoint} not found")
@@ -280,6 +291,19 @@ def readout_table(readouts: dict[str, Any]) -> str:
     for name, m in readouts["readouts"].items():
         lines.append(f"  {name:<20}{m['hr@10/full']:>8.4f}{m['ndcg@10/full']:>9.4f}"
                      f"{m['hr@50/full']:>8.4f}")
+    return "\n".join(lines)
+
+
+def query_table(result: dict[str, Any]) -> str:
+    """:func:`mdgr_graph.diagnostics.query_dependence` as a text table."""
+    metrics = list(result["queries"]["own"])
+    lines = [f"the graph's query, {result['windows']} {result['split']} windows:",
+             f"  {'query':<18}" + "".join(f"{m:>20}" for m in metrics)]
+    for name, values in result["queries"].items():
+        lines.append(f"  {name:<18}" + "".join(f"{values[m]:>20.4f}" for m in metrics))
+    lines.append(f"final clusters of two candidates' copies of a window: Rand agreement "
+                 f"{_fmt(result['cluster_rand_agreement'])}, identical partitions "
+                 f"{_fmt(result['identical_partitions'])} ({result['copies']} copies)")
     return "\n".join(lines)
 
 
@@ -398,8 +422,12 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--readouts ranks the catalogue: it needs --protocol loo, got "
                              f"{prepared.protocol!r}")
         model.to(args.device)
-        result = diagnostics.diagnose(model, prepared, args.split, args.max_windows,
-                                      item_genres, args.batch_size, args.baseline_seed)
+        if args.query_dependence:
+            result = diagnostics.query_dependence(model, prepared, args.split,
+                                                  args.max_windows, args.batch_size)
+        else:
+            result = diagnostics.diagnose(model, prepared, args.split, args.max_windows,
+                                          item_genres, args.batch_size, args.baseline_seed)
         if args.readouts:
             result["readouts"] = diagnostics.readout_ranking(
                 model, prepared, args.split, args.max_windows, args.batch_size,
@@ -410,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(lines) or type(exc).__name__
         print(f"error: {message}", file=sys.stderr)
         return 2
-    print(table(result))
+    print(query_table(result) if args.query_dependence else table(result))
     if "readouts" in result:
         print("\n" + readout_table(result["readouts"]))
     if args.json is not None:

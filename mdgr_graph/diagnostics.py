@@ -24,6 +24,9 @@ or nodes) went into the mean.
   interests read out in other ways (their mean, the most weighted one, the one holding
   the last item, the last node's state): whether Eq. 16's max over interests is what
   the scores rest on.
+- :func:`query_dependence`: how much a candidate-query model (Eq. 11) uses the candidate
+  as the graph's query: its sampled metrics with the query swapped for another candidate
+  of the window or for the last item, and how much the candidate moves the clusters.
 - :func:`diagnose`: all of the above over a split of a prepared dataset, per iteration and
   for the final clustering (``benchmarks/diagnostics.py`` is its command line).
 """
@@ -65,6 +68,7 @@ __all__ = [
     "interest_weight_spread",
     "iteration_drift",
     "kept_share_of_same_cluster_pairs",
+    "query_dependence",
     "read_item_genres",
     "readout_ranking",
 ]
@@ -909,3 +913,153 @@ def readout_ranking(
         model.train(was_training)
     return {"split": split, "users": len(dataset),
             "readouts": {name: full_ranking_metrics(torch.cat(r)) for name, r in ranks.items()}}
+
+
+# ---------------------------------------------------------------------- candidate query
+#: The queries of :func:`query_dependence`, in the order it reports them.
+QUERIES: tuple[str, ...] = ("own", "other_candidate", "last_item")
+
+
+def _rand_agreement(a: Tensor, b: Tensor, graph: Tensor, num_graphs: int) -> Tensor:
+    """Rand index of two labelings of the same nodes, per graph ``[G]``: the share of a
+    graph's node pairs that both put in one cluster or both put apart (NaN for a graph of
+    fewer than two nodes)."""
+    from torch_geometric.utils import to_dense_batch
+
+    la, real = to_dense_batch(a, graph, fill_value=-1, batch_size=num_graphs)
+    lb, _ = to_dense_batch(b, graph, fill_value=-1, batch_size=num_graphs)
+    n = la.size(1)
+    upper = torch.ones(n, n, dtype=torch.bool, device=a.device).triu(1)
+    pairs = real.unsqueeze(2) & real.unsqueeze(1) & upper
+    agree = (la.unsqueeze(2) == la.unsqueeze(1)) == (lb.unsqueeze(2) == lb.unsqueeze(1))
+    return _ratio((agree & pairs).sum((1, 2)).double(), pairs.sum((1, 2)).double())
+
+
+def _query_scores(model: MDGR, batch: Batch) -> tuple[dict[str, Tensor], list[Tensor]]:
+    """``[B, C]`` scores of ``batch.candidates`` under every query of :data:`QUERIES`, and
+    the per-copy Rand agreements of the final clusterings of neighbouring candidates."""
+    candidates = batch.candidates
+    num_seq, d = batch.num_graphs, model.dim
+    own, other, agreement = [], [], []
+    for part in model.candidate_interests(batch, candidates):
+        num_cand = part.query.size(1)
+        flat_query = part.query.reshape(num_seq * num_cand, 1, d)
+        own.append(model.scorer(part.z, part.weight, part.mask, flat_query)
+                   .view(num_seq, num_cand))
+
+        def rolled(t: Tensor, c: int = num_cand) -> Tensor:  # copy j gets copy j + 1's
+            return t.view(num_seq, c, *t.shape[1:]).roll(-1, dims=1).flatten(0, 1)
+
+        other.append(model.scorer(rolled(part.z), rolled(part.weight), rolled(part.mask),
+                                  flat_query).view(num_seq, num_cand))
+        if num_cand > 1:
+            # the copies of one sequence list its nodes in the same order, so the labels
+            # of copy j + 1 line up with those of copy j after moving them one copy back
+            counts = torch.bincount(part.graph, minlength=num_seq * num_cand)
+            size = counts.view(num_seq, num_cand)[:, 0]
+            shift = size.repeat_interleave(num_cand).repeat_interleave(counts)
+            last_copy = (part.graph % num_cand) == num_cand - 1
+            shift = torch.where(last_copy, -(num_cand - 1) * shift, shift)
+            index = torch.arange(part.cluster.numel(), device=shift.device) + shift
+            agreement.append(_rand_agreement(part.cluster, part.cluster[index], part.graph,
+                                             num_seq * num_cand))
+    last = batch.ptr[1:] - 1
+    x = model.node_states(batch, query=model.item_emb(batch.x[last]))
+    z, weight, mask, _ = model.pool_interests(
+        x, batch.batch, batch.pos, batch.t, num_seq,
+        cluster=model.item_clusters(batch)[1], values=model.pool_input(batch))
+    fixed = model.scorer(z, weight, mask, model.item_emb(candidates))
+    return ({"own": torch.cat(own, 1), "other_candidate": torch.cat(other, 1),
+             "last_item": fixed}, agreement)
+
+
+@torch.no_grad()
+def query_dependence(
+    model: MDGR,
+    prepared: PreparedDataset,
+    split: str = "valid",
+    max_windows: int | None = None,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    r"""How much a candidate-query model (Eq. 11, ``query="candidate"``) uses the candidate
+    as its query: the split's sampled metrics with the graph's query swapped after
+    training.
+
+    - ``own``: every candidate the query of its own copy of the graph, the model's score
+      (equals :func:`mdgr_graph.train.evaluate`);
+    - ``other_candidate``: candidate :math:`c` scored against the interests of the copy
+      built for another candidate of the same window (the next one of its chunk of
+      ``model.candidate_chunk``): the queries keep their distribution, only the match
+      between query and scored item goes;
+    - ``last_item``: one query per window for every candidate, the embedding of the
+      window's most recent item.
+
+    If ``other_candidate`` scores as well as ``own``, the candidate reaches the score only
+    through Eq. 16's product with the interests, not through the graph. ``score_shift`` is
+    the mean absolute change of a window's scores against ``own``, in units of the standard
+    deviation of its ``own`` scores over its candidates (0 for ``own``). Also reports the
+    Rand agreement of the final clusterings of two candidates' copies of a window (1: the
+    candidate does not change which items are grouped).
+
+    Args:
+        model: an MDGR-family model with ``query="candidate"`` and no repeat term.
+        prepared: a dataset whose split carries candidates and labels (both protocols).
+        split: ``valid`` or ``test``. (default: ``"valid"``)
+        max_windows: only the split's first this many sequences (all when None).
+        batch_size: sequences per batch. (default: 64)
+
+    Returns:
+        ``{"split", "windows", "queries": {name: {"auc/sampled", "recall@50/sampled",
+        "score_shift"}},
+        "cluster_rand_agreement", "identical_partitions", "copies"}``; recall only under
+        the paper protocol.
+    """
+    from mdgr_graph.metrics import MetricAccumulator, window_metrics_per_row
+
+    if not isinstance(model, MDGR):
+        raise TypeError(f"query_dependence needs an MDGR-family model, got "
+                        f"{type(model).__name__}")
+    if not model.candidate_mode:
+        raise ValueError("query_dependence needs a model with query='candidate' and at least "
+                         "one graph iteration (m >= 1)")
+    if model.repeat_score is not None:
+        raise ValueError("query_dependence swaps the graph's query; a model with "
+                         "repeat='gate' adds a term that reads the candidate directly")
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    dataset = SequenceDataset(prepared, split)
+    if max_windows is not None:
+        if max_windows < 1:
+            raise ValueError(f"max_windows must be >= 1, got {max_windows}")
+        dataset = dataset[: min(max_windows, len(dataset))]
+    device = next(model.parameters()).device
+    accs = {name: MetricAccumulator() for name in QUERIES}
+    agreements: list[Tensor] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in SequenceLoader(dataset, batch_size=batch_size):
+            batch = batch.to(device)
+            model._check_candidates(batch)
+            scores, agreement = _query_scores(model, batch)
+            labels = batch.labels.view_as(batch.candidates).cpu()
+            own = scores["own"].float().cpu()
+            spread = own.std(1, keepdim=True)
+            for name, s in scores.items():
+                metrics = window_metrics_per_row(s.float().cpu(), labels, ks=(50,))
+                if prepared.protocol != "paper":
+                    metrics = {"auc/sampled": metrics["auc/sampled"]}
+                metrics["score_shift"] = _ratio((s.float().cpu() - own).abs().mean(1),
+                                                spread[:, 0])
+                accs[name].update_many(metrics)
+            agreements.extend(a.cpu() for a in agreement)
+    finally:
+        model.train(was_training)
+    rand = torch.cat(agreements) if agreements else torch.empty(0, dtype=torch.float64)
+    rand = rand[~rand.isnan()]
+    return {"split": split, "windows": len(dataset),
+            "queries": {name: acc.compute() for name, acc in accs.items()},
+            "cluster_rand_agreement": float(rand.mean()) if rand.numel() else float("nan"),
+            "identical_partitions": float((rand == 1).double().mean()) if rand.numel()
+            else float("nan"),
+            "copies": int(rand.numel())}

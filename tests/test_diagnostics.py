@@ -383,6 +383,115 @@ def test_diagnose_refuses_candidate_models_and_other_models(paper_data):
         D.diagnose(static, paper_data, max_windows=2, item_genres=[frozenset()] * 3)
 
 
+# ---------------------------------------------------------------------- candidate query
+def test_rand_agreement_ignores_label_names_and_counts_disagreeing_pairs():
+    graph = torch.tensor([0, 0, 0, 1, 1, 1, 2])
+    a = torch.tensor([0, 0, 1, 0, 0, 1, 0])
+    b = torch.tensor([1, 1, 0, 0, 1, 1, 2])
+    rand = D._rand_agreement(a, b, graph, 3)
+    # graph 0: the same partition renamed; graph 1: b splits the pair (0, 1) and joins
+    # (1, 2), so only (0, 2) agrees; graph 2: one node, no pair
+    assert rand[:2].tolist() == pytest.approx([1.0, 1 / 3])
+    assert math.isnan(rand[2])
+
+
+def reference_other_candidate(model, batch, chunk):
+    """Candidate j scored against the interests built for the next candidate of its chunk,
+    one last-item pass per query."""
+    num_cand = batch.candidates.size(1)
+    columns, clusters = [], []
+    for c in range(num_cand):
+        start = c - c % chunk
+        size = min(chunk, num_cand - start)
+        neighbour = start + (c - start + 1) % size
+        query = model.item_emb(batch.candidates[:, neighbour])
+        x = model.node_states(batch, query=query)
+        z, weight, mask, cluster = model.pool_interests(
+            x, batch.batch, batch.pos, batch.t, batch.num_graphs,
+            cluster=model.item_clusters(batch)[1], values=model.pool_input(batch))
+        item = model.item_emb(batch.candidates[:, c]).unsqueeze(1)
+        columns.append(model.scorer(z, weight, mask, item)[:, 0])
+        clusters.append(cluster)
+    return torch.stack(columns, dim=1), clusters
+
+
+@pytest.mark.parametrize("chunk", [3, 16])
+def test_query_dependence_scores_equal_one_pass_per_query(paper_data, chunk):
+    torch.manual_seed(0)
+    model = build_model("mdgr", paper_data, dim=16, k=3, m=2, query="candidate").eval()
+    model.candidate_chunk = chunk
+    batch = next(iter(DataLoader(SequenceDataset(paper_data, "test")[:3], batch_size=3)))
+    with torch.no_grad():
+        scores, agreement = D._query_scores(model, batch)
+        own = model.score_candidates(batch)
+        other, clusters = reference_other_candidate(model, batch, chunk)
+        last = model.item_emb(batch.x[batch.ptr[1:] - 1])
+        x = model.node_states(batch, query=last)
+        z, weight, mask, _ = model.pool_interests(x, batch.batch, batch.pos, batch.t, 3)
+        fixed = model.scorer(z, weight, mask, model.item_emb(batch.candidates))
+    assert torch.allclose(scores["own"], own, atol=1e-5)
+    assert torch.allclose(scores["other_candidate"], other, atol=1e-5)
+    assert torch.allclose(scores["last_item"], fixed, atol=1e-5)
+    assert not torch.allclose(scores["own"], scores["other_candidate"])
+    # the Rand agreement of copy j with its neighbour, from the one-pass clusterings
+    num_cand = batch.candidates.size(1)
+    expected = []
+    for start in range(0, num_cand, chunk):
+        size = min(chunk, num_cand - start)
+        if size == 1:  # a chunk of one candidate has no neighbour and is left out
+            continue
+        per_copy = []
+        for b in range(3):
+            for c in range(start, start + size):
+                neighbour = start + (c - start + 1) % size
+                nodes = batch.batch == b
+                one = D._rand_agreement(clusters[c][nodes], clusters[neighbour][nodes],
+                                        torch.zeros(int(nodes.sum()), dtype=torch.long), 1)
+                per_copy.append(one)
+        expected.append(torch.cat(per_copy))
+    assert torch.allclose(torch.cat(agreement), torch.cat(expected).double())
+
+
+def test_query_dependence_own_query_is_the_models_evaluation(paper_data):
+    from mdgr_graph.train import evaluate
+
+    torch.manual_seed(0)
+    model = build_model("mdgr", paper_data, dim=16, k=3, m=1, query="candidate")
+    model.train()
+    result = D.query_dependence(model, paper_data, "test", batch_size=8)
+    assert model.training  # restored
+    json.dumps(result)
+    assert result["windows"] == len(SequenceDataset(paper_data, "test"))
+    assert set(result["queries"]) == set(D.QUERIES)
+    expected = evaluate(model, paper_data, "test")
+    for key, value in expected.items():
+        assert result["queries"]["own"][key] == pytest.approx(value, abs=1e-6)
+    assert result["queries"]["own"]["score_shift"] == 0
+    assert result["queries"]["other_candidate"]["score_shift"] > 0
+    assert 0 <= result["cluster_rand_agreement"] <= 1
+    assert 0 <= result["identical_partitions"] <= 1 and result["copies"] > 0
+
+
+def test_query_dependence_refuses_what_it_cannot_swap(paper_data):
+    last = build_model("mdgr", paper_data, dim=16, k=3, m=1)
+    with pytest.raises(ValueError, match="query='candidate'"):
+        D.query_dependence(last, paper_data, max_windows=2)
+    no_graph = build_model("mdgr", paper_data, dim=16, k=3, m=0, query="candidate")
+    with pytest.raises(ValueError, match="m >= 1"):
+        D.query_dependence(no_graph, paper_data, max_windows=2)
+    gate = build_model("mdgr", paper_data, dim=16, k=3, m=1, query="candidate",
+                       repeat="gate")
+    with pytest.raises(ValueError, match="repeat='gate'"):
+        D.query_dependence(gate, paper_data, max_windows=2)
+    with pytest.raises(TypeError, match="MDGR-family"):
+        D.query_dependence(build_model("sasrec", paper_data, dim=16), paper_data)
+    cand = build_model("mdgr", paper_data, dim=16, k=3, m=1, query="candidate")
+    with pytest.raises(ValueError, match="split"):
+        D.query_dependence(cand, paper_data, split="train")
+    with pytest.raises(ValueError, match="max_windows"):
+        D.query_dependence(cand, paper_data, max_windows=0)
+
+
 # ---------------------------------------------------------------------- the command
 def load_command():
     spec = importlib.util.spec_from_file_location("diagnostics_command",
@@ -458,6 +567,23 @@ def test_command_rebuilds_nodes_per_cluster_repeat_and_conv_options_of_the_run(t
     # a run trained without the residual and the norm is rebuilt without them
     assert not model.convs[0].residual and model.convs[0].norm is None
     assert source["model_kwargs"]["nodes_per_cluster"] == 2
+
+
+def test_command_query_dependence_of_a_candidate_model(tmp_path, capsys):
+    command = load_command()
+    argv = ["--untrained", *SYNTHETIC, "--dim", "16", "--k", "3", "--m", "1",
+            "--query", "candidate", "--max-windows", "4"]
+    assert command.main([*argv, "--query-dependence", "--json", str(tmp_path / "q.json")]) == 0
+    out = capsys.readouterr().out
+    assert "other_candidate" in out and "Rand agreement" in out
+    result = json.loads((tmp_path / "q.json").read_text())["diagnostics"]
+    assert result["windows"] == 4 and set(result["queries"]) == {"own", "other_candidate",
+                                                                 "last_item"}
+    # the cluster diagnostics refuse a candidate model with one error line
+    assert command.main(argv) == 2
+    assert "query='candidate'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        command.parse_args([*argv, "--query-dependence", "--plot", str(tmp_path / "p.png")])
 
 
 def test_command_errors_exit_2_with_one_error_line(tmp_path, capsys):

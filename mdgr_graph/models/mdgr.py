@@ -7,6 +7,8 @@ pooling (Eq. 14) -> interest weights (Eq. 15) -> score (Eq. 16) -> BCE (Eq. 17).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +53,20 @@ QUERIES: tuple[str, ...] = ("last", "candidate")
 #: What the interest pooling mixes (``pool_values``): the node states (the paper) or the
 #: item embeddings of the group's nodes.
 POOL_VALUES: tuple[str, ...] = ("state", "item")
+
+
+class CandidateChunk(NamedTuple):
+    """One chunk of :meth:`MDGR.candidate_interests`: the candidates ``start`` to
+    ``start + c`` of every one of the ``B`` sequences."""
+
+    start: int
+    query: Tensor  #: ``[B, c, d]`` the candidates' embeddings
+    z: Tensor  #: ``[B c, k, d]`` interests of every copy
+    weight: Tensor  #: ``[B c, k]``
+    mask: Tensor  #: ``[B c, k]`` non-empty groups
+    cluster: Tensor  #: ``[c N]`` final cluster label of every copied node
+    node: Tensor  #: ``[c N]`` the original node of every copied node
+    graph: Tensor  #: ``[c N]`` the copy (``b c + j``) of every copied node
 
 
 class SequenceEncoder(nn.Module):
@@ -461,14 +477,15 @@ class MDGR(SequentialRecommender):
     def ranks_catalogue_in_one_pass(self) -> bool:
         return not self.candidate_mode
 
-    def candidate_scores(self, batch: Batch, candidates: Tensor) -> Tensor:
-        """Candidate mode: logits ``[B, C]`` of ``candidates [B, C]``, each candidate the
-        query of its own copy of the sequence graph.
+    def candidate_interests(self, batch: Batch, candidates: Tensor) -> Iterator[CandidateChunk]:
+        """Candidate mode, ``candidate_chunk`` candidates of every sequence at a time: the
+        interests of each (sequence, candidate) copy of the sequence graph, the candidate's
+        embedding the fixed query of every iteration (Eq. 11).
 
         The encoder and the first iteration's query-free part (:meth:`DynamicClusterConv.
         prepare`) run once per sequence; the rest runs on ``B x candidate_chunk`` graphs
-        at a time. Equal, up to float rounding, to one :meth:`node_states` pass per
-        candidate with that candidate's embedding as the fixed query.
+        at a time (copy ``g = b c + j`` of sequence ``b`` for its ``j``-th candidate of the
+        chunk, :func:`~mdgr_graph.nn.dynamic_cluster_conv.candidate_graphs`).
         """
         x = self.encode(batch)
         num_seq, d = batch.num_graphs, self.dim
@@ -479,7 +496,6 @@ class MDGR(SequentialRecommender):
         if self.weight_head is not None:  # a node's time term is the same in every copy
             time_terms = self.weight_head.node_terms(
                 sinusoidal_encoding(batch.t, self.time_dim), batch.pos)
-        scores = []
         for start in range(0, candidates.size(1), self.candidate_chunk):
             query = self.item_emb(candidates[:, start : start + self.candidate_chunk])
             num_cand = query.size(1)
@@ -490,18 +506,33 @@ class MDGR(SequentialRecommender):
                 h = conv(h, graph, query=flat_query,
                          cluster=None if cluster is None else cluster[node],
                          graph_x=None if graph_x is None else graph_x[node])
-            z, weight, mask, _ = self.pool_interests(
+            z, weight, mask, final = self.pool_interests(
                 h, graph, batch.pos[node], None, num_seq * num_cand,
                 None if time_terms is None else time_terms[node],
                 None if cluster is None else cluster[node],
                 None if values is None else values[node],
             )
-            logit = self.scorer(z, weight, mask, flat_query.unsqueeze(1)).view(num_seq, num_cand)
+            yield CandidateChunk(start, query, z, weight, mask, final, node, graph)
+
+    def candidate_scores(self, batch: Batch, candidates: Tensor) -> Tensor:
+        """Candidate mode: logits ``[B, C]`` of ``candidates [B, C]``, each candidate the
+        query of its own copy of the sequence graph (:meth:`candidate_interests`). Equal,
+        up to float rounding, to one :meth:`node_states` pass per candidate with that
+        candidate's embedding as the fixed query.
+        """
+        num_seq, d = batch.num_graphs, self.dim
+        scores = []
+        for part in self.candidate_interests(batch, candidates):
+            num_cand = part.query.size(1)
+            flat_query = part.query.reshape(num_seq * num_cand, 1, d)
+            logit = self.scorer(part.z, part.weight, part.mask, flat_query)
+            logit = logit.view(num_seq, num_cand)
             if self.repeat_score is not None:  # the gate reads each pair's own interests
-                chunk = candidates[:, start : start + self.candidate_chunk]
+                chunk = candidates[:, part.start : part.start + num_cand]
                 evidence = self.repeat_score.evidence(batch.x, batch.ptr, chunk)
                 logit = logit + self.repeat_score(
-                    interest_summary(z, mask), evidence.reshape(-1, 1)).view(num_seq, num_cand)
+                    interest_summary(part.z, part.mask), evidence.reshape(-1, 1)
+                ).view(num_seq, num_cand)
             scores.append(logit)
         return torch.cat(scores, dim=1)
 
