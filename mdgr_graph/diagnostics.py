@@ -831,6 +831,19 @@ def _readout_scores(model: MDGR, batch: Batch, items: Tensor) -> dict[str, Tenso
         for name, case in cases.items()}
 
 
+def _first_of_split(prepared: PreparedDataset, split: str, limit: int | None,
+                    name: str) -> SequenceDataset:
+    """The first ``limit`` sequences of the ``valid`` or ``test`` split (all when None)."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    dataset = SequenceDataset(prepared, split)
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"{name} must be >= 1, got {limit}")
+        dataset = dataset[: min(limit, len(dataset))]
+    return dataset
+
+
 @torch.no_grad()
 def readout_ranking(
     model: MDGR,
@@ -889,13 +902,7 @@ def readout_ranking(
     if prepared.protocol != "loo":
         raise ValueError(f"readout_ranking ranks the catalogue: it needs a leave-one-out "
                          f"dataset, got protocol {prepared.protocol!r}")
-    if split not in ("valid", "test"):
-        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-    dataset = SequenceDataset(prepared, split)
-    if max_users is not None:
-        if max_users < 1:
-            raise ValueError(f"max_users must be >= 1, got {max_users}")
-        dataset = dataset[: min(max_users, len(dataset))]
+    dataset = _first_of_split(prepared, split, max_users, "max_users")
     device = next(model.parameters()).device
     seen = prepared.seen_items(split) if mask_seen else None
     ranks: dict[str, list[Tensor]] = {name: [] for name in READOUTS}
@@ -1025,13 +1032,7 @@ def query_dependence(
     if model.repeat_score is not None:
         raise ValueError("query_dependence swaps the graph's query; a model with "
                          "repeat='gate' adds a term that reads the candidate directly")
-    if split not in ("valid", "test"):
-        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-    dataset = SequenceDataset(prepared, split)
-    if max_windows is not None:
-        if max_windows < 1:
-            raise ValueError(f"max_windows must be >= 1, got {max_windows}")
-        dataset = dataset[: min(max_windows, len(dataset))]
+    dataset = _first_of_split(prepared, split, max_windows, "max_windows")
     device = next(model.parameters()).device
     accs = {name: MetricAccumulator() for name in QUERIES}
     agreements: list[Tensor] = []
