@@ -304,6 +304,11 @@ def query_table(result: dict[str, Any]) -> str:
     lines.append(f"final clusters of two candidates' copies of a window: Rand agreement "
                  f"{_fmt(result['cluster_rand_agreement'])}, identical partitions "
                  f"{_fmt(result['identical_partitions'])} ({result['copies']} copies)")
+    if result["attention_tv"]:
+        tv = result["attention_tv"]
+        lines.append(f"first iteration's attention (Eq. 12), total variation: between two "
+                     f"candidates' queries {_fmt(tv['between_candidates'])}, from uniform "
+                     f"weights {_fmt(tv['to_uniform'])}")
     return "\n".join(lines)
 
 

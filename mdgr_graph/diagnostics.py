@@ -980,6 +980,34 @@ def _query_scores(model: MDGR, batch: Batch) -> tuple[dict[str, Tensor], list[Te
              "last_item": fixed}, agreement)
 
 
+def _attention_shift(model: MDGR, batch: Batch) -> tuple[Tensor, Tensor] | None:
+    """First iteration's Eq. 12 attention under every candidate's query: per (node with
+    in-edges, candidate, head) the total variation distance ``[M]`` to the attention under
+    the next candidate of the window (cyclic), and to the uniform distribution over the
+    node's kept in-neighbours. None when no graph has an edge."""
+    from torch_geometric.utils import scatter
+
+    conv = model.convs[0]
+    x = model.encode(batch)
+    graph_x, cluster = model.item_clusters(batch)
+    shared = conv.prepare(x, batch.batch, cluster, batch.num_graphs, graph_x)
+    if shared.graph is None:
+        return None
+    att = conv.attention(shared, model.item_emb(batch.candidates))  # [E, C, H]
+    dst, _ = shared.graph.nodes()
+    num_nodes = x.size(0)
+    degree = torch.bincount(dst, minlength=num_nodes)
+    uniform = (1.0 / degree.index_select(0, dst).to(att.dtype)).view(-1, 1, 1)
+    has_edges = degree > 0
+
+    def tv(a: Tensor, b: Tensor) -> Tensor:
+        return 0.5 * scatter((a - b).abs(), dst, dim=0, dim_size=num_nodes, reduce="sum")
+
+    between = tv(att, att.roll(-1, dims=1))[has_edges]
+    to_uniform = tv(att, uniform.expand_as(att))[has_edges]
+    return between.reshape(-1), to_uniform.reshape(-1)
+
+
 @torch.no_grad()
 def query_dependence(
     model: MDGR,
@@ -1004,7 +1032,12 @@ def query_dependence(
     If ``other_candidate`` scores as well as ``own``, the candidate reaches the score only
     through Eq. 16's product with the interests, not through the graph. ``score_shift`` is
     the mean absolute change of a window's scores against ``own``, in units of the standard
-    deviation of its ``own`` scores over its candidates (0 for ``own``). Also reports the
+    deviation of its ``own`` scores over its candidates (0 for ``own``). ``attention_tv``
+    says whether the query moves the first iteration's attention (Eq. 12) at all: the mean
+    total variation distance, over nodes with kept in-edges, heads and candidates, between
+    a node's attention under one candidate and under the next (``between_candidates``; 0:
+    the query is ignored, 1: disjoint), beside its distance from uniform weights over the
+    same neighbours (``to_uniform``). Also reports the
     Rand agreement of the final clusterings of two candidates' copies of a window (1: the
     candidate does not change which items are grouped).
 
@@ -1035,6 +1068,7 @@ def query_dependence(
     dataset = _first_of_split(prepared, split, max_windows, "max_windows")
     device = next(model.parameters()).device
     accs = {name: MetricAccumulator() for name in QUERIES}
+    attention = MetricAccumulator()
     agreements: list[Tensor] = []
     was_training = model.training
     model.eval()
@@ -1054,6 +1088,10 @@ def query_dependence(
                                                 spread[:, 0])
                 accs[name].update_many(metrics)
             agreements.extend(a.cpu() for a in agreement)
+            shift = _attention_shift(model, batch)
+            if shift is not None:
+                attention.update_many({"between_candidates": shift[0].double().cpu(),
+                                       "to_uniform": shift[1].double().cpu()})
     finally:
         model.train(was_training)
     rand = torch.cat(agreements) if agreements else torch.empty(0, dtype=torch.float64)
@@ -1063,4 +1101,5 @@ def query_dependence(
             "cluster_rand_agreement": float(rand.mean()) if rand.numel() else float("nan"),
             "identical_partitions": float((rand == 1).double().mean()) if rand.numel()
             else float("nan"),
-            "copies": int(rand.numel())}
+            "copies": int(rand.numel()),
+            "attention_tv": attention.compute() if attention.state() else {}}

@@ -470,6 +470,26 @@ def test_query_dependence_own_query_is_the_models_evaluation(paper_data):
     assert result["queries"]["other_candidate"]["score_shift"] > 0
     assert 0 <= result["cluster_rand_agreement"] <= 1
     assert 0 <= result["identical_partitions"] <= 1 and result["copies"] > 0
+    tv = result["attention_tv"]
+    assert 0 < tv["between_candidates"] <= 1 and 0 < tv["to_uniform"] <= 1
+
+
+def test_attention_shift_is_zero_for_a_query_blind_beta(paper_data):
+    torch.manual_seed(0)
+    model = build_model("mdgr", paper_data, dim=16, k=3, m=1, query="candidate").eval()
+    batch = next(iter(DataLoader(SequenceDataset(paper_data, "test")[:3], batch_size=3)))
+    with torch.no_grad():
+        between, to_uniform = D._attention_shift(model, batch)
+        assert (between > 1e-4).any() and (between <= 1 + 1e-6).all()
+        assert (to_uniform > 1e-4).any()
+        # beta = 0: every candidate gets the same attention, and alpha_i, constant over
+        # the neighbours j of node i, leaves it uniform
+        beta_out = model.convs[0].att_q[-1]
+        beta_out.weight.zero_()
+        beta_out.bias.zero_()
+        between, to_uniform = D._attention_shift(model, batch)
+    assert torch.allclose(between, torch.zeros_like(between), atol=1e-6)
+    assert torch.allclose(to_uniform, torch.zeros_like(to_uniform), atol=1e-6)
 
 
 def test_query_dependence_refuses_what_it_cannot_swap(paper_data):

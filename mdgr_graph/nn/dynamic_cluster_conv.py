@@ -635,17 +635,7 @@ class DynamicClusterConv(MessagePassing):
 
         n, heads, d = graph.n_max, self.heads, self.channels
         row, col = graph.flat // n, graph.flat % n
-        dst, src = graph.nodes()
-        alpha = shared.alpha
-        if query is None:
-            beta = alpha.new_zeros(alpha.size(0), 1, heads)
-        else:
-            beta = self._beta(x, query, batch).view(alpha.size(0), num_cand, heads)
-        # Eq. 12 on the edge list: E_ij = softmax over the in-neighbours j of i.
-        logit = F.leaky_relu(alpha.index_select(0, dst).unsqueeze(1) + beta.index_select(0, src),
-                             self.negative_slope)
-        att = softmax(logit, dst, num_nodes=x.size(0))  # [E, C, H]
-        att = F.dropout(att, p=self.dropout, training=self.training)
+        att = F.dropout(self.attention(shared, query), p=self.dropout, training=self.training)
         if not self.binary:  # E_ij * L_ij
             att = att * graph.kept_sim().view(-1, 1, 1)
 
@@ -667,6 +657,25 @@ class DynamicClusterConv(MessagePassing):
         mask = graph.mask.unsqueeze(1).expand(num_graphs, num_cand, n)
         xe = graph.xd.unsqueeze(1).expand(num_graphs, num_cand, n, d)[mask]
         return self._output(xe, agg[mask])
+
+    def attention(self, shared: SharedIteration, query: Tensor | None = None) -> Tensor:
+        r"""Eq. 11-12 on the kept edges of :meth:`prepare`: :math:`E^h_{ij}` ``[E, C, H]``
+        (``C = 1`` for no query or one query per graph), edges in the order of
+        ``shared.graph.nodes()``, before dropout and :math:`L_{ij}`."""
+        graph, x, batch = shared.graph, shared.x, shared.batch
+        if graph is None:
+            raise ValueError("no kept edges: no graph has two nodes")
+        num_cand = 1 if query is None or query.dim() == 2 else query.size(1)
+        dst, src = graph.nodes()
+        alpha = shared.alpha
+        if query is None:
+            beta = alpha.new_zeros(alpha.size(0), 1, self.heads)
+        else:
+            beta = self._beta(x, query, batch).view(alpha.size(0), num_cand, self.heads)
+        # Eq. 12 on the edge list: E_ij = softmax over the in-neighbours j of i.
+        logit = F.leaky_relu(alpha.index_select(0, dst).unsqueeze(1) + beta.index_select(0, src),
+                             self.negative_slope)
+        return softmax(logit, dst, num_nodes=x.size(0))
 
     def forward_fixed(
         self,
