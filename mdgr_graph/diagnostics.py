@@ -42,13 +42,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import Batch
-from torch_geometric.utils import cumsum
+from torch_geometric.utils import cumsum, scatter, to_dense_batch
 
 from mdgr_graph.data.dataset import SequenceDataset, SequenceLoader
 from mdgr_graph.data.prepare import PreparedDataset
 from mdgr_graph.data.titles import read_movielens_titles
 from mdgr_graph.metrics import auc_per_row, full_ranking_metrics, rank_of_target
 from mdgr_graph.models.mdgr import MDGR
+from mdgr_graph.nn.dynamic_cluster_conv import DynamicClusterConv, SharedIteration
 
 __all__ = [
     "ConsecutiveShare",
@@ -931,8 +932,6 @@ def _rand_agreement(a: Tensor, b: Tensor, graph: Tensor, num_graphs: int) -> Ten
     """Rand index of two labelings of the same nodes, per graph ``[G]``: the share of a
     graph's node pairs that both put in one cluster or both put apart (NaN for a graph of
     fewer than two nodes)."""
-    from torch_geometric.utils import to_dense_batch
-
     la, real = to_dense_batch(a, graph, fill_value=-1, batch_size=num_graphs)
     lb, _ = to_dense_batch(b, graph, fill_value=-1, batch_size=num_graphs)
     n = la.size(1)
@@ -942,12 +941,39 @@ def _rand_agreement(a: Tensor, b: Tensor, graph: Tensor, num_graphs: int) -> Ten
     return _ratio((agree & pairs).sum((1, 2)).double(), pairs.sum((1, 2)).double())
 
 
-def _query_scores(model: MDGR, batch: Batch) -> tuple[dict[str, Tensor], list[Tensor]]:
+def _attention_shift(conv: DynamicClusterConv, shared: SharedIteration,
+                     query: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Eq. 12 attention of the iteration ``shared`` comes from under every query of
+    ``query [B, c, d]``: per (node with in-edges, query, head) the total variation distance
+    ``[M]`` to the attention under the next query (cyclic), and to the uniform distribution
+    over the node's kept in-neighbours. None when no graph has an edge."""
+    if shared.graph is None:
+        return None
+    att = conv.attention(shared, query)  # [E, c, H]
+    dst, _ = shared.graph.nodes()
+    num_nodes = shared.x.size(0)
+    degree = torch.bincount(dst, minlength=num_nodes)
+    uniform = (1.0 / degree.index_select(0, dst).to(att.dtype)).view(-1, 1, 1)
+    has_edges = degree > 0
+
+    def tv(a: Tensor, b: Tensor) -> Tensor:
+        return 0.5 * scatter((a - b).abs(), dst, dim=0, dim_size=num_nodes, reduce="sum")
+
+    between = tv(att, att.roll(-1, dims=1))[has_edges]
+    to_uniform = tv(att, uniform.expand_as(att))[has_edges]
+    return between.reshape(-1), to_uniform.reshape(-1)
+
+
+def _query_scores(model: MDGR, batch: Batch) -> tuple[dict[str, Tensor], dict[str, list[Tensor]]]:
     """``[B, C]`` scores of ``batch.candidates`` under every query of :data:`QUERIES`, and
-    the per-copy Rand agreements of the final clusterings of neighbouring candidates."""
+    per copy the Rand agreement of its final clustering with the next candidate's copy
+    (``"rand"``) and the first iteration's attention shift of :func:`_attention_shift`
+    between them (``"between_candidates"``, ``"to_uniform"``), neighbours taken inside a
+    chunk of ``model.candidate_chunk`` candidates."""
     candidates = batch.candidates
     num_seq, d = batch.num_graphs, model.dim
-    own, other, agreement = [], [], []
+    own, other = [], []
+    per_copy: dict[str, list[Tensor]] = {"rand": [], "between_candidates": [], "to_uniform": []}
     for part in model.candidate_interests(batch, candidates):
         num_cand = part.query.size(1)
         flat_query = part.query.reshape(num_seq * num_cand, 1, d)
@@ -959,17 +985,22 @@ def _query_scores(model: MDGR, batch: Batch) -> tuple[dict[str, Tensor], list[Te
 
         other.append(model.scorer(rolled(part.z), rolled(part.weight), rolled(part.mask),
                                   flat_query).view(num_seq, num_cand))
-        if num_cand > 1:
-            # the copies of one sequence list its nodes in the same order, so the labels
-            # of copy j + 1 line up with those of copy j after moving them one copy back
-            counts = torch.bincount(part.graph, minlength=num_seq * num_cand)
-            size = counts.view(num_seq, num_cand)[:, 0]
-            shift = size.repeat_interleave(num_cand).repeat_interleave(counts)
-            last_copy = (part.graph % num_cand) == num_cand - 1
-            shift = torch.where(last_copy, -(num_cand - 1) * shift, shift)
-            index = torch.arange(part.cluster.numel(), device=shift.device) + shift
-            agreement.append(_rand_agreement(part.cluster, part.cluster[index], part.graph,
-                                             num_seq * num_cand))
+        if num_cand == 1:  # no neighbour to compare with
+            continue
+        # the copies of one sequence list its nodes in the same order, so the labels of
+        # copy j + 1 line up with those of copy j after moving them one copy back
+        counts = torch.bincount(part.graph, minlength=num_seq * num_cand)
+        size = counts.view(num_seq, num_cand)[:, 0]
+        shift = size.repeat_interleave(num_cand).repeat_interleave(counts)
+        last_copy = (part.graph % num_cand) == num_cand - 1
+        shift = torch.where(last_copy, -(num_cand - 1) * shift, shift)
+        index = torch.arange(part.cluster.numel(), device=shift.device) + shift
+        per_copy["rand"].append(_rand_agreement(part.cluster, part.cluster[index],
+                                                part.graph, num_seq * num_cand))
+        attention = _attention_shift(model.convs[0], part.shared, part.query)
+        if attention is not None:
+            per_copy["between_candidates"].append(attention[0])
+            per_copy["to_uniform"].append(attention[1])
     last = batch.ptr[1:] - 1
     x = model.node_states(batch, query=model.item_emb(batch.x[last]))
     z, weight, mask, _ = model.pool_interests(
@@ -977,35 +1008,7 @@ def _query_scores(model: MDGR, batch: Batch) -> tuple[dict[str, Tensor], list[Te
         cluster=model.item_clusters(batch)[1], values=model.pool_input(batch))
     fixed = model.scorer(z, weight, mask, model.item_emb(candidates))
     return ({"own": torch.cat(own, 1), "other_candidate": torch.cat(other, 1),
-             "last_item": fixed}, agreement)
-
-
-def _attention_shift(model: MDGR, batch: Batch) -> tuple[Tensor, Tensor] | None:
-    """First iteration's Eq. 12 attention under every candidate's query: per (node with
-    in-edges, candidate, head) the total variation distance ``[M]`` to the attention under
-    the next candidate of the window (cyclic), and to the uniform distribution over the
-    node's kept in-neighbours. None when no graph has an edge."""
-    from torch_geometric.utils import scatter
-
-    conv = model.convs[0]
-    x = model.encode(batch)
-    graph_x, cluster = model.item_clusters(batch)
-    shared = conv.prepare(x, batch.batch, cluster, batch.num_graphs, graph_x)
-    if shared.graph is None:
-        return None
-    att = conv.attention(shared, model.item_emb(batch.candidates))  # [E, C, H]
-    dst, _ = shared.graph.nodes()
-    num_nodes = x.size(0)
-    degree = torch.bincount(dst, minlength=num_nodes)
-    uniform = (1.0 / degree.index_select(0, dst).to(att.dtype)).view(-1, 1, 1)
-    has_edges = degree > 0
-
-    def tv(a: Tensor, b: Tensor) -> Tensor:
-        return 0.5 * scatter((a - b).abs(), dst, dim=0, dim_size=num_nodes, reduce="sum")
-
-    between = tv(att, att.roll(-1, dims=1))[has_edges]
-    to_uniform = tv(att, uniform.expand_as(att))[has_edges]
-    return between.reshape(-1), to_uniform.reshape(-1)
+             "last_item": fixed}, per_copy)
 
 
 @torch.no_grad()
@@ -1035,7 +1038,8 @@ def query_dependence(
     deviation of its ``own`` scores over its candidates (0 for ``own``). ``attention_tv``
     says whether the query moves the first iteration's attention (Eq. 12) at all: the mean
     total variation distance, over nodes with kept in-edges, heads and candidates, between
-    a node's attention under one candidate and under the next (``between_candidates``; 0:
+    a node's attention under one candidate and under the next of its chunk, as for
+    ``other_candidate`` (``between_candidates``; 0:
     the query is ignored, 1: disjoint), beside its distance from uniform weights over the
     same neighbours (``to_uniform``). Also reports the
     Rand agreement of the final clusterings of two candidates' copies of a window (1: the
@@ -1076,7 +1080,7 @@ def query_dependence(
         for batch in SequenceLoader(dataset, batch_size=batch_size):
             batch = batch.to(device)
             model._check_candidates(batch)
-            scores, agreement = _query_scores(model, batch)
+            scores, per_copy = _query_scores(model, batch)
             labels = batch.labels.view_as(batch.candidates).cpu()
             own = scores["own"].float().cpu()
             spread = own.std(1, keepdim=True)
@@ -1087,11 +1091,10 @@ def query_dependence(
                 metrics["score_shift"] = _ratio((s.float().cpu() - own).abs().mean(1),
                                                 spread[:, 0])
                 accs[name].update_many(metrics)
-            agreements.extend(a.cpu() for a in agreement)
-            shift = _attention_shift(model, batch)
-            if shift is not None:
-                attention.update_many({"between_candidates": shift[0].double().cpu(),
-                                       "to_uniform": shift[1].double().cpu()})
+            agreements.extend(a.cpu() for a in per_copy.pop("rand"))
+            for name, values in per_copy.items():
+                for v in values:
+                    attention.update(name, v.double().cpu())
     finally:
         model.train(was_training)
     rand = torch.cat(agreements) if agreements else torch.empty(0, dtype=torch.float64)

@@ -422,7 +422,7 @@ def test_query_dependence_scores_equal_one_pass_per_query(paper_data, chunk):
     model.candidate_chunk = chunk
     batch = next(iter(DataLoader(SequenceDataset(paper_data, "test")[:3], batch_size=3)))
     with torch.no_grad():
-        scores, agreement = D._query_scores(model, batch)
+        scores, per_copy = D._query_scores(model, batch)
         own = model.score_candidates(batch)
         other, clusters = reference_other_candidate(model, batch, chunk)
         last = model.item_emb(batch.x[batch.ptr[1:] - 1])
@@ -440,16 +440,16 @@ def test_query_dependence_scores_equal_one_pass_per_query(paper_data, chunk):
         size = min(chunk, num_cand - start)
         if size == 1:  # a chunk of one candidate has no neighbour and is left out
             continue
-        per_copy = []
+        in_chunk = []
         for b in range(3):
             for c in range(start, start + size):
                 neighbour = start + (c - start + 1) % size
                 nodes = batch.batch == b
                 one = D._rand_agreement(clusters[c][nodes], clusters[neighbour][nodes],
                                         torch.zeros(int(nodes.sum()), dtype=torch.long), 1)
-                per_copy.append(one)
-        expected.append(torch.cat(per_copy))
-    assert torch.allclose(torch.cat(agreement), torch.cat(expected).double())
+                in_chunk.append(one)
+        expected.append(torch.cat(in_chunk))
+    assert torch.allclose(torch.cat(per_copy["rand"]), torch.cat(expected).double())
 
 
 def test_query_dependence_own_query_is_the_models_evaluation(paper_data):
@@ -478,8 +478,13 @@ def test_attention_shift_is_zero_for_a_query_blind_beta(paper_data):
     torch.manual_seed(0)
     model = build_model("mdgr", paper_data, dim=16, k=3, m=1, query="candidate").eval()
     batch = next(iter(DataLoader(SequenceDataset(paper_data, "test")[:3], batch_size=3)))
+
+    def shift():
+        per_copy = D._query_scores(model, batch)[1]
+        return (torch.cat(per_copy["between_candidates"]), torch.cat(per_copy["to_uniform"]))
+
     with torch.no_grad():
-        between, to_uniform = D._attention_shift(model, batch)
+        between, to_uniform = shift()
         assert (between > 1e-4).any() and (between <= 1 + 1e-6).all()
         assert (to_uniform > 1e-4).any()
         # beta = 0: every candidate gets the same attention, and alpha_i, constant over
@@ -487,7 +492,7 @@ def test_attention_shift_is_zero_for_a_query_blind_beta(paper_data):
         beta_out = model.convs[0].att_q[-1]
         beta_out.weight.zero_()
         beta_out.bias.zero_()
-        between, to_uniform = D._attention_shift(model, batch)
+        between, to_uniform = shift()
     assert torch.allclose(between, torch.zeros_like(between), atol=1e-6)
     assert torch.allclose(to_uniform, torch.zeros_like(to_uniform), atol=1e-6)
 

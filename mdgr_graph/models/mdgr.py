@@ -21,7 +21,11 @@ from mdgr_graph.models.base import (
     sample_candidates,
 )
 from mdgr_graph.nn.cluster import check_nodes_per_cluster, cluster_nodes
-from mdgr_graph.nn.dynamic_cluster_conv import DynamicClusterConv, candidate_graphs
+from mdgr_graph.nn.dynamic_cluster_conv import (
+    DynamicClusterConv,
+    SharedIteration,
+    candidate_graphs,
+)
 from mdgr_graph.nn.encoding import sinusoidal_encoding
 from mdgr_graph.nn.interest import (
     InterestPooling,
@@ -65,8 +69,8 @@ class CandidateChunk(NamedTuple):
     weight: Tensor  #: ``[B c, k]``
     mask: Tensor  #: ``[B c, k]`` non-empty groups
     cluster: Tensor  #: ``[c N]`` final cluster label of every copied node
-    node: Tensor  #: ``[c N]`` the original node of every copied node
     graph: Tensor  #: ``[c N]`` the copy (``b c + j``) of every copied node
+    shared: SharedIteration  #: the first iteration's query-free part, the same every chunk
 
 
 class SequenceEncoder(nn.Module):
@@ -512,7 +516,7 @@ class MDGR(SequentialRecommender):
                 None if cluster is None else cluster[node],
                 None if values is None else values[node],
             )
-            yield CandidateChunk(start, query, z, weight, mask, final, node, graph)
+            yield CandidateChunk(start, query, z, weight, mask, final, graph, shared)
 
     def candidate_scores(self, batch: Batch, candidates: Tensor) -> Tensor:
         """Candidate mode: logits ``[B, C]`` of ``candidates [B, C]``, each candidate the
