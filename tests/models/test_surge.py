@@ -433,3 +433,39 @@ def test_candidate_mode_chunks_and_training_draw(monkeypatch):
                         lambda b, c: seen.append(c) or SURGE._scores_and_state(last, b, c))
     last.loss(batch)
     assert seen[0].shape == (3, 7)
+
+
+def test_catalogue_logits_equal_the_mlp_on_the_concatenation():
+    """The folded first layer (one matrix per sequence) is the paper's MLP over
+    ``[h_s, h_g, e, h_g * e]``, in value and in gradient."""
+    model = small_model().train()
+    batch = make_batch([6, 9, 4, 1])
+    items, mask = model.dense_history(batch)
+    state = model.user_state(items, mask, model._last_query(items, mask))
+    table = model.item_emb.weight
+    fast = model._logits(state, table)
+
+    h_s = state.final.expand(-1, table.size(0), -1)
+    h_g = state.readout.expand(-1, table.size(0), -1)
+    e = table.unsqueeze(0).expand(h_s.size(0), -1, -1)
+    literal = model.mlp_out(torch.relu(model.mlp_hidden(
+        torch.cat([h_s, h_g, e, h_g * e], dim=-1)))).squeeze(-1)
+    assert fast.shape == (4, NUM_ITEMS + 1)
+    assert torch.allclose(fast, literal, atol=1e-5)
+
+    weights = torch.randn_like(fast)
+    params = [model.mlp_hidden.weight, model.item_emb.weight]
+    grad_fast = torch.autograd.grad((fast * weights).sum(), params, retain_graph=True)
+    grad_literal = torch.autograd.grad((literal * weights).sum(), params)
+    for a, b in zip(grad_fast, grad_literal, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_score_all_in_blocks_of_sequences_is_unchanged(monkeypatch):
+    model = small_model().eval()
+    batch = make_batch([6, 9, 4, 1, 3])
+    with torch.no_grad():
+        whole = model.score_all(batch, chunk_size=7)
+        monkeypatch.setattr(SURGE, "SCORE_BLOCK_FLOATS", 2 * 7 * 8)  # 2 sequences a block
+        blocked = model.score_all(batch, chunk_size=7)
+    assert torch.allclose(blocked, whole, atol=1e-6)
