@@ -21,7 +21,9 @@ Sections (each figure: warm-up calls, then the median of ``--repeats`` >= 5 time
    candidate) against its last-item mode, m = 1 and 5: a training step, its peak memory,
    and scoring 100 candidates per window (:func:`bench_candidate`);
 6. **compile**: eager against ``torch.compile`` for the layer and for an MDGR training
-   step (the compile error is recorded instead when compilation fails).
+   step (the compile error is recorded instead when compilation fails);
+7. **bound** (not run by default): the MDGR training step with its clustering made free
+   (recorded labels replayed), the most a cheaper k-means could save (:func:`bench_bound`).
 
 Outputs ``speed.md`` (tables) and ``speed.png`` (scaling plot) in ``--out-dir`` and,
 with ``--json PATH``, every figure with its raw times, the hardware and the seeds.
@@ -396,6 +398,104 @@ def bench_epoch(args, bar) -> dict[str, Any]:
     return out
 
 
+class ClusterReplay:
+    """Stands in for ``cluster_nodes``: records the labels of every call, then, once
+    :attr:`replaying`, returns the recorded labels in call order at no cost.
+
+    Replaying the same batches in the same order gives every iteration the clusters of
+    the recorded pass, so the rest of the step does the same work (the same candidate
+    pairs, the same edge budgets); only the clustering's own time is gone.
+    """
+
+    def __init__(self, cluster_nodes: Callable[..., torch.Tensor]) -> None:
+        self.cluster_nodes = cluster_nodes
+        self.labels: list[torch.Tensor] = []
+        self.position = 0
+        self.replaying = False
+
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if not self.replaying:
+            self.labels.append(self.cluster_nodes(x, *args, **kwargs))
+            return self.labels[-1]
+        labels = self.labels[self.position % len(self.labels)]
+        self.position += 1
+        if labels.numel() != x.size(0):
+            raise RuntimeError("cluster replay out of step: the batches changed order")
+        return labels
+
+
+def bench_bound(args, bar) -> dict[str, Any]:
+    """The training step with the clustering made free (:class:`ClusterReplay`): the most
+    that any cheaper k-means (warm starts, fewer Lloyd steps) could save.
+
+    MDGR (m = 5 and m = 1) and SASRec train on the same first ``--epoch-batches``
+    batches of ml-1m-subset in the same order every call (``_train_epoch`` at epoch 0);
+    MDGR is timed with its k-means and then with the recorded labels replayed.
+    """
+    from unittest import mock
+
+    from mdgr_graph.data.dataset import SequenceDataset
+    from mdgr_graph.data.prepare import DataOptions, prepare_dataset
+    from mdgr_graph.models import build_model
+    from mdgr_graph.models import mdgr as mdgr_module
+    from mdgr_graph.nn import dynamic_cluster_conv as conv_module
+    from mdgr_graph.nn.cluster import cluster_nodes
+    from mdgr_graph.train import TrainConfig, _train_epoch
+
+    path = args.data_dir / DATASET
+    out: dict[str, Any] = {"dataset": str(path), "batch_size": args.batch_size,
+                           "epoch_batches": args.epoch_batches, "models": {}}
+    if not path.is_file():
+        out["skipped"] = f"data file not found: {path}"
+        bar.update(len(BOUND_MODELS))
+        return out
+    paper = prepare_dataset(DataOptions(format="movielens", path=str(path), protocol="paper"))
+    train = _limited(SequenceDataset(paper, "train"), args.epoch_batches, args.batch_size)
+    out["batches"] = math.ceil(len(train) / args.batch_size)
+    config = TrainConfig(batch_size=args.batch_size, progress=False, seed=args.seed,
+                         device=str(args.device))
+    for name, (model_name, kwargs) in BOUND_MODELS.items():
+        bar.set_description(f"bound: {name}")
+        torch.manual_seed(args.seed)
+        model = build_model(model_name, paper, **kwargs).to(args.device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+
+        def epoch(m=model, o=optimizer) -> None:
+            _train_epoch(m, o, train, config, 0)
+
+        entry = {"model": model_name, "kwargs": kwargs,
+                 "step": measure(epoch, args.warmup, args.repeats, args.device)}
+        if model_name == "mdgr":
+            replay = ClusterReplay(cluster_nodes)
+            with mock.patch.object(conv_module, "cluster_nodes", replay), \
+                    mock.patch.object(mdgr_module, "cluster_nodes", replay):
+                epoch()  # record
+                replay.replaying = True
+                entry["step_clusters_free"] = measure(epoch, args.warmup, args.repeats,
+                                                      args.device)
+            entry["cluster_calls_per_epoch"] = len(replay.labels)
+        for key in ("step", "step_clusters_free"):
+            if key in entry:
+                entry[key]["per_batch_s"] = entry[key]["median_s"] / out["batches"]
+        out["models"][name] = entry
+        bar.update()
+    base = out["models"]["sasrec"]["step"]["median_s"]
+    for entry in out["models"].values():
+        entry["ratio_vs_sasrec"] = entry["step"]["median_s"] / base
+        if "step_clusters_free" in entry:
+            entry["ratio_clusters_free_vs_sasrec"] = (
+                entry["step_clusters_free"]["median_s"] / base)
+            entry["clustering_share"] = 1 - (entry["step_clusters_free"]["median_s"]
+                                             / entry["step"]["median_s"])
+    return out
+
+
+#: Models of the ``bound`` section.
+BOUND_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "mdgr": ("mdgr", {}), "mdgr_m1": ("mdgr", {"m": 1}), "sasrec": ("sasrec", {}),
+}
+
+
 #: (m, query, training draw) of the candidate-mode section; draw None: every candidate.
 CANDIDATE_CASES = ((1, "last", None), (1, "candidate", (1, 4)), (1, "candidate", (10, 10)),
                    (5, "last", None), (5, "candidate", (1, 4)))
@@ -691,6 +791,26 @@ def markdown(payload: dict[str, Any]) -> str:
                     f"{mib(r['step_peak_bytes'])} | {r['eval_ms_per_window']:.2f} ms | "
                     f"{r['eval_vs_last']:.1f} |")
 
+    bound = res.get("bound")
+    if bound:
+        lines += ["", "## Bound: the training step with the clustering free (ml-1m-subset)", ""]
+        if "skipped" in bound:
+            lines.append(f"Skipped: {bound['skipped']}")
+        else:
+            lines += [f"Paper protocol, the first {bound['batches']} batches of "
+                      f"{bound['batch_size']} windows, the same order every call; "
+                      "'clustering free': every k-means call returns the labels recorded on "
+                      "an earlier pass (the most any cheaper k-means could save).", "",
+                      "| model | s / batch | x SASRec | clustering free: s / batch | x SASRec "
+                      "| clustering's share |", "|---|---|---|---|---|---|"]
+            for name, e in bound["models"].items():
+                free = e.get("step_clusters_free")
+                lines.append(
+                    f"| {name} | {e['step']['per_batch_s']:.3f} | {e['ratio_vs_sasrec']:.2f} | "
+                    + ("— | — | — |" if free is None else
+                       f"{free['per_batch_s']:.3f} | {e['ratio_clusters_free_vs_sasrec']:.2f} "
+                       f"| {e['clustering_share']:.0%} |"))
+
     comp = res.get("compile")
     if comp:
         lines += ["", "## torch.compile", ""]
@@ -774,7 +894,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "include a synchronize")
     parser.add_argument("--sections",
                         default="clustering,layer,scaling,epoch,candidate,compile",
-                        help="comma-separated subset of the sections to run")
+                        help="comma-separated subset of the sections to run (also: bound)")
     args = parser.parse_args(argv)
     if args.repeats < 5:
         parser.error("--repeats must be at least 5 (the median of at least 5 runs)")
@@ -804,6 +924,7 @@ SECTIONS = {
     "epoch": (bench_epoch, 2 * len(EPOCH_MODELS)),
     "candidate": (bench_candidate, len(CANDIDATE_CASES)),
     "compile": (bench_compile, 2),
+    "bound": (bench_bound, len(BOUND_MODELS)),
 }
 
 
