@@ -535,6 +535,49 @@ def test_speed_epoch_section_reports_both_mdgr_settings_against_sasrec(shared_da
     assert (tmp_path / "speed.md").is_file()
 
 
+def test_speed_bound_section_replays_every_clustering_call(shared_data, tmp_path):
+    out = tmp_path / "speed.json"
+    assert ok(script("speed.py", "--sections", "bound", "--epoch-batches", "1",
+                     "--warmup", "0", "--data-dir", str(shared_data), "--json", str(out)))
+    bound = json.loads(out.read_text())["results"]["bound"]
+    models = bound["models"]
+    # one batch: 5 iterations + the final pooling at m = 5, 1 + 1 at m = 1
+    assert models["mdgr"]["cluster_calls_per_epoch"] == 6
+    assert models["mdgr_m1"]["cluster_calls_per_epoch"] == 2
+    assert "step_clusters_free" not in models["sasrec"]
+    for name in ("mdgr", "mdgr_m1"):
+        e = models[name]
+        assert e["clustering_share"] == pytest.approx(
+            1 - e["step_clusters_free"]["median_s"] / e["step"]["median_s"])
+    assert "clustering free" in (tmp_path / "speed.md").read_text()
+
+
+def test_cluster_replay_returns_the_recorded_labels_in_order():
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("speed", REPO / "benchmarks" / "speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    calls = []
+
+    def clustering(x, batch, k):
+        calls.append(k)
+        return torch.arange(x.size(0)) % k
+
+    replay = speed.ClusterReplay(clustering)
+    first = replay(torch.zeros(5, 2), None, 2)
+    second = replay(torch.zeros(3, 2), None, 3)
+    replay.replaying = True
+    assert replay(torch.ones(5, 2), None, 2) is first
+    assert replay(torch.ones(3, 2), None, 3) is second
+    assert replay(torch.ones(5, 2), None, 2) is first  # cycles
+    assert calls == [2, 3]  # nothing clustered while replaying
+    with pytest.raises(RuntimeError, match="out of step"):
+        replay(torch.ones(4, 2), None, 3)
+
+
 def test_compare_refuses_candidate_query_under_loo(capsys):
     with pytest.raises(SystemExit) as exc:
         runner.main(["--protocol", "loo", "--models", "mdgr", "--query", "candidate"])
