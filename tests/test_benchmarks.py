@@ -199,6 +199,20 @@ def test_compare_loo_training_targets_keep_their_own_table():
         ["--loo-train-targets", "all"])).name == "ml-1m-subset-paper"
 
 
+def test_compare_negatives_reach_the_data_the_run_hash_and_the_table(capsys):
+    base = ["--protocol", "loo", "--models", "sasrec", "--dataset", "synthetic"]
+    default = runner.parse_args(base)
+    more = runner.parse_args([*base, "--negatives", "7"])
+    assert runner.run_tag("sasrec", 0, default) != runner.run_tag("sasrec", 0, more)
+    assert "negatives" not in runner.run_config("sasrec", default)  # old hashes kept
+    assert runner.summary_path(more).name == "synthetic-loo-neg7"
+    assert runner.load_data(more, 0).meta["options"]["negatives"] == 7
+    assert runner.load_data(default, 0).meta["options"]["negatives"] == 50
+    with pytest.raises(SystemExit):
+        runner.parse_args([*base, "--negatives", "0"])
+    assert "--negatives must be >= 1" in capsys.readouterr().err
+
+
 def test_compare_reports_a_missing_data_file(tmp_path, capsys):
     argv = ["--quick", "--models", "pop", "--seeds", "0", "--data-dir", str(tmp_path),
             "--out", str(tmp_path / "r"), "--no-progress"]

@@ -197,6 +197,11 @@ def parse_args(argv: list[str] | None = None, root: Path | None = None) -> argpa
     p.add_argument("--train-all-candidates", action="store_true",
                    help="candidate-query models and din: train on every candidate of a "
                         "window instead of a draw")
+    p.add_argument("--negatives", type=int, default=None,
+                   help="sampled negatives per training row, what --loss sampled_softmax "
+                        "and gbce rank each positive against (default: the data's, 50); "
+                        "they also form the evaluation candidates (paper: the window's "
+                        "candidates; loo: only the auc/sampled column)")
     p.add_argument("--train-stride", type=int, default=None,
                    help="paper protocol: stride of training windows (default: the window, "
                         "as in the paper); applies to every model")
@@ -235,6 +240,8 @@ def parse_args(argv: list[str] | None = None, root: Path | None = None) -> argpa
         p.error(problem)
     if (args.train_positives is None) != (args.train_negatives is None):
         p.error("--train-positives and --train-negatives go together")
+    if args.negatives is not None and args.negatives < 1:
+        p.error(f"--negatives must be >= 1, got {args.negatives}")
     if args.train_all_candidates and args.train_positives is not None:
         p.error("--train-all-candidates replaces --train-positives/--train-negatives")
     if args.loss == "ce" and args.query == "candidate":
@@ -305,6 +312,8 @@ def run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
                               "max_users": args.max_users}
     if not getattr(args, "mask_seen", True):  # only then: earlier runs keep their hashes
         config["mask_seen"] = False
+    if getattr(args, "negatives", None) is not None:  # likewise
+        config["negatives"] = args.negatives
     if name in CLOSED_FORM:
         config["grid"] = quick_grid(name) if args.quick else GRIDS[name]
     else:
@@ -447,6 +456,8 @@ def load_data(args: argparse.Namespace, seed: int) -> PreparedDataset:
     options = DataOptions(format=fmt, path=None if path is None else str(path),
                           protocol=args.protocol, seed=seed, train_stride=args.train_stride,
                           **extra)
+    if getattr(args, "negatives", None) is not None:
+        options = dataclasses.replace(options, negatives=args.negatives)
     prepared = prepare_dataset(options)
     if args.max_users is not None:
         prepared = prepared.subsample_users(args.max_users, seed=seed)
@@ -509,7 +520,8 @@ def run_neural(name: str, prepared: PreparedDataset, seed: int, config: dict[str
 
 
 def summary_path(args: argparse.Namespace) -> Path:
-    """``<out>/<dataset>-<protocol>`` (``.json`` / ``.md``), with ``-stride<S>``, ``-k<K>``,
+    """``<out>/<dataset>-<protocol>`` (``.json`` / ``.md``), with ``-stride<S>``,
+    ``-neg<N>``, ``-k<K>``,
     ``-m<M>``, ``-weighting-<W>``, ``-cluster-<C>``, ``-cluster-on-<I>``, ``-npc<S>``,
     ``-input-norm-<N>``, ``-pool-values-<V>``, ``-repeat-<R>``, ``-loss-<L>``,
     ``-history-targets``, ``-query-<Q>``,
@@ -520,6 +532,8 @@ def summary_path(args: argparse.Namespace) -> Path:
     name = f"{args.dataset}-{args.protocol}"
     if args.train_stride is not None:
         name += f"-stride{args.train_stride}"
+    if getattr(args, "negatives", None) is not None:
+        name += f"-neg{args.negatives}"
     if args.mdgr_k is not None:
         name += f"-k{args.mdgr_k}"
     if args.mdgr_m is not None:
