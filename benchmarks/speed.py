@@ -685,6 +685,18 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     return {"figures": figures, "targets": targets}
 
 
+def section_head(lines: list[str], title: str, result: dict[str, Any] | None) -> bool:
+    """Append the heading of a section that ran (and its reason when it was skipped);
+    whether its figures follow."""
+    if not result:
+        return False
+    lines += ["", f"## {title}", ""]
+    if "skipped" in result:
+        lines.append(f"Skipped: {result['skipped']}")
+        return False
+    return True
+
+
 def ms(r: dict[str, Any] | None) -> str:
     return "—" if not r or "median_s" not in r else f"{r['median_s'] * 1e3:,.1f} ms"
 
@@ -749,84 +761,69 @@ def markdown(payload: dict[str, Any]) -> str:
                          f"{mib(e['peak_bytes'])} |")
 
     ep = res.get("epoch")
-    if ep:
-        lines += ["", "## Training epoch and evaluation (ml-1m-subset)", ""]
-        if "skipped" in ep:
-            lines.append(f"Skipped: {ep['skipped']}")
-        else:
-            limit = ("full epoch" if ep["epoch_batches"] is None
-                     else f"first {ep['epoch_batches']} batches only (--epoch-batches)")
-            lines += [f"Paper protocol, {ep['train_windows']} of {ep['train_windows_full']} "
-                      f"training windows ({limit}), batch size {ep['batch_size']}; "
-                      f"evaluation: loo test split, {ep['eval_users']} users, full ranking, "
-                      f"batch size {ep['eval_batch_size']}.", "",
-                      "| model | epoch | s / batch | eval users / s |", "|---|---|---|---|"]
-            for name, e in ep["models"].items():
-                if "skipped" in e:
-                    lines.append(f"| {name} | skipped: {e['skipped']} | | |")
-                    continue
-                per_batch = e["epoch"]["median_s"] / ep["batches_per_epoch"]
-                lines.append(f"| {name} | {e['epoch']['median_s']:.2f} s | {per_batch:.3f} | "
-                             f"{e['eval_users_per_s']:,.0f} |")
+    if section_head(lines, "Training epoch and evaluation (ml-1m-subset)", ep):
+        limit = ("full epoch" if ep["epoch_batches"] is None
+                 else f"first {ep['epoch_batches']} batches only (--epoch-batches)")
+        lines += [f"Paper protocol, {ep['train_windows']} of {ep['train_windows_full']} "
+                  f"training windows ({limit}), batch size {ep['batch_size']}; "
+                  f"evaluation: loo test split, {ep['eval_users']} users, full ranking, "
+                  f"batch size {ep['eval_batch_size']}.", "",
+                  "| model | epoch | s / batch | eval users / s |", "|---|---|---|---|"]
+        for name, e in ep["models"].items():
+            if "skipped" in e:
+                lines.append(f"| {name} | skipped: {e['skipped']} | | |")
+                continue
+            per_batch = e["epoch"]["median_s"] / ep["batches_per_epoch"]
+            lines.append(f"| {name} | {e['epoch']['median_s']:.2f} s | {per_batch:.3f} | "
+                         f"{e['eval_users_per_s']:,.0f} |")
 
     cand = res.get("candidate")
-    if cand:
-        lines += ["", "## Candidate mode (ml-1m-subset, paper protocol)", ""]
-        if "skipped" in cand:
-            lines.append(f"Skipped: {cand['skipped']}")
-        else:
-            lines += [f"MDGR with the candidate as the query of Eq. 11 (`query=\"candidate\"`) "
-                      f"against the last-item query: one training step on "
-                      f"{cand['batch_size']} windows (forward, backward, Adam), its peak "
-                      f"tensor memory, and scoring all 100 candidates of "
-                      f"{cand['eval_windows']} test windows. 'naive' is one last-item step "
-                      "per training candidate of a window, the cost without sharing.", "",
-                      "| m | query | train candidates / window | step | x last | x naive | "
-                      "peak | eval / window | x last |", "|---|---|---|---|---|---|---|---|---|"]
-            for r in cand["cases"]:
-                naive = "—" if r["step_vs_naive"] is None else f"{r['step_vs_naive']:.2f}"
-                lines.append(
-                    f"| {r['m']} | {r['query']} | {r['candidates_per_window']} | "
-                    f"{ms(r['step'])} | {r['step_vs_last']:.2f} | {naive} | "
-                    f"{mib(r['step_peak_bytes'])} | {r['eval_ms_per_window']:.2f} ms | "
-                    f"{r['eval_vs_last']:.1f} |")
+    if section_head(lines, "Candidate mode (ml-1m-subset, paper protocol)", cand):
+        lines += [f"MDGR with the candidate as the query of Eq. 11 (`query=\"candidate\"`) "
+                  f"against the last-item query: one training step on "
+                  f"{cand['batch_size']} windows (forward, backward, Adam), its peak "
+                  f"tensor memory, and scoring all 100 candidates of "
+                  f"{cand['eval_windows']} test windows. 'naive' is one last-item step "
+                  "per training candidate of a window, the cost without sharing.", "",
+                  "| m | query | train candidates / window | step | x last | x naive | "
+                  "peak | eval / window | x last |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in cand["cases"]:
+            naive = "—" if r["step_vs_naive"] is None else f"{r['step_vs_naive']:.2f}"
+            lines.append(
+                f"| {r['m']} | {r['query']} | {r['candidates_per_window']} | "
+                f"{ms(r['step'])} | {r['step_vs_last']:.2f} | {naive} | "
+                f"{mib(r['step_peak_bytes'])} | {r['eval_ms_per_window']:.2f} ms | "
+                f"{r['eval_vs_last']:.1f} |")
 
     bound = res.get("bound")
-    if bound:
-        lines += ["", "## Bound: the training step with the clustering free (ml-1m-subset)", ""]
-        if "skipped" in bound:
-            lines.append(f"Skipped: {bound['skipped']}")
-        else:
-            lines += [f"Paper protocol, the first {bound['batches']} batches of "
-                      f"{bound['batch_size']} windows, the same order every call; "
-                      "'clustering free': every k-means call returns the labels recorded on "
-                      "an earlier pass (the most any cheaper k-means could save).", "",
-                      "| model | s / batch | x SASRec | clustering free: s / batch | x SASRec "
-                      "| clustering's share |", "|---|---|---|---|---|---|"]
-            for name, e in bound["models"].items():
-                free = e.get("step_clusters_free")
-                lines.append(
-                    f"| {name} | {e['step']['per_batch_s']:.3f} | {e['ratio_vs_sasrec']:.2f} | "
-                    + ("— | — | — |" if free is None else
-                       f"{free['per_batch_s']:.3f} | {e['ratio_clusters_free_vs_sasrec']:.2f} "
-                       f"| {e['clustering_share']:.0%} |"))
+    if section_head(lines, "Bound: the training step with the clustering free (ml-1m-subset)",
+                    bound):
+        lines += [f"Paper protocol, the first {bound['batches']} batches of "
+                  f"{bound['batch_size']} windows, the same order every call; "
+                  "'clustering free': every k-means call returns the labels recorded on "
+                  "an earlier pass (the most any cheaper k-means could save).", "",
+                  "| model | s / batch | x SASRec | clustering free: s / batch | x SASRec "
+                  "| clustering's share |", "|---|---|---|---|---|---|"]
+        for name, e in bound["models"].items():
+            free = e.get("step_clusters_free")
+            lines.append(
+                f"| {name} | {e['step']['per_batch_s']:.3f} | {e['ratio_vs_sasrec']:.2f} | "
+                + ("— | — | — |" if free is None else
+                   f"{free['per_batch_s']:.3f} | {e['ratio_clusters_free_vs_sasrec']:.2f} "
+                   f"| {e['clustering_share']:.0%} |"))
 
     comp = res.get("compile")
-    if comp:
-        lines += ["", "## torch.compile", ""]
-        if "skipped" in comp:
-            lines.append(f"Skipped: {comp['skipped']}")
-        else:
-            lines += ["| what | eager | compiled | first call (compile) | speed-up |",
-                      "|---|---|---|---|---|"]
-            for name in ("layer", "mdgr_step"):
-                r = comp.get(name, {})
-                if "error" in r or "skipped" in r:
-                    lines.append(f"| {name} | {ms(r.get('eager'))} | "
-                                 f"{r.get('error') or r.get('skipped')} | | |")
-                    continue
-                lines.append(f"| {name} | {ms(r['eager'])} | {ms(r['compiled'])} | "
-                             f"{r['first_call_s']:.1f} s | {r['speedup']:.2f}x |")
+    if section_head(lines, "torch.compile", comp):
+        lines += ["| what | eager | compiled | first call (compile) | speed-up |",
+                  "|---|---|---|---|---|"]
+        for name in ("layer", "mdgr_step"):
+            r = comp.get(name, {})
+            if "error" in r or "skipped" in r:
+                lines.append(f"| {name} | {ms(r.get('eager'))} | "
+                             f"{r.get('error') or r.get('skipped')} | | |")
+                continue
+            lines.append(f"| {name} | {ms(r['eager'])} | {ms(r['compiled'])} | "
+                         f"{r['first_call_s']:.1f} s | {r['speedup']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
