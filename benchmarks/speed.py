@@ -327,11 +327,26 @@ def _limited(dataset, num_batches: int | None, batch_size: int):
     return dataset[: num_batches * batch_size]
 
 
-def bench_epoch(args, bar) -> dict[str, Any]:
+def _paper_training(args, path: Path) -> tuple[Any, Any, Any, Any]:
+    """ml-1m-subset under the paper protocol, its training windows (all, and the first
+    ``--epoch-batches`` batches of them) and the training configuration of the sections
+    that time training steps."""
     from mdgr_graph.data.dataset import SequenceDataset
     from mdgr_graph.data.prepare import DataOptions, prepare_dataset
+    from mdgr_graph.train import TrainConfig
+
+    paper = prepare_dataset(DataOptions(format="movielens", path=str(path), protocol="paper"))
+    train_full = SequenceDataset(paper, "train")
+    train = _limited(train_full, args.epoch_batches, args.batch_size)
+    config = TrainConfig(batch_size=args.batch_size, progress=False, seed=args.seed,
+                         device=str(args.device))
+    return paper, train_full, train, config
+
+
+def bench_epoch(args, bar) -> dict[str, Any]:
+    from mdgr_graph.data.prepare import DataOptions, prepare_dataset
     from mdgr_graph.models import build_model
-    from mdgr_graph.train import TrainConfig, _train_epoch, deterministic_algorithms, evaluate
+    from mdgr_graph.train import _train_epoch, deterministic_algorithms, evaluate
 
     path = args.data_dir / DATASET
     out: dict[str, Any] = {"dataset": str(path), "batch_size": args.batch_size,
@@ -341,15 +356,11 @@ def bench_epoch(args, bar) -> dict[str, Any]:
         out["skipped"] = f"data file not found: {path}"
         bar.update(2 * len(EPOCH_MODELS))
         return out
-    paper = prepare_dataset(DataOptions(format="movielens", path=str(path), protocol="paper"))
+    paper, train_full, train, config = _paper_training(args, path)
     loo = prepare_dataset(DataOptions(format="movielens", path=str(path), protocol="loo"))
-    train_full = SequenceDataset(paper, "train")
-    train = _limited(train_full, args.epoch_batches, args.batch_size)
     out["train_windows"] = len(train)
     out["train_windows_full"] = len(train_full)
     out["batches_per_epoch"] = math.ceil(len(train) / args.batch_size)
-    config = TrainConfig(batch_size=args.batch_size, progress=False, seed=args.seed,
-                         device=str(args.device))
     eval_users = loo.split_size("test")
     if args.eval_batches is not None:
         eval_users = min(eval_users, args.eval_batches * args.eval_batch_size)
@@ -434,27 +445,22 @@ def bench_bound(args, bar) -> dict[str, Any]:
     """
     from unittest import mock
 
-    from mdgr_graph.data.dataset import SequenceDataset
-    from mdgr_graph.data.prepare import DataOptions, prepare_dataset
     from mdgr_graph.models import build_model
     from mdgr_graph.models import mdgr as mdgr_module
     from mdgr_graph.nn import dynamic_cluster_conv as conv_module
     from mdgr_graph.nn.cluster import cluster_nodes
-    from mdgr_graph.train import TrainConfig, _train_epoch
+    from mdgr_graph.train import _train_epoch
 
     path = args.data_dir / DATASET
     out: dict[str, Any] = {"dataset": str(path), "batch_size": args.batch_size,
                            "epoch_batches": args.epoch_batches, "models": {}}
     if not path.is_file():
         out["skipped"] = f"data file not found: {path}"
-        bar.update(len(BOUND_MODELS))
+        bar.update(len(EPOCH_MODELS))
         return out
-    paper = prepare_dataset(DataOptions(format="movielens", path=str(path), protocol="paper"))
-    train = _limited(SequenceDataset(paper, "train"), args.epoch_batches, args.batch_size)
+    paper, _, train, config = _paper_training(args, path)
     out["batches"] = math.ceil(len(train) / args.batch_size)
-    config = TrainConfig(batch_size=args.batch_size, progress=False, seed=args.seed,
-                         device=str(args.device))
-    for name, (model_name, kwargs) in BOUND_MODELS.items():
+    for name, (model_name, kwargs) in EPOCH_MODELS.items():
         bar.set_description(f"bound: {name}")
         torch.manual_seed(args.seed)
         model = build_model(model_name, paper, **kwargs).to(args.device)
@@ -488,12 +494,6 @@ def bench_bound(args, bar) -> dict[str, Any]:
             entry["clustering_share"] = 1 - (entry["step_clusters_free"]["median_s"]
                                              / entry["step"]["median_s"])
     return out
-
-
-#: Models of the ``bound`` section.
-BOUND_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
-    "mdgr": ("mdgr", {}), "mdgr_m1": ("mdgr", {"m": 1}), "sasrec": ("sasrec", {}),
-}
 
 
 #: (m, query, training draw) of the candidate-mode section; draw None: every candidate.
@@ -921,7 +921,7 @@ SECTIONS = {
     "epoch": (bench_epoch, 2 * len(EPOCH_MODELS)),
     "candidate": (bench_candidate, len(CANDIDATE_CASES)),
     "compile": (bench_compile, 2),
-    "bound": (bench_bound, len(BOUND_MODELS)),
+    "bound": (bench_bound, len(EPOCH_MODELS)),
 }
 
 

@@ -453,11 +453,11 @@ def load_data(args: argparse.Namespace, seed: int) -> PreparedDataset:
             path = args.data_dir / rel
             if not path.is_file():
                 raise FileNotFoundError(f"{args.dataset}: no such file {path}")
+    if getattr(args, "negatives", None) is not None:
+        extra["negatives"] = args.negatives
     options = DataOptions(format=fmt, path=None if path is None else str(path),
                           protocol=args.protocol, seed=seed, train_stride=args.train_stride,
                           **extra)
-    if getattr(args, "negatives", None) is not None:
-        options = dataclasses.replace(options, negatives=args.negatives)
     prepared = prepare_dataset(options)
     if args.max_users is not None:
         prepared = prepared.subsample_users(args.max_users, seed=seed)

@@ -597,7 +597,8 @@ class SURGE(SequentialRecommender):
         return self.query == "last"
 
     #: Hidden activations ``[sequences, items, mlp_hidden]`` per block of ``score_all``
-    #: (8 MiB: small enough to stay in cache, 2x faster than 256 sequences at a time).
+    #: (8 MiB: small enough to stay in cache; evaluation on amazon-beauty ran 1.7x faster
+    #: than with all 256 sequences of a batch at a time).
     SCORE_BLOCK_FLOATS = 2**21
 
     def score_all(self, batch: Batch, chunk_size: int = 8192) -> Tensor:
