@@ -408,6 +408,37 @@ def test_compare_runs_on_the_embedded_synthetic_log_without_data(tmp_path):
     assert f"{100 * share:.1f} % (seeds 0: {100 * share:.1f} %)" in table
 
 
+def test_compare_keeps_a_table_built_with_another_configuration(tmp_path, capsys):
+    """A table's name does not carry --dim or --patience: a command that would rebuild it
+    from another configuration is refused before it trains, unless --replace-summary."""
+    def argv(*extra: str) -> list[str]:
+        return ["--dataset", "synthetic", "--quick", "--max-users", "40", "--models",
+                "pop,gru4rec", "--seeds", "0", "--data-dir", str(tmp_path / "absent"),
+                "--out", str(tmp_path / "r"), "--work-dir", str(tmp_path / "w"),
+                "--no-progress", *extra]
+
+    table = tmp_path / "r" / "quick" / "synthetic-paper.json"
+    runs = table.with_suffix("") / "runs"
+    assert runner.main(argv("--epochs", "1")) == 0
+    before, run_files = table.read_bytes(), sorted(runs.glob("*.json"))
+    capsys.readouterr()
+    assert runner.main(argv("--epochs", "1", "--dim", "8")) == 2
+    err = capsys.readouterr().err
+    assert "nothing was run" in err and "gru4rec: model_kwargs" in err and "pop" not in err
+    assert table.read_bytes() == before and sorted(runs.glob("*.json")) == run_files
+    with pytest.raises(runner.SummaryConflict, match="--replace-summary"):
+        runner.summarize(table.with_suffix(""), runner.parse_args(argv("--dim", "8")))
+    assert runner.main(argv("--epochs", "1", "--patience", "7")) == 2
+    assert table.read_bytes() == before
+
+    assert runner.main(argv("--epochs", "2")) == 0  # a larger budget continues the rows
+    assert json.loads(table.read_text())["models"][0]["config"]["epochs"] == 2
+    assert runner.main(argv("--epochs", "1")) == 2  # a smaller one would drop them
+    assert runner.main(argv("--epochs", "1", "--dim", "8", "--replace-summary")) == 0
+    gru = json.loads(table.read_text())["models"][0]
+    assert gru["model"] == "gru4rec" and gru["config"]["model_kwargs"]["dim"] == 8
+
+
 def test_compare_table_states_the_repeat_share_in_one_line():
     summary = {"dataset": "d", "protocol": "paper", "models": [],
                "environment": {"platform": "p", "cpu_count": 2, "threads": 1, "torch": "t"}}
@@ -474,6 +505,22 @@ def test_committed_summaries_are_found_again_from_their_commands():
             assert path.stem in names, (path, names)
             found += 1
     assert found > 10
+
+
+def test_committed_summaries_agree_with_the_command_that_wrote_them():
+    """The command that last wrote each Table 2 summary names it and would rebuild it
+    without a configuration conflict (``--replace-summary`` is never needed to redo it)."""
+    checked = 0
+    for path in sorted(RESULTS.glob("*.json")):
+        summary = json.loads(path.read_text())
+        command = summary.get("environment", {}).get("command", "")
+        if not isinstance(summary.get("models"), list) or not command.startswith("compare.py"):
+            continue
+        args = runner.parse_args(shlex.split(command)[1:])
+        assert runner.summary_path(args).name == path.stem, (path, command)
+        assert runner.summary_conflicts(path.with_suffix(""), args) == [], (path, command)
+        checked += 1
+    assert checked > 40
 
 
 def test_any_log_synthetic_repeats_and_new_model_options(tmp_path, capsys):

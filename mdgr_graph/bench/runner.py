@@ -225,6 +225,13 @@ def parse_args(argv: list[str] | None = None, root: Path | None = None) -> argpa
     p.add_argument("--only-finished", action="store_true",
                    help="train nothing: rebuild the summary and its table from the runs "
                         "already finished (with --lr-grid, of the grids that finished)")
+    p.add_argument("--replace-summary", action="store_true",
+                   help="let the summary replace rows of a table of the same name that were "
+                        "built with another configuration (the name carries neither the model "
+                        "options such as --dim nor --epochs, --patience or --batch-size); "
+                        "without it such a command is refused before it trains and the old "
+                        "table kept. A larger --epochs alone continues the rows and needs "
+                        "no flag")
     args = p.parse_args(argv)
     if (problem := _log_problem(args)) is not None:
         p.error(problem)
@@ -628,6 +635,50 @@ def claim(lock: Path) -> Path | None:
 
 
 # ---------------------------------------------------------------------- summary
+class SummaryConflict(ValueError):
+    """A rebuilt summary would drop or replace rows built with another configuration."""
+
+
+def summary_conflicts(folder: Path, args: argparse.Namespace) -> list[str]:
+    """The rows of the table already at ``<folder>.json`` whose configuration differs from
+    the one ``args`` gives their model, one line each; empty when there is no such table or
+    every row agrees. Not a difference: the learning rate where ``--lr-grid`` picks it, and
+    a larger ``--epochs`` alone (it continues the rows' runs)."""
+    path = folder.with_name(folder.name + ".json")
+    if not path.is_file():
+        return []
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []  # unreadable: nothing a rebuild could lose
+    conflicts = []
+    for entry in old.get("models", []) if isinstance(old, dict) else []:
+        name, config = entry.get("model"), entry.get("config")
+        if name not in MODELS or not isinstance(config, dict):
+            continue
+        now = run_config(name, args)
+        ignore = {"lr"} if getattr(args, "lr_grid", None) and name not in CLOSED_FORM else set()
+        differs = sorted(k for k in (set(config) | set(now)) - ignore
+                         if config.get(k) != now.get(k))
+        if differs == ["epochs"] and isinstance(config["epochs"], int) \
+                and now["epochs"] > config["epochs"]:
+            continue  # a larger budget continues these rows' runs
+        if differs:
+            conflicts.append(f"{name}: " + ", ".join(
+                f"{k} {config.get(k)!r} there, {now.get(k)!r} now" for k in differs))
+    return conflicts
+
+
+def conflict_message(folder: Path, conflicts: list[str]) -> str:
+    """Why the table at ``<folder>.json`` is kept, and what to do (``conflicts`` from
+    :func:`summary_conflicts`)."""
+    return (f"{folder.name}.json holds rows built with another configuration, which this "
+            "table would replace or drop (its name carries neither the model options such "
+            "as --dim nor --epochs, --patience or --batch-size), so it is kept. Use --out DIR "
+            "for a separate table, or --replace-summary to replace it:\n  "
+            + "\n  ".join(conflicts))
+
+
 def summarize(folder: Path, args: argparse.Namespace,
               tuning: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Rebuild ``<folder>.json`` and ``.md`` from every run file of the current configs.
@@ -637,6 +688,9 @@ def summarize(folder: Path, args: argparse.Namespace,
     selected rate.
     """
     tuning = tuning or {}
+    if not getattr(args, "replace_summary", False) and (
+            conflicts := summary_conflicts(folder, args)):
+        raise SummaryConflict(conflict_message(folder, conflicts))
     runs: dict[str, list[dict[str, Any]]] = {}
     for path in sorted(runs_dir(args).glob("*.json")):
         run = json.loads(path.read_text())
@@ -909,6 +963,10 @@ def main(argv: list[str] | None = None, root: Path | None = None) -> int:
               "since, so their results are not those of the current code; delete each file "
               "(and its checkpoint folder under --work-dir) to rerun it:\n  "
               + "\n  ".join(stale), file=sys.stderr)
+        return 2
+    if not args.replace_summary and (conflicts := summary_conflicts(summary_path(args), args)):
+        print("error: nothing was run: " + conflict_message(summary_path(args), conflicts),
+              file=sys.stderr)
         return 2
     if args.only_finished:
         grids = finished_grids(args) if args.lr_grid else None
