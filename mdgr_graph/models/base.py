@@ -126,49 +126,66 @@ def catalogue_softmax_loss(logits: Tensor, rows: Tensor, targets: Tensor,
 
 
 class _MaxInterestLogSumExp(torch.autograd.Function):
-    """Autograd of :func:`max_interest_logsumexp`: the forward keeps each item's winning
-    score and which interests reach it; the backward gives each item's softmax weight to
-    them (split evenly at a tie, as ``amax`` does), chunk by chunk."""
+    """Autograd of :func:`max_interest_logsumexp` over the unmasked interests only.
+
+    Takes them flattened interest-major: the ``R_0`` rows' interest 0, then the first
+    ``R_1`` rows' interest 1, ... (``R_0 >= R_1 >= ...``, rows sorted by how many interests
+    they have), so one matrix product per item chunk scores exactly the interests that
+    exist. The forward keeps each item's winning score and which interests reach it; the
+    backward gives each item's softmax weight to them (split evenly at a tie, as ``amax``
+    does), chunk by chunk."""
 
     @staticmethod
-    def forward(ctx, queries: Tensor, offsets: Tensor, items: Tensor,
-                chunk_size: int) -> Tensor:
-        batch_size, k, dim = queries.shape
-        flat_queries = queries.reshape(batch_size * k, dim)
-        best = queries.new_empty(batch_size, items.size(0))
-        winners = torch.empty(batch_size, k, items.size(0), dtype=torch.bool,
-                              device=queries.device)
+    def forward(ctx, flat_queries: Tensor, flat_offsets: Tensor, items: Tensor,
+                rows_per_interest: list[int], chunk_size: int) -> Tensor:
+        batch_size = rows_per_interest[0]
+        starts = [0]
+        for rows in rows_per_interest[:-1]:
+            starts.append(starts[-1] + rows)
+        layout = list(zip(starts, rows_per_interest, strict=True))  # (first, rows) per j
+        best = flat_queries.new_empty(batch_size, items.size(0))
+        winners = torch.empty(flat_queries.size(0), items.size(0), dtype=torch.bool,
+                              device=flat_queries.device)
         for start in range(0, items.size(0), chunk_size):
             chunk = slice(start, start + chunk_size)
-            scores = torch.mm(flat_queries, items[chunk].t()).view(batch_size, k, -1)
-            scores.add_(offsets.unsqueeze(-1))  # [B, k, chunk], in cache
-            best[:, chunk] = torch.amax(scores, dim=1)
-            torch.eq(scores, best[:, chunk].unsqueeze(1), out=winners[:, :, chunk])
+            scores = torch.mm(flat_queries, items[chunk].t())  # [V, chunk], in cache
+            scores.add_(flat_offsets.unsqueeze(-1))
+            top = scores[:batch_size].clone()
+            for first, rows in layout[1:]:
+                torch.maximum(top[:rows], scores[first:first + rows], out=top[:rows])
+            for first, rows in layout:
+                torch.eq(scores[first:first + rows], top[:rows],
+                         out=winners[first:first + rows, chunk])
+            best[:, chunk] = top
         lse = torch.logsumexp(best, dim=1)
-        ctx.save_for_backward(queries, items, best, winners, lse)
-        ctx.chunk_size = chunk_size
+        ctx.save_for_backward(flat_queries, items, best, winners, lse)
+        ctx.layout, ctx.chunk_size = layout, chunk_size
         return lse
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_lse: Tensor):
-        queries, items, best, winners, lse = ctx.saved_tensors
-        batch_size, k, dim = queries.shape
+        flat_queries, items, best, winners, lse = ctx.saved_tensors
+        layout, chunk_size = ctx.layout, ctx.chunk_size
+        batch_size = layout[0][1]
         # d lse_b / d s_{b,i} = softmax_i, shared by the interests that reach s_{b,i}
         weight = torch.exp(best - lse.unsqueeze(1)).mul_(grad_lse.unsqueeze(1))  # [B, I]
-        flat_queries = queries.reshape(batch_size * k, dim)
         grad_queries = torch.zeros_like(flat_queries)
-        grad_offsets = queries.new_zeros(batch_size, k)
+        grad_offsets = flat_queries.new_zeros(flat_queries.size(0))
         grad_items = torch.empty_like(items)
-        for start in range(0, items.size(0), ctx.chunk_size):
-            chunk = slice(start, start + ctx.chunk_size)
-            spread = winners[:, :, chunk].to(weight.dtype)  # [B, k, chunk]
-            spread.mul_((weight[:, chunk] / spread.sum(dim=1)).unsqueeze(1))
+        for start in range(0, items.size(0), chunk_size):
+            chunk = slice(start, start + chunk_size)
+            spread = winners[:, chunk].to(weight.dtype)  # [V, chunk]
+            share = spread[:batch_size].clone()  # winners of each (row, item)
+            for first, rows in layout[1:]:
+                share[:rows] += spread[first:first + rows]
+            share = torch.div(weight[:, chunk], share, out=share)
+            for first, rows in layout:
+                spread[first:first + rows].mul_(share[:rows])
             grad_offsets += spread.sum(dim=-1)
-            spread = spread.view(batch_size * k, -1)
             grad_queries.addmm_(spread, items[chunk])
             torch.mm(spread.t(), flat_queries, out=grad_items[chunk])
-        return grad_queries.view_as(queries), grad_offsets, grad_items, None
+        return grad_queries, grad_offsets, grad_items, None, None
 
 
 def max_interest_logsumexp(queries: Tensor, offsets: Tensor, items: Tensor,
@@ -181,18 +198,19 @@ def max_interest_logsumexp(queries: Tensor, offsets: Tensor, items: Tensor,
     The same value and gradient as autograd through
     ``torch.logsumexp((queries @ items.T + offsets[..., None]).amax(1), 1)``, up to float
     rounding (ties between interests share the gradient, as with ``amax``), computed
-    ``chunk_size`` items at a time so that each chunk's ``[B, k, chunk]`` scores stay in
-    cache, and differentiated by hand: the forward keeps the winning score of every item
-    and a bool mask of the interests that reach it; the backward multiplies the softmax
-    weights through that mask. What it avoids is autograd's float ``[B, k, I]`` scores
-    saved for the max, and the ``cat`` of the chunks; it keeps the ``[B, I]`` winning
-    scores and the ``[B, k, I]`` bool mask. A masked interest takes a zero query and an
-    offset of ``-inf``; every row needs at least one interest that is not masked. First
-    derivatives only (``create_graph`` is refused).
+    ``chunk_size`` items at a time so that each chunk's scores stay in cache, and
+    differentiated by hand: the forward keeps the winning score of every item and a bool
+    mask of the interests that reach it; the backward multiplies the softmax weights
+    through that mask. What it avoids is autograd's float ``[B, k, I]`` scores saved for
+    the max, and the ``cat`` of the chunks. A masked interest takes an offset of ``-inf``
+    (the models also zero its query); masked interests are left out before any product,
+    so the cost follows the interests that exist (about half of the ``B x k`` slots on the
+    short Amazon histories), not ``k``. Every row needs at least one interest that is not
+    masked. First derivatives only (``create_graph`` is refused).
 
     Args:
         queries: :math:`q`, ``[B, k, d]``.
-        offsets: :math:`c`, ``[B, k]``.
+        offsets: :math:`c`, ``[B, k]``; ``-inf`` marks a masked interest.
         items: :math:`p`, ``[I, d]``.
         chunk_size: items per chunk. (default: :obj:`512`)
 
@@ -205,7 +223,25 @@ def max_interest_logsumexp(queries: Tensor, offsets: Tensor, items: Tensor,
                          f"{tuple(queries.shape)}, {tuple(offsets.shape)}, {tuple(items.shape)}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    return _MaxInterestLogSumExp.apply(queries, offsets, items, chunk_size)
+    if queries.size(0) == 0:
+        raise ValueError("max_interest_logsumexp needs at least one row, got B = 0")
+    unmasked = offsets != float("-inf")
+    counts = unmasked.sum(dim=1)
+    if bool((counts == 0).any()):
+        row = int((counts == 0).nonzero()[0])
+        raise ValueError(f"row {row} has every interest masked (offset -inf); each row "
+                         "needs at least one")
+    # rows by number of interests (most first), each row's unmasked interests first
+    rows = torch.argsort(counts, descending=True, stable=True)
+    order = torch.argsort((~unmasked[rows]).to(torch.uint8), dim=1, stable=True)
+    rows_per_interest = [int(r) for r in (counts.unsqueeze(0) > torch.arange(
+        int(counts.max()), device=counts.device).unsqueeze(1)).sum(dim=1)]
+    row_index = torch.cat([rows[:n] for n in rows_per_interest])
+    interest_index = torch.cat([order[:n, j] for j, n in enumerate(rows_per_interest)])
+    lse_sorted = _MaxInterestLogSumExp.apply(
+        queries[row_index, interest_index], offsets[row_index, interest_index], items,
+        rows_per_interest, chunk_size)
+    return lse_sorted[torch.argsort(rows)]
 
 
 def _softmax_terms(logits: Tensor, targets: Tensor) -> Tensor:

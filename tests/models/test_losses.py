@@ -220,6 +220,34 @@ def test_interest_catalogue_loss_rows_without_positive_and_padding_targets():
         g.sum().backward()
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_max_interest_logsumexp_skips_masked_interests_anywhere_in_a_row(seed):
+    """Rows with 1..k interests, masked at any position (not only the last ones), in
+    unsorted order: the packed computation returns each row's own value and gradient."""
+    gen = torch.Generator().manual_seed(seed)
+    batch, k, dim = 9, 5, 4
+    mask = torch.rand(batch, k, generator=gen) > 0.5
+    mask[torch.arange(batch), torch.randint(k, (batch,), generator=gen)] = True
+    mask[3] = False
+    mask[3, k - 1] = True  # one interest only, the last one
+    mask[5] = True  # every interest
+    queries = torch.randn(batch, k, dim, generator=gen).masked_fill(~mask.unsqueeze(-1), 0.0)
+    offsets = torch.randn(batch, k, generator=gen).masked_fill(~mask, float("-inf"))
+    items = torch.randn(11, dim, generator=gen)
+    weights = torch.rand(batch, generator=gen)
+    results = []
+    for fn in (lambda q, c, p: max_interest_logsumexp(q, c, p, 3), reference_max_interest_lse):
+        q, c, p = (t.clone().requires_grad_() for t in (queries, offsets, items))
+        value = fn(q, c, p)
+        results.append([value, *torch.autograd.grad((value * weights).sum(), (q, c, p))])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b)
+    # each row alone gives the same value: rows do not leak into each other
+    for row in range(batch):
+        alone = max_interest_logsumexp(queries[row:row + 1], offsets[row:row + 1], items, 3)
+        torch.testing.assert_close(alone[0], results[0][0][row])
+
+
 def test_max_interest_logsumexp_errors():
     q, c, p = torch.zeros(2, 3, 4), torch.zeros(2, 3), torch.zeros(5, 4)
     for args in ((q[0], c, p), (q, c[:, :2], p), (q, c, p[:, :3]), (q, c, p[0])):
@@ -227,6 +255,10 @@ def test_max_interest_logsumexp_errors():
             max_interest_logsumexp(*args)
     with pytest.raises(ValueError, match="chunk_size"):
         max_interest_logsumexp(q, c, p, chunk_size=0)
+    with pytest.raises(ValueError, match="row 1 has every interest masked"):
+        max_interest_logsumexp(q, c.index_fill(0, torch.tensor([1]), float("-inf")), p)
+    with pytest.raises(ValueError, match="at least one row"):
+        max_interest_logsumexp(q[:0], c[:0], p)
 
 
 @pytest.mark.parametrize("name", ["mdgr", "mip", "mdgr-log-m2", "comirec-sa",
