@@ -12,6 +12,7 @@ A model takes a :class:`~torch_geometric.data.Batch` of
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -139,9 +140,7 @@ class _MaxInterestLogSumExp(torch.autograd.Function):
     def forward(ctx, flat_queries: Tensor, flat_offsets: Tensor, items: Tensor,
                 rows_per_interest: list[int], chunk_size: int) -> Tensor:
         batch_size = rows_per_interest[0]
-        starts = [0]
-        for rows in rows_per_interest[:-1]:
-            starts.append(starts[-1] + rows)
+        starts = itertools.accumulate(rows_per_interest[:-1], initial=0)
         layout = list(zip(starts, rows_per_interest, strict=True))  # (first, rows) per j
         best = flat_queries.new_empty(batch_size, items.size(0))
         winners = torch.empty(flat_queries.size(0), items.size(0), dtype=torch.bool,
@@ -234,10 +233,11 @@ def max_interest_logsumexp(queries: Tensor, offsets: Tensor, items: Tensor,
     # rows by number of interests (most first), each row's unmasked interests first
     rows = torch.argsort(counts, descending=True, stable=True)
     order = torch.argsort((~unmasked[rows]).to(torch.uint8), dim=1, stable=True)
-    rows_per_interest = [int(r) for r in (counts.unsqueeze(0) > torch.arange(
-        int(counts.max()), device=counts.device).unsqueeze(1)).sum(dim=1)]
-    row_index = torch.cat([rows[:n] for n in rows_per_interest])
-    interest_index = torch.cat([order[:n, j] for j, n in enumerate(rows_per_interest)])
+    # [k, B] slots that exist; nonzero walks them interest-major
+    exists = torch.arange(queries.size(1), device=counts.device).unsqueeze(1) < counts[rows]
+    interest, sorted_row = exists.nonzero(as_tuple=True)
+    row_index, interest_index = rows[sorted_row], order[sorted_row, interest]
+    rows_per_interest = [n for n in exists.sum(dim=1).tolist() if n > 0]
     lse_sorted = _MaxInterestLogSumExp.apply(
         queries[row_index, interest_index], offsets[row_index, interest_index], items,
         rows_per_interest, chunk_size)
